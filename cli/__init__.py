@@ -1,0 +1,1 @@
+"""offterm cli."""

@@ -1,0 +1,45 @@
+"""The behaviour each kind of plugin component must provide (ABCs).
+
+Hooks return registrations (``offterm.core.registrations``) whose factories
+build objects implementing these contracts.
+"""
+
+from .forwarding import ForwardingTransport, ProcessorSession, Submission, SubmissionResult
+from .policies import AcceptanceRequest, ForwardingPolicy, OfflineAcceptancePolicy
+from .readers import CardDetails, CardResult, CollectRequest, ReaderConnection, ReaderInfo, ReaderTransport
+from .storage import (
+    HistoryEntry,
+    NewPayment,
+    PaymentState,
+    PaymentStore,
+    StorageKeyProvider,
+    StoredPayment,
+    StoreSummary,
+)
+from .tokens import ConnectionToken, ConnectionTokenProvider, TokenRequest
+
+__all__ = [
+    "AcceptanceRequest",
+    "CardDetails",
+    "CardResult",
+    "CollectRequest",
+    "ConnectionToken",
+    "ConnectionTokenProvider",
+    "ForwardingPolicy",
+    "ForwardingTransport",
+    "HistoryEntry",
+    "NewPayment",
+    "OfflineAcceptancePolicy",
+    "PaymentState",
+    "PaymentStore",
+    "ProcessorSession",
+    "ReaderConnection",
+    "ReaderInfo",
+    "ReaderTransport",
+    "StorageKeyProvider",
+    "StoreSummary",
+    "StoredPayment",
+    "Submission",
+    "SubmissionResult",
+    "TokenRequest",
+]

@@ -1,0 +1,305 @@
+"""Typed errors, each with a stable ``code`` string.
+
+Codes follow Stripe Terminal's offline error codes where one exists, so an
+integrator who knows Stripe recognises them.  Messages never contain card
+data, keys or tokens: build them from non-sensitive values only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OfftermError(Exception):
+    """Base of every error offterm raises on purpose."""
+
+    code: str = "offterm_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+
+# --- configuration and plugins -------------------------------------------------
+
+
+class ConfigError(OfftermError):
+    """The configuration is invalid; ``key`` names the offending setting."""
+
+    code = "invalid_config"
+
+    def __init__(self, key: str, message: str, value: Any = None) -> None:
+        shown = "" if value is None else f" (got {value!r})"
+        super().__init__(f"{key}: {message}{shown}", key=key)
+        self.key = key
+
+
+class PluginError(OfftermError):
+    """A plugin could not be loaded, or registered something invalid."""
+
+    code = "plugin_error"
+
+
+class ComponentNotFound(PluginError):
+    """A configured component name matches no registered provider."""
+
+    code = "component_not_found"
+
+
+class ComponentConflict(PluginError):
+    """Two plugins registered a component under the same name."""
+
+    code = "component_conflict"
+
+
+# --- payment intents and amounts -----------------------------------------------
+
+
+class InvalidRequest(OfftermError):
+    """The caller passed something the API cannot accept."""
+
+    code = "invalid_request"
+
+
+class UnknownCurrency(InvalidRequest):
+    code = "unknown_currency"
+
+
+class InvalidAmount(InvalidRequest):
+    code = "invalid_amount"
+
+
+class UnexpectedIntentState(InvalidRequest):
+    """The intent is not in a state that allows the requested step."""
+
+    code = "unexpected_sdk_call"
+
+
+# --- offline acceptance (Stripe's offline error codes) --------------------------
+
+
+class OfflineRefused(OfftermError):
+    """A payment may not be taken offline; ``code`` says why."""
+
+    code = "offline_refused"
+
+    def __init__(self, message: str, *, policy: str = "", **details: Any) -> None:
+        super().__init__(message, policy=policy, **details)
+        self.policy = policy
+
+
+class AmountExceedsOfflineMaximum(OfflineRefused):
+    code = "amount_exceeds_max_offline_amount"
+
+
+class OfflineTotalLimitReached(OfflineRefused):
+    code = "offline_total_amount_limit_reached"
+
+
+class OfflinePaymentCountLimitReached(OfflineRefused):
+    code = "offline_payments_database_too_large"
+
+
+class OfflineBacklogTooOld(OfflineRefused):
+    code = "offline_payments_too_old"
+
+
+class InvalidOfflineCurrency(OfflineRefused):
+    code = "invalid_offline_currency"
+
+
+class CardBrandNotAllowedOffline(OfflineRefused):
+    code = "card_brand_not_supported_offline"
+
+
+class CardSwipeNotAvailableOffline(OfflineRefused):
+    code = "card_swipe_not_available"
+
+
+class InteracNotSupportedOffline(OfflineRefused):
+    code = "interac_not_supported_offline"
+
+
+class OfflineAndCardExpired(OfflineRefused):
+    code = "offline_and_card_expired"
+
+
+class OfflinePinRequired(OfflineRefused):
+    """In the EEA an offline payment needs contact chip and a verified PIN."""
+
+    code = "offline_requires_chip_and_pin"
+
+
+class ReaderNotAvailableOffline(OfflineRefused):
+    """The reader has not connected online recently enough to work offline."""
+
+    code = "reader_connection_not_available_offline"
+
+
+class ReaderOfflineLocationMismatch(OfflineRefused):
+    code = "reader_connection_offline_location_mismatch"
+
+
+class NoLastSeenAccount(OfflineRefused):
+    """Nothing can be stored before the terminal has been online once."""
+
+    code = "no_last_seen_account"
+
+
+class OfflineModeDisabled(OfflineRefused):
+    code = "force_offline_with_feature_disabled"
+
+
+class RequireOnlineWhileOffline(OfftermError):
+    code = "not_connected_to_internet_and_require_online_set"
+
+
+# --- storage -------------------------------------------------------------------
+
+
+class StorageError(OfftermError):
+    code = "storage_error"
+
+
+class OfflineStorageFull(StorageError):
+    """The disk is full: the payment was NOT stored; earlier ones are intact."""
+
+    code = "offline_storage_full"
+
+
+class WrongStorageKey(StorageError):
+    """The database exists but the key does not open it. Nothing was changed."""
+
+    code = "wrong_storage_key"
+
+
+class StorageKeyUnavailable(StorageError):
+    code = "storage_key_unavailable"
+
+
+class StorageDamaged(StorageError):
+    """The database file is damaged. It is preserved untouched."""
+
+    code = "storage_damaged"
+
+
+class EncryptionUnavailable(StorageError):
+    """Encryption is configured but the cipher library is missing."""
+
+    code = "encryption_unavailable"
+
+
+class PaymentNotFound(StorageError):
+    code = "payment_not_found"
+
+
+class InvalidTransition(StorageError):
+    code = "invalid_transition"
+
+
+# --- readers -------------------------------------------------------------------
+
+
+class ReaderError(OfftermError):
+    code = "reader_error"
+
+
+class ReaderNotConnected(ReaderError):
+    code = "not_connected_to_reader"
+
+
+class ReaderDisconnected(ReaderError):
+    """The reader went away during a collection; nothing was stored."""
+
+    code = "bluetooth_disconnected"
+
+
+class ReaderTimeout(ReaderError):
+    code = "reader_timeout"
+
+
+class CollectionCanceled(ReaderError):
+    code = "canceled"
+
+
+class ReaderProtocolError(ReaderError):
+    """A frame from the reader was malformed."""
+
+    code = "reader_protocol_error"
+
+
+class CardReadError(ReaderError):
+    code = "card_read_failed"
+
+
+# --- processor and forwarding ----------------------------------------------------
+
+
+class ProcessorError(OfftermError):
+    """An error reported by, or on the way to, the payment processor."""
+
+    code = "processor_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        decline_code: str | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+        self.decline_code = decline_code
+        self.request_id = request_id
+        self.http_status = http_status
+        self.should_retry = should_retry
+
+
+class CardDeclined(ProcessorError):
+    """The processor declined the card; ``decline_code`` says why."""
+
+    code = "card_declined"
+
+
+class TransientProcessorError(ProcessorError):
+    """Worth retrying: network failure, timeout, 5xx, 429, lock timeout."""
+
+    code = "transient_processor_error"
+
+
+class OutcomeUnknown(TransientProcessorError):
+    """The request was sent but no answer came back. Retry with the SAME key."""
+
+    code = "outcome_unknown"
+
+
+class PermanentProcessorError(ProcessorError):
+    """The processor rejected the request in a way retrying will not fix."""
+
+    code = "invalid_request_error"
+
+
+class AuthenticationFailed(ProcessorError):
+    """The connection token or session was refused (expired, redeemed, wrong)."""
+
+    code = "authentication_failed"
+
+
+class AccountMismatch(ProcessorError):
+    """A payment stored under one account or mode may not go to another."""
+
+    code = "account_id_mismatch_while_forwarding"
+
+
+class ConnectionTokenError(OfftermError):
+    """The token provider owned the request but could not provide a token."""
+
+    code = "connection_token_provider_error"

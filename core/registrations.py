@@ -1,0 +1,101 @@
+"""Typed registrations that plugins yield from the ``offterm_*`` hooks.
+
+Each has a validated ``name`` (what the config selects) and a ``factory``
+that builds the component from its validated options.  Behaviour lives in
+the ABCs of ``offterm.core.contracts``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from .contracts import (
+    ConnectionTokenProvider,
+    ForwardingPolicy,
+    ForwardingTransport,
+    OfflineAcceptancePolicy,
+    PaymentStore,
+    ReaderTransport,
+    StorageKeyProvider,
+)
+from .errors import PluginError
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One configuration key of a component, with its default and meaning.
+
+    ``secret`` options can also come from the environment variable
+    ``OFFTERM_<KIND>_<NAME>_<KEY>`` and are never logged.
+    """
+
+    key: str
+    type: type | tuple[type, ...]
+    default: Any
+    help: str
+    secret: bool = False
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class ComponentContext:
+    """What a factory receives: its own validated options and where to keep files."""
+
+    name: str
+    options: Mapping[str, Any]
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class Registration(Generic[T]):
+    name: str
+    factory: Callable[[ComponentContext], T]
+    description: str = ""
+    options: tuple[OptionSpec, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise PluginError(
+                f"invalid component name {self.name!r}: use 1-40 of a-z, 0-9, '_' or '-', starting with a letter"
+            )
+        if not callable(self.factory):
+            raise PluginError(f"component {self.name!r}: factory is not callable")
+        keys = [o.key for o in self.options]
+        if len(keys) != len(set(keys)):
+            raise PluginError(f"component {self.name!r}: duplicate option keys")
+
+
+class ReaderTransportRegistration(Registration[ReaderTransport]):
+    kind = "reader"
+
+
+class StorageBackendRegistration(Registration[PaymentStore]):
+    kind = "storage"
+
+
+class StorageKeyProviderRegistration(Registration[StorageKeyProvider]):
+    kind = "storage_key"
+
+
+class TokenProviderRegistration(Registration[ConnectionTokenProvider]):
+    kind = "tokens"
+
+
+class ForwardingTransportRegistration(Registration[ForwardingTransport]):
+    kind = "forwarding"
+
+
+class AcceptancePolicyRegistration(Registration[OfflineAcceptancePolicy]):
+    kind = "acceptance"
+
+
+class ForwardingPolicyRegistration(Registration[ForwardingPolicy]):
+    kind = "forwarding_policy"

@@ -1,0 +1,1 @@
+"""offterm plugins."""
