@@ -132,11 +132,13 @@ class PaymentStore(abc.ABC):
     """A durable, encrypted home for offline payments."""
 
     @abc.abstractmethod
-    def open(self) -> None:
+    def open(self, keys: StorageKeyProvider) -> None:
         """Open (creating if absent), verify the key by reading, migrate.
 
-        Raises WrongStorageKey, StorageDamaged, EncryptionUnavailable. Never
-        deletes, truncates or recreates an existing file.
+        The key comes from ``keys``: ask with ``create=True`` only when no
+        database exists yet.  Raises WrongStorageKey, StorageKeyUnavailable,
+        StorageDamaged, EncryptionUnavailable.  Never deletes, truncates or
+        recreates an existing file.
         """
 
     @abc.abstractmethod
