@@ -1,0 +1,250 @@
+"""Load and validate the configuration: one TOML file, or a dict.
+
+Layout: core sections hold scalar keys (``[terminal]``, ``[plugins]``,
+``[forwarding]``...); a component's own options live in a sub-table named
+after it, ``[<kind>.<name>]`` (``[storage.sqlcipher]``, ``[tokens.http]``),
+validated against the OptionSpecs its registration declares.  Every error
+names the key and the bad value.  Secrets (``OptionSpec.secret``) may come
+from ``OFFTERM_<KIND>_<NAME>_<KEY>`` instead of the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import ConfigError
+from .registrations import OptionSpec, Registration
+
+ENV_CONFIG = "OFFTERM_CONFIG"
+APP_NAME = "offterm"
+
+
+def default_config_path() -> Path:
+    return platformdirs.user_config_path(APP_NAME) / "config.toml"
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME)
+
+
+# Core options: section -> specs.  docs/configuration.md documents each (a test checks).
+CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
+    "terminal": (
+        OptionSpec(
+            "data_dir",
+            str,
+            None,
+            "Directory for the payment store and keys (0700). Default: platformdirs' user data dir for 'offterm'.",
+        ),
+        OptionSpec("merchant_country", str, "US", "ISO 3166 alpha-2 country of the merchant; EEA rules apply by it."),
+        OptionSpec("location_id", str, None, "The processor Location this POS belongs to (reader offline rules)."),
+        OptionSpec("offline_enabled", bool, False, "Allow storing payments offline at all (explicit opt-in)."),
+        OptionSpec(
+            "offline_timeout",
+            (int, float),
+            3.0,
+            "Seconds a PREFER_ONLINE request waits for the processor before the payment is stored offline instead.",
+        ),
+        OptionSpec("probe_min_interval", (int, float), 0.5, "First delay between reachability probes while offline."),
+        OptionSpec("probe_max_interval", (int, float), 30.0, "Longest delay between probes while offline (backoff)."),
+    ),
+    "plugins": (
+        OptionSpec("disable", list, [], "Plugin names never to load (also OFFTERM_DISABLE_PLUGINS, comma-separated)."),
+        OptionSpec(
+            "autoload",
+            bool,
+            True,
+            "Load third-party plugins from the 'offterm' entry-point group "
+            "(OFFTERM_DISABLE_PLUGIN_AUTOLOAD=1 turns it off).",
+        ),
+        OptionSpec(
+            "strict",
+            bool,
+            False,
+            "A plugin that fails to load stops start-up instead of warning (also OFFTERM_STRICT_PLUGINS=1).",
+        ),
+    ),
+    "reader": (
+        OptionSpec("transport", str, "simulated", "Reader transport component: simulated, serial, ble, or a plugin's."),
+    ),
+    "storage": (
+        OptionSpec("backend", str, "sqlcipher", "Storage backend component."),
+        OptionSpec("key_provider", str, "file", "Storage key provider component: file, env, keyring, or a plugin's."),
+    ),
+    "storage_key": (),
+    "tokens": (
+        OptionSpec(
+            "providers",
+            list,
+            ["http"],
+            "Connection-token providers asked in order; None from one means 'not mine', ask the next.",
+        ),
+    ),
+    "forwarding": (
+        OptionSpec("transport", str, "stripe", "Processor transport component."),
+        OptionSpec("policy", str, "default", "Forwarding policy component (ordering, retry pacing, giving up)."),
+        OptionSpec("interval", (int, float), 30.0, "Seconds between forwarding rounds while payments wait."),
+        OptionSpec("concurrency", int, 4, "Payments forwarded at the same time."),
+        OptionSpec("rate_limit", (int, float), 20.0, "Most requests per second to the processor (Stripe allows 100)."),
+        OptionSpec("batch_size", int, 50, "Payments claimed from the store at a time."),
+        OptionSpec(
+            "lease_seconds",
+            (int, float),
+            120.0,
+            "How long a claim lasts before another forwarder may recover it (a crashed process).",
+        ),
+        OptionSpec("close_timeout", (int, float), 10.0, "Seconds close() spends trying to forward what remains."),
+    ),
+    "acceptance": (),
+    "forwarding_policy": (),
+}
+
+#: kinds whose section may hold component sub-tables
+COMPONENT_SECTIONS = ("reader", "storage", "storage_key", "tokens", "forwarding", "acceptance", "forwarding_policy")
+
+
+def _check_type(where: str, spec: OptionSpec, value: Any) -> Any:
+    allowed = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+    if isinstance(value, bool) and bool not in allowed:
+        raise ConfigError(where, f"must be {_type_names(allowed)}", value)
+    if not isinstance(value, allowed):
+        raise ConfigError(where, f"must be {_type_names(allowed)}", value)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        raise ConfigError(where, "must not be negative", value)
+    return value
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {
+        "str": "a string",
+        "bool": "true or false",
+        "int": "an integer",
+        "float": "a number",
+        "list": "a list",
+        "dict": "a table",
+    }
+    return " or ".join(names.get(t.__name__, t.__name__) for t in types)
+
+
+def validate_options(
+    where: str, specs: tuple[OptionSpec, ...], raw: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Apply defaults and check types; unknown keys are errors naming the key."""
+    env = os.environ if env is None else env
+    known = {s.key: s for s in specs}
+    for key in raw:
+        if key not in known:
+            choices = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"{where}.{key}", f"unknown option (valid: {choices})")
+    result: dict[str, Any] = {}
+    for spec in specs:
+        key = f"{where}.{spec.key}"
+        env_name = "OFFTERM_" + key.upper().replace(".", "_").replace("-", "_")
+        if spec.secret and env.get(env_name):
+            result[spec.key] = env[env_name]
+        elif spec.key in raw:
+            result[spec.key] = _check_type(key, spec, raw[spec.key])
+        elif spec.required:
+            raise ConfigError(key, f"is required (or set {env_name})" if spec.secret else "is required")
+        else:
+            result[spec.key] = copy.deepcopy(spec.default)
+    return result
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated core settings plus the raw option tables of components."""
+
+    sections: dict[str, dict[str, Any]]
+    component_options: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    source: Path | None = None
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    def get(self, section: str, key: str) -> Any:
+        return self.sections[section][key]
+
+    @property
+    def data_dir(self) -> Path:
+        value = self.sections["terminal"]["data_dir"]
+        return Path(value).expanduser() if value else default_data_dir()
+
+    def component(self, kind: str, registration: Registration[Any]) -> dict[str, Any]:
+        """Validated options of one selected component."""
+        raw = self.component_options.get((kind, registration.name), {})
+        return validate_options(f"{kind}.{registration.name}", registration.options, raw, self.env)
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load from a dict, a path, ``$OFFTERM_CONFIG``, or the default path (if it exists)."""
+    env = dict(os.environ) if env is None else dict(env)
+    path: Path | None = None
+    if isinstance(source, Mapping):
+        data: Mapping[str, Any] = source
+    else:
+        if source is None and env.get(ENV_CONFIG):
+            source = env[ENV_CONFIG]
+        if source is None:
+            path = default_config_path()
+            data = _read_toml(path) if path.exists() else {}
+        else:
+            path = Path(source).expanduser()
+            if not path.exists():
+                raise ConfigError("config", f"file not found: {path}")
+            data = _read_toml(path)
+    return _parse(data, path, env)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+
+
+def _parse(data: Mapping[str, Any], path: Path | None, env: Mapping[str, str]) -> Config:
+    for section in data:
+        if section not in CORE_OPTIONS:
+            raise ConfigError(section, f"unknown section (valid: {', '.join(sorted(CORE_OPTIONS))})")
+    sections: dict[str, dict[str, Any]] = {}
+    components: dict[tuple[str, str], dict[str, Any]] = {}
+    for section, specs in CORE_OPTIONS.items():
+        raw = data.get(section, {})
+        if not isinstance(raw, Mapping):
+            raise ConfigError(section, "must be a table", raw)
+        scalars = {k: v for k, v in raw.items() if not isinstance(v, Mapping) or k in {s.key for s in specs}}
+        if section in COMPONENT_SECTIONS:
+            for name, table in raw.items():
+                if isinstance(table, Mapping) and name not in {s.key for s in specs}:
+                    components[(section, name)] = dict(table)
+        sections[section] = validate_options(section, specs, scalars, env)
+    _check_core(sections)
+    return Config(sections=sections, component_options=components, source=path, env=env)
+
+
+def _check_core(sections: dict[str, dict[str, Any]]) -> None:
+    country = sections["terminal"]["merchant_country"]
+    if len(country) != 2 or not country.isalpha():
+        raise ConfigError("terminal.merchant_country", "must be an ISO 3166 alpha-2 code", country)
+    sections["terminal"]["merchant_country"] = country.upper()
+    for key in ("concurrency", "batch_size"):
+        if sections["forwarding"][key] < 1:
+            raise ConfigError(f"forwarding.{key}", "must be at least 1", sections["forwarding"][key])
+    if sections["forwarding"]["rate_limit"] <= 0:
+        raise ConfigError("forwarding.rate_limit", "must be positive", sections["forwarding"]["rate_limit"])
+    for key in ("disable",):
+        if not all(isinstance(n, str) for n in sections["plugins"][key]):
+            raise ConfigError(f"plugins.{key}", "must be a list of plugin names", sections["plugins"][key])
+    providers = sections["tokens"]["providers"]
+    if not providers or not all(isinstance(n, str) for n in providers):
+        raise ConfigError("tokens.providers", "must be a non-empty list of provider names", providers)

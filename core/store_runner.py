@@ -1,0 +1,79 @@
+"""Run a synchronous PaymentStore from async code, one call at a time.
+
+SQLCipher has no async driver, so every store call goes to one dedicated
+worker thread: the event loop never blocks on fsync, and the backend never
+sees two calls at once from this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+
+from .contracts import NewPayment, PaymentState, PaymentStore, StoredPayment, StoreSummary
+from .contracts.storage import HistoryEntry, StorageKeyProvider
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    def __init__(self, store: PaymentStore) -> None:
+        self.backend = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offterm-store")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def open(self, keys: StorageKeyProvider) -> None:
+        await self._run(self.backend.open, keys)
+
+    async def close(self) -> None:
+        try:
+            await self._run(self.backend.close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    async def store(self, payment: NewPayment) -> StoredPayment:
+        return await self._run(self.backend.store, payment)
+
+    async def get(self, offline_id: str) -> StoredPayment:
+        return await self._run(self.backend.get, offline_id)
+
+    async def list_payments(
+        self, states: Collection[PaymentState] | None = None, limit: int | None = None
+    ) -> list[StoredPayment]:
+        return await self._run(self.backend.list_payments, states, limit)
+
+    async def summary(self) -> StoreSummary:
+        return await self._run(self.backend.summary)
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
+        return await self._run(self.backend.claim, owner, limit, lease_seconds, now)
+
+    async def record_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
+        return await self._run(self.backend.record_attempt, offline_id, owner, now)
+
+    async def complete(
+        self, offline_id: str, owner: str, to_state: PaymentState, now: datetime, **kw: Any
+    ) -> StoredPayment:
+        return await self._run(self.backend.complete, offline_id, owner, to_state, now, **kw)
+
+    async def release(self, owner: str, now: datetime) -> int:
+        return await self._run(self.backend.release, owner, now)
+
+    async def recover_expired_claims(self, now: datetime) -> int:
+        return await self._run(self.backend.recover_expired_claims, now)
+
+    async def history(self, offline_id: str) -> list[HistoryEntry]:
+        return await self._run(self.backend.history, offline_id)
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._run(self.backend.get_meta, key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(self.backend.set_meta, key, value)

@@ -1,0 +1,603 @@
+"""The Terminal: the one object a POS app talks to.
+
+Flow: create an intent -> collect a card on the reader -> confirm.  Online,
+confirm goes to the processor; offline (or when the processor does not
+answer in time under PREFER_ONLINE) the acceptance policies are asked and
+the payment is committed to the encrypted store before confirm returns.
+The forwarder sends stored payments later, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from .config import Config, load_config
+from .contracts import (
+    AcceptanceRequest,
+    CardResult,
+    CollectRequest,
+    ConnectionTokenProvider,
+    ForwardingTransport,
+    NewPayment,
+    OfflineAcceptancePolicy,
+    PaymentState,
+    ProcessorSession,
+    ReaderConnection,
+    ReaderInfo,
+    ReaderTransport,
+    StoredPayment,
+    StoreSummary,
+    Submission,
+)
+from .contracts.storage import HistoryEntry
+from .currency import normalize_currency, validate_amount
+from .errors import (
+    AuthenticationFailed,
+    CardDeclined,
+    ConnectionTokenError,
+    NoLastSeenAccount,
+    OfflineModeDisabled,
+    OfflineRefused,
+    OfftermError,
+    OutcomeUnknown,
+    ProcessorError,
+    ReaderNotConnected,
+    RequireOnlineWhileOffline,
+    TransientProcessorError,
+    UnexpectedIntentState,
+)
+from .forwarder import Forwarder, ForwardingSettings, utcnow
+from .intents import card_present_details, intent_from_stored
+from .manager import PluginManager, create_plugin_manager
+from .models import (
+    IntentStatus,
+    NetworkStatus,
+    OfflineBehavior,
+    OfflineDetails,
+    OfflineStatus,
+    OfflineStatusDetails,
+    PaymentIntent,
+    PaymentIntentParams,
+    new_offline_id,
+)
+from .network import NetworkMonitor
+from .registrations import ComponentContext, Registration
+from .session import SessionManager
+from .store_runner import AsyncStore
+
+log = structlog.get_logger("offterm.terminal")
+
+_ACCOUNT_META = "last_seen_account"
+_READER_META = "reader_online:"
+
+
+@dataclass(frozen=True)
+class CloseReport:
+    """What ``close()`` left behind: payments still waiting for the processor."""
+
+    remaining: int
+    amounts_by_currency: dict[str, int]
+    needs_attention: int
+
+    @property
+    def safe_to_shut_down(self) -> bool:
+        return self.remaining == 0
+
+
+@dataclass
+class _Pending:
+    """In-memory state of an intent between collect and confirm (never persisted)."""
+
+    card: CardResult | None = None
+    idempotency_key: str | None = None
+
+
+class Terminal:
+    """Async Terminal API.  Use ``async with Terminal.from_config(...) as terminal:``."""
+
+    def __init__(self, config: Config, plugin_manager: PluginManager | None = None) -> None:
+        self.config = config
+        plugins = config.sections["plugins"]
+        self.plugins = plugin_manager or create_plugin_manager(
+            disabled=plugins["disable"], autoload=plugins["autoload"], strict=plugins["strict"], env=config.env
+        )
+        term = config.sections["terminal"]
+        self.data_dir = config.data_dir
+        self._merchant_country: str = term["merchant_country"]
+        self._location_id: str | None = term["location_id"]
+        self._offline_enabled: bool = term["offline_enabled"]
+        self._offline_timeout: float = float(term["offline_timeout"])
+        self._pending: dict[str, _Pending] = {}
+        self._reader: ReaderConnection | None = None
+        self._reader_transport: ReaderTransport | None = None
+        self._summary = StoreSummary(0, {}, None, 0)
+        self._last_status: OfflineStatus | None = None
+        self._account: tuple[str, bool] | None = None
+        self._opened = False
+
+    # -- construction -------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        config: str | Path | Mapping[str, Any] | Config | None = None,
+        *,
+        plugin_manager: PluginManager | None = None,
+    ) -> Terminal:
+        """Build a Terminal from a TOML path, a dict, or a loaded Config (not yet open)."""
+        loaded = config if isinstance(config, Config) else load_config(config)
+        return cls(loaded, plugin_manager)
+
+    def _build(self, kind: str, registration: Registration[Any]) -> Any:
+        options = self.config.component(kind, registration)
+        return registration.factory(ComponentContext(registration.name, options, self.data_dir))
+
+    async def __aenter__(self) -> Terminal:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Build components, open the store, recover crashed claims, start forwarding."""
+        cfg = self.config.sections
+        pm = self.plugins
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store_reg = pm.storage_backend(cfg["storage"]["backend"])
+        key_reg = pm.storage_key_provider(cfg["storage"]["key_provider"])
+        transport_reg = pm.forwarding_transport(cfg["forwarding"]["transport"])
+        policy_reg = pm.forwarding_policy(cfg["forwarding"]["policy"])
+        token_regs = [pm.token_provider(n) for n in cfg["tokens"]["providers"]]
+        self._acceptance: list[tuple[str, OfflineAcceptancePolicy]] = [
+            (reg.name, self._build("acceptance", reg)) for reg in pm.acceptance_policies()
+        ]
+        self._reader_reg = pm.reader_transport(cfg["reader"]["transport"])
+        self.transport: ForwardingTransport = self._build("forwarding", transport_reg)
+        providers: list[tuple[str, ConnectionTokenProvider]] = [
+            (reg.name, self._build("tokens", reg)) for reg in token_regs
+        ]
+
+        self.store = AsyncStore(self._build("storage", store_reg))
+        await self.store.open(self._build("storage_key", key_reg))
+        try:
+            recovered = await self.store.recover_expired_claims(utcnow())
+            if recovered:
+                log.warning("recovered_claims_after_crash", count=recovered)
+            account = await self.store.get_meta(_ACCOUNT_META)
+            if account:
+                data = json.loads(account)
+                self._account = (data["account_id"], bool(data["livemode"]))
+            await self.transport.open()
+            self.network = NetworkMonitor(
+                self.transport.probe,
+                self._network_changed,
+                cfg["terminal"]["probe_min_interval"],
+                cfg["terminal"]["probe_max_interval"],
+            )
+            self.sessions = SessionManager(providers, self.transport, self._location_id, self._authenticated)
+            fwd = cfg["forwarding"]
+            self.forwarder = Forwarder(
+                self.store,
+                self.transport,
+                self.sessions,
+                self._build("forwarding_policy", policy_reg),
+                self.network,
+                self.plugins.emit,
+                ForwardingSettings(
+                    interval=float(fwd["interval"]),
+                    concurrency=fwd["concurrency"],
+                    rate_limit=float(fwd["rate_limit"]),
+                    batch_size=fwd["batch_size"],
+                    lease_seconds=float(fwd["lease_seconds"]),
+                ),
+                on_progress=self._schedule_status_refresh,
+            )
+        except BaseException:
+            await self.store.close()
+            raise
+        self._opened = True
+        await self._refresh_status(emit=False)
+        self.network.start()
+        self.forwarder.start()
+        self.forwarder.trigger()
+        log.info("terminal_opened", pending=self._summary.pending_count)
+
+    async def close(self, timeout: float | None = None) -> CloseReport:
+        """Stop cleanly: try to forward what remains (bounded), then report it."""
+        if not self._opened:
+            return CloseReport(
+                self._summary.pending_count,
+                dict(self._summary.amounts_by_currency),
+                self._summary.needs_attention_count,
+            )
+        self._opened = False
+        budget = self.config.get("forwarding", "close_timeout") if timeout is None else timeout
+        if budget > 0 and self._summary.pending_count and self.network.status is not NetworkStatus.OFFLINE:
+            try:
+                await asyncio.wait_for(self.forwarder.run_round(), timeout=budget)
+            except (TimeoutError, OfftermError) as exc:
+                log.warning("close_flush_incomplete", error_type=type(exc).__name__)
+        await self.forwarder.stop()
+        await self.network.stop()
+        await self.disconnect_reader()
+        if self._reader_transport is not None:
+            await self._reader_transport.close()
+        await self.transport.close()
+        summary = await self.store.summary()
+        await self.store.close()
+        report = CloseReport(summary.pending_count, dict(summary.amounts_by_currency), summary.needs_attention_count)
+        log.info("terminal_closed", remaining=report.remaining, needs_attention=report.needs_attention)
+        return report
+
+    # -- status and events ------------------------------------------------------
+
+    @property
+    def offline_status(self) -> OfflineStatus:
+        """Counts and amounts waiting to be forwarded, and the network status."""
+        s = self._summary
+        return OfflineStatus(
+            sdk=OfflineStatusDetails(
+                network_status=self.network.status if hasattr(self, "network") else NetworkStatus.UNKNOWN,
+                offline_payments_count=s.pending_count,
+                offline_payment_amounts_by_currency=dict(s.amounts_by_currency),
+                needs_attention_count=s.needs_attention_count,
+                oldest_stored_at=s.oldest_stored_at,
+            )
+        )
+
+    @property
+    def network_status(self) -> NetworkStatus:
+        return self.network.status
+
+    async def _refresh_status(self, emit: bool = True) -> OfflineStatus:
+        self._summary = await self.store.summary()
+        status = self.offline_status
+        if emit and status != self._last_status:
+            self.plugins.emit("offline_status_changed", status=status)
+        self._last_status = status
+        return status
+
+    def _schedule_status_refresh(self) -> None:
+        asyncio.get_running_loop().create_task(self._refresh_status())
+
+    def _network_changed(self, status: NetworkStatus, previous: NetworkStatus) -> None:
+        self.plugins.emit("network_status_changed", status=status, previous=previous)
+        if self._opened:
+            self._schedule_status_refresh()
+            if status is NetworkStatus.ONLINE:
+                self.forwarder.trigger()
+
+    def _authenticated(self, session: ProcessorSession) -> None:
+        account = (session.account_id, session.livemode)
+        if account != self._account:
+            self._account = account
+            value = json.dumps({"account_id": session.account_id, "livemode": session.livemode})
+            asyncio.get_running_loop().create_task(self.store.set_meta(_ACCOUNT_META, value))
+
+    # -- readers ----------------------------------------------------------------
+
+    async def discover_readers(self, timeout: float = 5.0) -> list[ReaderInfo]:
+        if self._reader_transport is None:
+            self._reader_transport = self._build("reader", self._reader_reg)
+        return await self._reader_transport.discover(timeout)
+
+    async def connect_reader(self, reader: ReaderInfo) -> ReaderInfo:
+        """Connect; when the processor is reachable, remember this as an online connection."""
+        if self._reader_transport is None:
+            self._reader_transport = self._build("reader", self._reader_reg)
+        if self._reader is not None:
+            await self.disconnect_reader()
+        self._reader = await self._reader_transport.connect(reader)
+        if self.network.status is NetworkStatus.UNKNOWN:
+            await self.network.check()
+        if self.network.status is NetworkStatus.ONLINE:
+            record = {
+                "at": utcnow().isoformat(),
+                "location_id": reader.location_id or self._location_id,
+                "reader_type": reader.reader_type,
+            }
+            await self.store.set_meta(_READER_META + reader.serial_number, json.dumps(record))
+        self.plugins.emit("reader_connected", reader=self._reader.info)
+        return self._reader.info
+
+    async def disconnect_reader(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
+            self.plugins.emit("reader_disconnected", reader=reader.info, reason="requested")
+
+    @property
+    def connected_reader(self) -> ReaderConnection | None:
+        """The open reader connection (a simulated one accepts test cards through it)."""
+        return self._reader
+
+    # -- payment intents ----------------------------------------------------------
+
+    async def create_payment_intent(
+        self,
+        params: PaymentIntentParams | dict[str, Any],
+        offline_behavior: OfflineBehavior = OfflineBehavior.PREFER_ONLINE,
+    ) -> PaymentIntent:
+        """Create an intent.  Online it gets a processor id; offline ``id`` stays None."""
+        p = PaymentIntentParams.coerce(params)
+        currency = normalize_currency(p.currency)
+        amount = validate_amount(p.amount)
+        behavior = OfflineBehavior(offline_behavior)
+        intent = PaymentIntent(
+            offline_id=new_offline_id(),
+            amount=amount,
+            currency=currency,
+            capture_method=p.capture_method,
+            metadata=dict(p.metadata),
+            description=p.description,
+            offline_behavior=behavior,
+            created_at=utcnow(),
+        )
+        if behavior is OfflineBehavior.FORCE_OFFLINE:
+            self._require_offline_enabled(forced=True)
+        elif behavior is OfflineBehavior.REQUIRE_ONLINE or self.network.status is not NetworkStatus.OFFLINE:
+            try:
+                intent.id = await self._with_timeout(behavior, self._create_online(intent))
+            except (TransientProcessorError, ConnectionTokenError, TimeoutError) as exc:
+                if behavior is OfflineBehavior.REQUIRE_ONLINE:
+                    raise RequireOnlineWhileOffline("the processor is unreachable and REQUIRE_ONLINE is set") from exc
+                log.info("create_offline", offline_id=intent.offline_id, reason=type(exc).__name__)
+        self._pending[intent.offline_id] = _Pending()
+        return intent
+
+    async def _create_online(self, intent: PaymentIntent) -> str:
+        session = await self._session("online_payment")
+        try:
+            intent_id = await self.transport.create_intent(
+                session,
+                offline_id=intent.offline_id,
+                amount=intent.amount,
+                currency=intent.currency,
+                capture_method=intent.capture_method,
+                metadata=intent.metadata,
+                description=intent.description,
+                idempotency_key=f"{intent.offline_id}-create",
+            )
+        except TransientProcessorError:
+            self.network.record_failure()
+            raise
+        self.network.record_success()
+        return intent_id
+
+    async def _session(self, reason: str) -> ProcessorSession:
+        try:
+            return await self.sessions.get(reason)
+        except TransientProcessorError:
+            self.network.record_failure()
+            raise
+        except ConnectionTokenError as exc:
+            self.plugins.emit("forwarding_failure", error=exc)
+            raise
+
+    async def _with_timeout(self, behavior: OfflineBehavior, coro: Any) -> Any:
+        if behavior is OfflineBehavior.REQUIRE_ONLINE:
+            return await coro
+        try:
+            return await asyncio.wait_for(coro, timeout=self._offline_timeout)
+        except TimeoutError:
+            self.network.record_failure()
+            raise
+
+    def _pending_for(self, intent: PaymentIntent) -> _Pending:
+        pending = self._pending.get(intent.offline_id)
+        if pending is None:
+            raise UnexpectedIntentState(f"intent {intent.offline_id} was not created by this terminal or is finished")
+        return pending
+
+    async def collect_payment_method(self, intent: PaymentIntent, timeout: float = 60.0) -> PaymentIntent:
+        """Read a card on the connected reader.  Offline rules on the card apply here when offline."""
+        if intent.status is not IntentStatus.REQUIRES_PAYMENT_METHOD:
+            raise UnexpectedIntentState(f"cannot collect: intent is {intent.status.value}")
+        pending = self._pending_for(intent)
+        if self._reader is None or not self._reader.is_connected:
+            raise ReaderNotConnected("no reader is connected")
+        card = await self._reader.collect(CollectRequest(intent.amount, intent.currency, timeout=timeout))
+        going_offline = intent.offline_behavior is OfflineBehavior.FORCE_OFFLINE or (
+            intent.offline_behavior is OfflineBehavior.PREFER_ONLINE and self.network.status is NetworkStatus.OFFLINE
+        )
+        if going_offline and self._offline_enabled:
+            await self._check_acceptance(intent, card)
+        pending.card = card
+        intent.status = IntentStatus.REQUIRES_CONFIRMATION
+        return intent
+
+    async def confirm_payment_intent(
+        self, intent: PaymentIntent, offline_behavior: OfflineBehavior | None = None
+    ) -> PaymentIntent:
+        """Authorise online, or store durably offline; returns only when one of them is done."""
+        if intent.status is not IntentStatus.REQUIRES_CONFIRMATION:
+            raise UnexpectedIntentState(f"cannot confirm: intent is {intent.status.value}")
+        pending = self._pending_for(intent)
+        assert pending.card is not None
+        behavior = OfflineBehavior(offline_behavior) if offline_behavior else intent.offline_behavior
+        intent.offline_behavior = behavior
+        if pending.idempotency_key is None:
+            # Made once; reused by the online attempt AND by the stored payment.
+            pending.idempotency_key = "offterm-" + uuid.uuid4().hex
+        if behavior is OfflineBehavior.FORCE_OFFLINE:
+            self._require_offline_enabled(forced=True)
+            return await self._store_offline(intent, pending)
+        if behavior is OfflineBehavior.PREFER_ONLINE and self.network.status is NetworkStatus.OFFLINE:
+            if self._offline_enabled:
+                return await self._store_offline(intent, pending)
+        try:
+            confirmed: PaymentIntent = await self._with_timeout(behavior, self._confirm_online(intent, pending))
+            return confirmed
+        except CardDeclined:
+            pending.card = None
+            intent.status = IntentStatus.REQUIRES_PAYMENT_METHOD
+            raise
+        except (TransientProcessorError, ConnectionTokenError, AuthenticationFailed, TimeoutError) as exc:
+            if behavior is OfflineBehavior.REQUIRE_ONLINE:
+                raise RequireOnlineWhileOffline("the processor is unreachable and REQUIRE_ONLINE is set") from exc
+            if isinstance(exc, AuthenticationFailed):
+                self.sessions.invalidate()
+            self._require_offline_enabled(forced=False)
+            log.info("confirm_fell_back_offline", offline_id=intent.offline_id, reason=type(exc).__name__)
+            return await self._store_offline(intent, pending)
+
+    async def _confirm_online(self, intent: PaymentIntent, pending: _Pending) -> PaymentIntent:
+        assert pending.card is not None and pending.idempotency_key is not None
+        session = await self._session("online_payment")
+        try:
+            result = await self.transport.submit(
+                session,
+                Submission(
+                    offline_id=intent.offline_id,
+                    idempotency_key=pending.idempotency_key,
+                    amount=intent.amount,
+                    currency=intent.currency,
+                    capture_method=intent.capture_method,
+                    metadata=intent.metadata,
+                    card=pending.card,
+                    intent_id=intent.id,
+                    description=intent.description,
+                ),
+            )
+        except (TransientProcessorError, OutcomeUnknown):
+            self.network.record_failure()
+            raise
+        self.network.record_success()
+        intent.id = result.intent_id
+        intent.status = result.status
+        self._pending.pop(intent.offline_id, None)
+        return intent
+
+    def _require_offline_enabled(self, forced: bool) -> None:
+        if not self._offline_enabled:
+            if forced:
+                raise OfflineModeDisabled("FORCE_OFFLINE needs [terminal] offline_enabled = true")
+            raise RequireOnlineWhileOffline(
+                "the processor is unreachable and offline payments are disabled ([terminal] offline_enabled)"
+            )
+
+    async def _check_acceptance(self, intent: PaymentIntent, card: CardResult | None) -> None:
+        """Ask every acceptance policy; any refusal rejects (reported in policy-name order)."""
+        reader = self._reader.info if self._reader else None
+        last_at: datetime | None = None
+        last_location: str | None = None
+        if reader is not None:
+            raw = await self.store.get_meta(_READER_META + reader.serial_number)
+            if raw:
+                data = json.loads(raw)
+                last_at = datetime.fromisoformat(data["at"])
+                last_location = data.get("location_id")
+        request = AcceptanceRequest(
+            amount=intent.amount,
+            currency=intent.currency,
+            card=card.details if card else None,
+            summary=await self.store.summary(),
+            now=utcnow(),
+            merchant_country=self._merchant_country,
+            reader=reader,
+            reader_last_online_at=last_at,
+            reader_last_online_location=last_location,
+            location_id=self._location_id or (reader.location_id if reader else None),
+        )
+        refusals: list[OfflineRefused] = []
+        for name, policy in self._acceptance:
+            refusal = policy.evaluate(request)
+            if refusal is not None:
+                refusal.policy = refusal.policy or name
+                refusals.append(refusal)
+        if refusals:
+            first = refusals[0]
+            first.details["all_refusals"] = [(r.policy, r.code) for r in refusals]
+            log.info("offline_refused", offline_id=intent.offline_id, code=first.code, policy=first.policy)
+            raise first
+
+    async def _store_offline(self, intent: PaymentIntent, pending: _Pending) -> PaymentIntent:
+        assert pending.card is not None and pending.idempotency_key is not None
+        if self._account is None:
+            raise NoLastSeenAccount("this terminal has never authenticated online, so it cannot store payments yet")
+        await self._check_acceptance(intent, pending.card)
+        account_id, livemode = self._account
+        stored = await self.store.store(
+            NewPayment(
+                offline_id=intent.offline_id,
+                idempotency_key=pending.idempotency_key,
+                amount=intent.amount,
+                currency=intent.currency,
+                capture_method=intent.capture_method,
+                metadata=dict(intent.metadata),
+                account_id=account_id,
+                livemode=livemode,
+                stored_at=utcnow(),
+                card=pending.card,
+                intent_id=intent.id,
+                description=intent.description,
+            )
+        )
+        # Durable from here on.
+        self._pending.pop(intent.offline_id, None)
+        result = intent_from_stored(stored)
+        intent.status = result.status
+        intent.offline_details = OfflineDetails(
+            stored_at=stored.stored_at,
+            requires_upload=True,
+            card_present_details=card_present_details(pending.card.details),
+        )
+        log.info("payment_stored", offline_id=intent.offline_id, amount=intent.amount, currency=intent.currency)
+        self.plugins.emit("payment_stored", intent=replace(intent))
+        await self._refresh_status()
+        if self.network.status is not NetworkStatus.OFFLINE:
+            self.forwarder.trigger()
+        return intent
+
+    async def cancel_payment_intent(self, intent: PaymentIntent) -> PaymentIntent:
+        """Cancel an intent that has not been confirmed (stored payments cannot be)."""
+        if intent.requires_upload or intent.status in (IntentStatus.SUCCEEDED, IntentStatus.CANCELED):
+            raise UnexpectedIntentState(f"cannot cancel: intent is {intent.status.value}")
+        self._pending.pop(intent.offline_id, None)
+        if self._reader is not None:
+            await self._reader.cancel_collect()
+        if intent.id is not None:
+            try:
+                session = await self._session("online_payment")
+                await self.transport.cancel_intent(session, intent.id)
+            except ProcessorError as exc:
+                log.warning("cancel_online_failed", offline_id=intent.offline_id, code=exc.code)
+        intent.status = IntentStatus.CANCELED
+        return intent
+
+    # -- stored payments ------------------------------------------------------------
+
+    async def forward_now(self, timeout: float = 30.0) -> int:
+        """Forward everything due now; returns how many payments still wait."""
+        if self.network.status is not NetworkStatus.ONLINE:
+            await self.network.check()
+        try:
+            await asyncio.wait_for(self.forwarder.run_round(), timeout=timeout)
+        except TimeoutError:
+            log.warning("forward_now_timed_out", timeout=timeout)
+        status = await self._refresh_status()
+        return status.sdk.offline_payments_count
+
+    async def list_stored_payments(
+        self, states: Collection[PaymentState] | None = None, limit: int | None = None
+    ) -> list[StoredPayment]:
+        return await self.store.list_payments(states, limit)
+
+    async def payment_history(self, offline_id: str) -> list[HistoryEntry]:
+        return await self.store.history(offline_id)
+
+    async def refresh_offline_status(self) -> OfflineStatus:
+        return await self._refresh_status()

@@ -1,0 +1,393 @@
+"""An in-process simulated card reader, like Stripe's simulated reader.
+
+It lets the Terminal, the tests and the demo run every card scenario without
+hardware: the test (or demo) chooses which card the "customer" presents next
+with :meth:`SimulatedReaderConnection.present_card`, and ``collect`` reads it,
+encrypts it for the processor with the card-data wire codec and returns only
+the ciphertext plus receipt-safe details.
+
+Presentations are queued per reader (they survive a reconnect); when the
+queue is empty the configured ``default_card`` is presented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from offterm.core.contracts import CardDetails, CardResult, CollectRequest, ReaderConnection, ReaderInfo, ReaderTransport
+from offterm.core.errors import (
+    CardReadError,
+    CollectionCanceled,
+    ConfigError,
+    ReaderDisconnected,
+    ReaderError,
+    ReaderNotConnected,
+    ReaderTimeout,
+)
+from offterm.core.hookspecs import hookimpl
+from offterm.core.models import ReadMethod
+from offterm.core.registrations import ComponentContext, OptionSpec, ReaderTransportRegistration
+
+from . import card_encryption, test_cards
+
+TRANSPORT_NAME = "simulated"
+FIRMWARE_VERSION = "offterm-sim-1.0"
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """What the customer does at the next collection."""
+
+    card: test_cards.CardProfile
+    read_method: ReadMethod
+    pin_verified: bool
+    expired: bool = False
+    cardholder_name: str | None = None
+    remove_early: bool = False
+    never: bool = False
+    disconnect: bool = False
+
+
+@dataclass(frozen=True)
+class SimulatedReaderSettings:
+    """Validated options of the ``simulated`` transport."""
+
+    count: int = 1
+    reader_type: str = "simulated_wisepad3"
+    location_id: str | None = None
+    card_key: bytes = bytes.fromhex(card_encryption.TEST_BASE_KEY_HEX)
+    default_card: test_cards.CardProfile = test_cards.CARDS["visa"]
+    read_method: ReadMethod = ReadMethod.CONTACT_EMV
+    pin_verified: bool = True
+    read_delay: float = 0.0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"SimulatedReaderSettings(count={self.count}, reader_type={self.reader_type!r})"
+
+
+def _read_method(value: object, key: str) -> ReadMethod:
+    try:
+        return ReadMethod(str(value))
+    except ValueError:
+        choices = ", ".join(m.value for m in ReadMethod)
+        raise ConfigError(key, f"must be one of {choices}", value) from None
+
+
+def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.simulated") -> SimulatedReaderSettings:
+    """Check every option and build the settings; errors name the key (never a key or card number)."""
+    opts = dict(options or {})
+    unknown = set(opts) - {spec.key for spec in OPTIONS}
+    if unknown:
+        raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", "unknown option")
+    defaults = SimulatedReaderSettings()
+
+    count = opts.get("count", defaults.count)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
+        raise ConfigError(f"{prefix}.count", "must be an integer from 1 to 100", count)
+
+    reader_type = opts.get("reader_type", defaults.reader_type)
+    if not isinstance(reader_type, str) or not reader_type:
+        raise ConfigError(f"{prefix}.reader_type", "must be a non-empty string", reader_type)
+
+    location_id = opts.get("location_id", defaults.location_id)
+    if location_id is not None and (not isinstance(location_id, str) or not location_id):
+        raise ConfigError(f"{prefix}.location_id", "must be a non-empty string", location_id)
+
+    card_key_hex = opts.get("card_key", card_encryption.TEST_BASE_KEY_HEX)
+    try:
+        card_key = bytes.fromhex(card_key_hex) if isinstance(card_key_hex, str) else b""
+    except ValueError:
+        card_key = b""
+    if len(card_key) != 32:
+        raise ConfigError(f"{prefix}.card_key", "must be 64 hexadecimal characters (a 256-bit key)")
+
+    default_card = opts.get("default_card", "visa")
+    try:
+        card = test_cards.resolve(default_card) if isinstance(default_card, str) else None
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}.default_card", str(exc)) from None
+    if card is None:
+        raise ConfigError(f"{prefix}.default_card", "must be a test card name or a card number")
+
+    pin_verified = opts.get("pin_verified", defaults.pin_verified)
+    if not isinstance(pin_verified, bool):
+        raise ConfigError(f"{prefix}.pin_verified", "must be true or false", pin_verified)
+
+    read_delay = opts.get("read_delay", defaults.read_delay)
+    if isinstance(read_delay, bool) or not isinstance(read_delay, int | float) or not 0 <= read_delay <= 60:
+        raise ConfigError(f"{prefix}.read_delay", "must be a number of seconds from 0 to 60", read_delay)
+
+    return SimulatedReaderSettings(
+        count=count,
+        reader_type=reader_type,
+        location_id=location_id,
+        card_key=card_key,
+        default_card=card,
+        read_method=_read_method(opts.get("read_method", defaults.read_method.value), f"{prefix}.read_method"),
+        pin_verified=pin_verified,
+        read_delay=float(read_delay),
+    )
+
+
+class _SimulatedReader:
+    """One simulated device: its identity and the queue of cards waiting to be presented."""
+
+    def __init__(self, info: ReaderInfo) -> None:
+        self.info = info
+        self.queue: collections.deque[Presentation] = collections.deque()
+        self.connection: SimulatedReaderConnection | None = None
+
+
+class SimulatedReaderConnection(ReaderConnection):
+    """A link to one simulated reader; tests drive the customer through its public methods."""
+
+    def __init__(self, device: _SimulatedReader, settings: SimulatedReaderSettings) -> None:
+        self.info = device.info
+        self._device = device
+        self._settings = settings
+        self._connected = True
+        self._interrupt: asyncio.Future[ReaderError] | None = None
+        self._collections = 0
+
+    # -- scenario control (tests and the demo) ----------------------------------------------
+
+    def present_card(
+        self,
+        card: str = "visa",
+        *,
+        read_method: ReadMethod | str | None = None,
+        pin: bool | None = None,
+        expired: bool | None = None,
+        cardholder_name: str | None = None,
+        remove_early: bool = False,
+        never: bool = False,
+        disconnect: bool = False,
+    ) -> None:
+        """Queue what the customer does at the next collection.
+
+        :param card: a ``test_cards`` name ("visa", "interac", "eftpos_visa"...) or a card number.
+        :param read_method: contact_emv (insert), contactless_emv (tap) or magnetic_stripe
+            (swipe); default: the reader's ``read_method`` option.
+        :param pin: whether a PIN is verified; default: the ``pin_verified`` option for
+            an inserted card, False for a tap or swipe.
+        :param expired: the card's printed expiry lies in the past (default: the catalogue's value).
+        :param remove_early: the card is pulled out mid-read (CardReadError).
+        :param never: nobody presents a card (ReaderTimeout after the request's timeout).
+        :param disconnect: the reader drops its link mid-read (ReaderDisconnected).
+        :raises ValueError: unknown card name or invalid number (the number is not echoed).
+        """
+        profile = test_cards.resolve(card)
+        method = ReadMethod(read_method) if read_method is not None else self._settings.read_method
+        if pin is None:
+            pin = self._settings.pin_verified if method is ReadMethod.CONTACT_EMV else False
+        self._device.queue.append(
+            Presentation(
+                card=profile,
+                read_method=method,
+                pin_verified=pin,
+                expired=profile.expired if expired is None else expired,
+                cardholder_name=cardholder_name,
+                remove_early=remove_early,
+                never=never,
+                disconnect=disconnect,
+            )
+        )
+
+    @property
+    def pending_presentations(self) -> int:
+        return len(self._device.queue)
+
+    def clear_presentations(self) -> None:
+        self._device.queue.clear()
+
+    def simulate_disconnect(self) -> None:
+        """The reader goes away (battery, range): a collection in progress fails with ReaderDisconnected."""
+        self._connected = False
+        if self._device.connection is self:
+            self._device.connection = None
+        self._interrupt_with(ReaderDisconnected("the simulated reader disconnected during collection"))
+
+    @property
+    def is_collecting(self) -> bool:
+        return self._interrupt is not None
+
+    @property
+    def collections(self) -> int:
+        """How many collections were started on this connection."""
+        return self._collections
+
+    # -- the ReaderConnection contract ----------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    async def collect(self, request: CollectRequest) -> CardResult:
+        if not self._connected:
+            raise ReaderNotConnected(f"reader {self.info.serial_number} is not connected")
+        if self._interrupt is not None:
+            raise ReaderError("a collection is already in progress on this reader")
+        presentation = self._device.queue.popleft() if self._device.queue else self._default_presentation()
+        self._collections += 1
+        self._interrupt = asyncio.get_running_loop().create_future()
+        try:
+            if presentation.never:
+                await self._wait(request.timeout)
+                raise ReaderTimeout(f"no card was presented within {request.timeout:g} s")
+            await self._wait(self._settings.read_delay)
+            if presentation.disconnect:
+                self.simulate_disconnect()
+                await self._wait(0)
+            if presentation.remove_early:
+                raise CardReadError("the card was removed before the read completed; present it again")
+            if presentation.read_method not in request.allowed_read_methods:
+                raise CardReadError(f"read method {presentation.read_method.value} is not allowed for this payment")
+            return self._read(presentation)
+        finally:
+            self._interrupt = None
+
+    async def cancel_collect(self) -> None:
+        self._interrupt_with(CollectionCanceled("the collection was canceled"))
+
+    async def close(self) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        if self._device.connection is self:
+            self._device.connection = None
+        self._interrupt_with(ReaderDisconnected("the reader connection was closed during collection"))
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _default_presentation(self) -> Presentation:
+        card = self._settings.default_card
+        method = self._settings.read_method
+        return Presentation(
+            card=card,
+            read_method=method,
+            pin_verified=self._settings.pin_verified if method is ReadMethod.CONTACT_EMV else False,
+            expired=card.expired,
+        )
+
+    def _interrupt_with(self, error: ReaderError) -> None:
+        if self._interrupt is not None and not self._interrupt.done():
+            self._interrupt.set_result(error)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; raise at once if the collection is canceled or the link drops."""
+        interrupt = self._interrupt
+        assert interrupt is not None
+        if not interrupt.done():
+            await asyncio.wait({interrupt}, timeout=max(seconds, 0.0))
+        if interrupt.done():
+            raise interrupt.result()
+
+    def _read(self, p: Presentation) -> CardResult:
+        month, year = test_cards.expiry(datetime.now(UTC).date(), expired=p.expired)
+        swipe = p.read_method is ReadMethod.MAGNETIC_STRIPE
+        sensitive = card_encryption.SensitiveCard(
+            pan=p.card.pan,
+            exp_month=month,
+            exp_year=year,
+            cardholder_name=p.cardholder_name,
+            track2=test_cards.track2(p.card.pan, month, year) if swipe else None,
+            read_method=p.read_method.value,
+            pin_verified=p.pin_verified,
+        )
+        blob, ksn = card_encryption.encrypt(sensitive, self._settings.card_key)
+        details = CardDetails(
+            brand=p.card.brand,
+            last4=p.card.last4,
+            exp_month=month,
+            exp_year=year,
+            read_method=p.read_method,
+            cardholder_name=p.cardholder_name,
+            pin_verified=p.pin_verified,
+            issuer_country=p.card.issuer_country,
+            networks=p.card.networks,
+        )
+        return CardResult(
+            details=details, encrypted_card_data=blob, key_serial=ksn, encryption_scheme=card_encryption.SCHEME
+        )
+
+
+class SimulatedReaderTransport(ReaderTransport):
+    """Finds ``count`` simulated readers; each can be connected once at a time."""
+
+    def __init__(self, settings: SimulatedReaderSettings | None = None) -> None:
+        self.settings = settings or SimulatedReaderSettings()
+        self._readers: dict[str, _SimulatedReader] = {}
+        for i in range(1, self.settings.count + 1):
+            serial = f"SIMULATOR-{i}"
+            self._readers[serial] = _SimulatedReader(
+                ReaderInfo(
+                    serial_number=serial,
+                    reader_type=self.settings.reader_type,
+                    transport=TRANSPORT_NAME,
+                    address=f"sim://{serial}",
+                    label=f"Simulated reader {i}",
+                    firmware_version=FIRMWARE_VERSION,
+                    location_id=self.settings.location_id,
+                )
+            )
+
+    async def discover(self, timeout: float = 5.0) -> list[ReaderInfo]:
+        await asyncio.sleep(0)
+        return [r.info for r in self._readers.values()]
+
+    async def connect(self, reader: ReaderInfo) -> SimulatedReaderConnection:
+        device = self._readers.get(reader.serial_number)
+        if device is None or reader.transport != TRANSPORT_NAME:
+            raise ReaderError(f"no simulated reader with serial number {reader.serial_number!r}")
+        if device.connection is not None and device.connection.is_connected:
+            raise ReaderError(f"simulated reader {reader.serial_number} is already connected")
+        device.connection = SimulatedReaderConnection(device, self.settings)
+        return device.connection
+
+    def connection(self, serial_number: str | None = None) -> SimulatedReaderConnection | None:
+        """The open connection to a reader (the first reader by default), for scenario control."""
+        serial = serial_number or next(iter(self._readers))
+        device = self._readers.get(serial)
+        return device.connection if device else None
+
+    async def close(self) -> None:
+        for device in self._readers.values():
+            if device.connection is not None:
+                await device.connection.close()
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("count", int, 1, "How many simulated readers discovery finds (1-100)."),
+    OptionSpec("reader_type", str, "simulated_wisepad3", "Device type the simulated readers report."),
+    OptionSpec("location_id", (str, type(None)), None, "Location the readers are registered to (None: none)."),
+    OptionSpec(
+        "card_key",
+        str,
+        card_encryption.TEST_BASE_KEY_HEX,
+        "Base key (64 hex characters) card data is encrypted under for the processor; default: the test key.",
+        secret=True,
+    ),
+    OptionSpec("default_card", str, "visa", "Card presented when none was queued: a test card name or a number."),
+    OptionSpec("read_method", str, "contact_emv", "Default read method: contact_emv, contactless_emv, magnetic_stripe."),
+    OptionSpec("pin_verified", bool, True, "Whether an inserted card's PIN is verified by default."),
+    OptionSpec("read_delay", (int, float), 0.0, "Seconds the simulated customer takes to present a card."),
+)
+
+
+def _factory(context: ComponentContext) -> SimulatedReaderTransport:
+    return SimulatedReaderTransport(parse_options(context.options, prefix=f"reader.{context.name}"))
+
+
+@hookimpl
+def offterm_reader_transports() -> Iterator[ReaderTransportRegistration]:
+    yield ReaderTransportRegistration(
+        name=TRANSPORT_NAME,
+        factory=_factory,
+        description="In-process simulated readers presenting Stripe test cards (no hardware).",
+        options=OPTIONS,
+    )
