@@ -301,6 +301,7 @@ class Terminal:
         if self._reader is not None:
             await self.disconnect_reader()
         self._reader = await self._reader_transport.connect(reader)
+        self._reader.set_listener(self._reader_event)
         if self.network.status is NetworkStatus.UNKNOWN:
             await self.network.check()
         if self.network.status is NetworkStatus.ONLINE:
@@ -313,9 +314,18 @@ class Terminal:
         self.plugins.emit("reader_connected", reader=self._reader.info)
         return self._reader.info
 
+    def _reader_event(self, event: str, reader: ReaderInfo, attempt: int, reason: str) -> None:
+        if event == "reconnecting":
+            self.plugins.emit("reader_reconnecting", reader=reader, attempt=attempt)
+        elif event == "reconnected":
+            self.plugins.emit("reader_connected", reader=reader)
+        elif event == "disconnected":
+            self.plugins.emit("reader_disconnected", reader=reader, reason=reason or "link lost")
+
     async def disconnect_reader(self) -> None:
         if self._reader is not None:
             reader, self._reader = self._reader, None
+            reader.set_listener(None)
             await reader.close()
             self.plugins.emit("reader_disconnected", reader=reader.info, reason="requested")
 

@@ -7,6 +7,7 @@ for the processor, plus the few non-sensitive details a receipt needs.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -71,10 +72,35 @@ class CardResult:
     encryption_scheme: str = "offterm-aesgcm-v1"
 
 
+#: Reader link events a connection reports to the Terminal.
+READER_EVENTS = ("reconnecting", "reconnected", "disconnected")
+
+ReaderListener = Callable[[str, ReaderInfo, int, str], None]
+"""listener(event, reader, attempt, reason): event is one of READER_EVENTS."""
+
+
 class ReaderConnection(abc.ABC):
-    """An open link to one reader."""
+    """An open link to one reader.
+
+    A connection that loses its link reconnects by itself (with backoff) and
+    reports each step to the listener the Terminal installs with
+    ``set_listener``: "reconnecting" (attempt n), "reconnected", and
+    "disconnected" (gave up, or the link closed; ``reason`` says why).
+    """
 
     info: ReaderInfo
+    _listener: ReaderListener | None = None
+
+    def set_listener(self, listener: ReaderListener | None) -> None:
+        self._listener = listener
+
+    def notify(self, event: str, attempt: int = 0, reason: str = "") -> None:
+        """For implementations: report a link event (never raises)."""
+        if self._listener is not None:
+            try:
+                self._listener(event, self.info, attempt, reason)
+            except Exception:  # noqa: S110 - a listener must not break the reader link
+                pass
 
     @abc.abstractmethod
     async def collect(self, request: CollectRequest) -> CardResult:
