@@ -218,6 +218,7 @@ def create_plugin_manager(
     plugins: Mapping[str, object] | None = None,
     env: Mapping[str, str] | None = None,
     entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None = None,
+    bundled: Iterable[tuple[str, str]] = BUNDLED_PLUGINS,
 ) -> PluginManager:
     """Create a fresh manager.
 
@@ -227,6 +228,7 @@ def create_plugin_manager(
     :param plugins: extra plugin objects to register by name (tests, apps).
     :param env: environment to read the OFFTERM_* switches from (default os.environ).
     :param entry_points: where entry points come from (default importlib.metadata).
+    :param bundled: (name, module) of built-in plugins (default BUNDLED_PLUGINS).
     """
     env = os.environ if env is None else env
     blocked = set(disabled) | _env_names(env.get(ENV_DISABLE))
@@ -243,8 +245,9 @@ def create_plugin_manager(
         pm.trace.root.setwriter(lambda msg: log.debug("hook_trace", msg=msg.rstrip()))
         pm.enable_tracing()
 
-    bundled_modules = {module for _, module in BUNDLED_PLUGINS}
-    for name, module_name in BUNDLED_PLUGINS:
+    bundled = tuple(bundled)
+    bundled_modules = {module for _, module in bundled}
+    for name, module_name in bundled:
         if pm.is_blocked(name) or pm.is_blocked(module_name):
             continue
         module: ModuleType = importlib.import_module(module_name)  # bundled: a failure is a bug, fail loudly

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from offterm.core.contracts import CardDetails, CardResult, CollectRequest, ReaderConnection, ReaderInfo, ReaderTransport
+from offterm.core.contracts import (
+    CardDetails,
+    CardResult,
+    CollectRequest,
+    ReaderConnection,
+    ReaderInfo,
+    ReaderTransport,
+)
 from offterm.core.errors import (
     CardReadError,
     CollectionCanceled,
@@ -51,6 +58,7 @@ class Presentation:
     remove_early: bool = False
     never: bool = False
     disconnect: bool = False
+    reconnect: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,7 @@ class SimulatedReaderConnection(ReaderConnection):
         self._device = device
         self._settings = settings
         self._connected = True
+        self._closed = False
         self._interrupt: asyncio.Future[ReaderError] | None = None
         self._collections = 0
 
@@ -167,6 +176,7 @@ class SimulatedReaderConnection(ReaderConnection):
         remove_early: bool = False,
         never: bool = False,
         disconnect: bool = False,
+        reconnect: bool = False,
     ) -> None:
         """Queue what the customer does at the next collection.
 
@@ -179,6 +189,7 @@ class SimulatedReaderConnection(ReaderConnection):
         :param remove_early: the card is pulled out mid-read (CardReadError).
         :param never: nobody presents a card (ReaderTimeout after the request's timeout).
         :param disconnect: the reader drops its link mid-read (ReaderDisconnected).
+        :param reconnect: with ``disconnect``, the link comes back by itself right after.
         :raises ValueError: unknown card name or invalid number (the number is not echoed).
         """
         profile = test_cards.resolve(card)
@@ -195,6 +206,7 @@ class SimulatedReaderConnection(ReaderConnection):
                 remove_early=remove_early,
                 never=never,
                 disconnect=disconnect,
+                reconnect=reconnect,
             )
         )
 
@@ -205,12 +217,32 @@ class SimulatedReaderConnection(ReaderConnection):
     def clear_presentations(self) -> None:
         self._device.queue.clear()
 
-    def simulate_disconnect(self) -> None:
-        """The reader goes away (battery, range): a collection in progress fails with ReaderDisconnected."""
+    def simulate_disconnect(self, *, reconnect: bool = False) -> None:
+        """The link drops (battery, range); a collection in progress fails with ReaderDisconnected.
+
+        Without ``reconnect`` the connection is gone for good and reports "disconnected".
+        With it, it reports "reconnecting" (attempt 1), then on the next loop turn
+        comes back and reports "reconnected", as a real reader's retry would.
+        """
+        if not self._connected:
+            return
         self._connected = False
-        if self._device.connection is self:
-            self._device.connection = None
         self._interrupt_with(ReaderDisconnected("the simulated reader disconnected during collection"))
+        if not reconnect:
+            if self._device.connection is self:
+                self._device.connection = None
+            self.notify("disconnected", reason="simulated link loss")
+            return
+        self.notify("reconnecting", attempt=1, reason="simulated link loss")
+        try:
+            asyncio.get_running_loop().call_soon(self._restore)
+        except RuntimeError:  # no loop running: come back at once
+            self._restore()
+
+    def _restore(self) -> None:
+        if self._device.connection is self and not self._closed:
+            self._connected = True
+            self.notify("reconnected", attempt=1)
 
     @property
     def is_collecting(self) -> bool:
@@ -241,7 +273,7 @@ class SimulatedReaderConnection(ReaderConnection):
                 raise ReaderTimeout(f"no card was presented within {request.timeout:g} s")
             await self._wait(self._settings.read_delay)
             if presentation.disconnect:
-                self.simulate_disconnect()
+                self.simulate_disconnect(reconnect=presentation.reconnect)
                 await self._wait(0)
             if presentation.remove_early:
                 raise CardReadError("the card was removed before the read completed; present it again")
@@ -255,8 +287,9 @@ class SimulatedReaderConnection(ReaderConnection):
         self._interrupt_with(CollectionCanceled("the collection was canceled"))
 
     async def close(self) -> None:
-        if not self._connected:
+        if self._closed:
             return
+        self._closed = True
         self._connected = False
         if self._device.connection is self:
             self._device.connection = None
@@ -373,7 +406,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         secret=True,
     ),
     OptionSpec("default_card", str, "visa", "Card presented when none was queued: a test card name or a number."),
-    OptionSpec("read_method", str, "contact_emv", "Default read method: contact_emv, contactless_emv, magnetic_stripe."),
+    OptionSpec(
+        "read_method", str, "contact_emv", "Default read method: contact_emv, contactless_emv or magnetic_stripe."
+    ),
     OptionSpec("pin_verified", bool, True, "Whether an inserted card's PIN is verified by default."),
     OptionSpec("read_delay", (int, float), 0.0, "Seconds the simulated customer takes to present a card."),
 )

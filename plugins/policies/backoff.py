@@ -1,0 +1,134 @@
+"""The bundled forwarding policy: oldest first, exponential backoff with full jitter.
+
+Full jitter (a uniformly random wait between 0 and the exponential ceiling)
+keeps a fleet of terminals that lost the network together from hammering
+the processor together when it comes back.  A payment that keeps failing,
+or has waited too long, is handed to a person (``needs_attention``) rather
+than retried forever; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from offterm.core.contracts import ForwardingPolicy, StoredPayment
+from offterm.core.errors import ConfigError
+from offterm.core.hookspecs import hookimpl
+from offterm.core.registrations import ComponentContext, ForwardingPolicyRegistration, OptionSpec
+
+POLICY_NAME = "default"
+_MAX_EXPONENT = 62  # 2**62 * any sane base_delay is far beyond max_delay; avoids float overflow
+
+
+@dataclass(frozen=True)
+class BackoffSettings:
+    """Validated options; see docs/policies.md."""
+
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+    max_attempts: int = 20
+    max_age_hours: float = 168.0
+    seed: int | None = None
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("base_delay", (int, float), 1.0, "Ceiling of the first retry's wait, in seconds; doubles per failure."),
+    OptionSpec("max_delay", (int, float), 300.0, "Largest wait between two tries, in seconds."),
+    OptionSpec("max_attempts", int, 20, "Tries before a payment needs attention (0: no limit)."),
+    OptionSpec(
+        "max_age_hours", (int, float), 168.0, "A payment stored longer than this needs attention (0: no limit)."
+    ),
+    OptionSpec("seed", (int, type(None)), None, "Seed for the jitter's random generator (tests); None: random."),
+)
+
+
+def _number(value: object, key: str, *, minimum: float, integer: bool = False) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+        or value < minimum
+    ):
+        raise ConfigError(key, f"must be {'an integer' if integer else 'a number'} >= {minimum:g}", value)
+    return float(value)
+
+
+def parse_options(
+    options: Mapping[str, Any] | None, prefix: str = f"forwarding_policy.{POLICY_NAME}"
+) -> BackoffSettings:
+    """Validate the policy's options; errors name the key and the bad value."""
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - {o.key for o in OPTIONS})
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}", "unknown option")
+    d = BackoffSettings()
+    base = float(_number(opts.get("base_delay", d.base_delay), f"{prefix}.base_delay", minimum=0))
+    cap = float(_number(opts.get("max_delay", d.max_delay), f"{prefix}.max_delay", minimum=0))
+    if cap < base:
+        raise ConfigError(f"{prefix}.max_delay", f"must be >= base_delay ({base:g})", cap)
+    seed = opts.get("seed", d.seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ConfigError(f"{prefix}.seed", "must be an integer or absent", seed)
+    attempts = _number(opts.get("max_attempts", d.max_attempts), f"{prefix}.max_attempts", minimum=0, integer=True)
+    return BackoffSettings(
+        base_delay=base,
+        max_delay=cap,
+        max_attempts=int(attempts),
+        max_age_hours=float(_number(opts.get("max_age_hours", d.max_age_hours), f"{prefix}.max_age_hours", minimum=0)),
+        seed=seed,
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+class BackoffPolicy(ForwardingPolicy):
+    """Oldest first; after ``n`` failed tries wait uniform(0, min(max_delay, base_delay * 2**(n-1)))."""
+
+    def __init__(self, settings: BackoffSettings | None = None, rng: random.Random | None = None) -> None:
+        self.settings = settings or BackoffSettings()
+        self._rng = rng or random.Random(self.settings.seed)
+
+    def order(self, payments: list[StoredPayment]) -> list[StoredPayment]:
+        """Oldest first; ties broken by offline_id so the order never depends on the input's."""
+        return sorted(payments, key=lambda p: (_utc(p.stored_at), p.offline_id))
+
+    def ceiling(self, attempts: int) -> float:
+        """Largest wait after ``attempts`` failed tries (the first retry's is base_delay)."""
+        exponent = min(max(attempts - 1, 0), _MAX_EXPONENT)
+        return min(self.settings.max_delay, self.settings.base_delay * 2**exponent)
+
+    def retry_delay(self, attempts: int) -> float:
+        return self._rng.uniform(0.0, self.ceiling(attempts))
+
+    def give_up_reason(self, payment: StoredPayment, now: datetime) -> str | None:
+        s = self.settings
+        if s.max_attempts and payment.attempts >= s.max_attempts:
+            return f"gave up after {payment.attempts} attempts (max_attempts = {s.max_attempts})"
+        if s.max_age_hours:
+            age = _utc(now) - _utc(payment.stored_at)
+            if age > timedelta(hours=s.max_age_hours):
+                return (
+                    f"stored {age.total_seconds() / 3600:.1f} h ago, over max_age_hours = {s.max_age_hours:g}; "
+                    "not retried automatically"
+                )
+        return None
+
+
+def _factory(context: ComponentContext) -> BackoffPolicy:
+    return BackoffPolicy(parse_options(context.options, prefix=f"forwarding_policy.{context.name}"))
+
+
+@hookimpl
+def offterm_forwarding_policies() -> Iterator[ForwardingPolicyRegistration]:
+    yield ForwardingPolicyRegistration(
+        name=POLICY_NAME,
+        factory=_factory,
+        description="Oldest first; exponential backoff with full jitter; gives up after max_attempts or max_age_hours.",
+        options=OPTIONS,
+    )

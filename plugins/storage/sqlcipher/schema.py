@@ -1,0 +1,130 @@
+"""The database schema, as a base version plus ordered migrations.
+
+A new database is created at version 1 and then migrated like any old one,
+so a fresh file and an upgraded file always end up identical.  Migrations
+only add (columns, tables, triggers, indexes): payment rows are never
+dropped or rewritten by a migration.  The version lives in
+``PRAGMA user_version``, which changes atomically with the migration.
+"""
+
+from __future__ import annotations
+
+from offterm.core.contracts.storage import ALLOWED_TRANSITIONS, PaymentState
+
+#: The version this code reads and writes.
+CURRENT_VERSION = 2
+
+_STATES = ", ".join(f"'{s.value}'" for s in PaymentState)
+
+#: Version 1: payments, their append-only history, and two small key/value areas.
+SCHEMA_V1: tuple[str, ...] = (
+    "CREATE TABLE offterm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
+    "CREATE TABLE app_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
+    f"""CREATE TABLE payments (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        offline_id TEXT NOT NULL UNIQUE,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        amount INTEGER NOT NULL CHECK (amount > 0),
+        currency TEXT NOT NULL,
+        capture_method TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        livemode INTEGER NOT NULL,
+        stored_at INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({_STATES})),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        card_details TEXT,
+        card_data BLOB,
+        key_serial TEXT,
+        encryption_scheme TEXT,
+        intent_id TEXT,
+        description TEXT,
+        last_error_code TEXT,
+        last_error_message TEXT,
+        decline_code TEXT,
+        next_attempt_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        claim_owner TEXT,
+        claimed_at INTEGER,
+        claim_expires_at INTEGER,
+        claim_sent INTEGER NOT NULL DEFAULT 0,
+        claimed_from TEXT
+    ) STRICT""",
+    """CREATE TABLE payment_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        offline_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        from_state TEXT,
+        to_state TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        error_code TEXT
+    ) STRICT""",
+    "CREATE INDEX payments_state_time ON payments (state, stored_at, seq)",
+    "CREATE INDEX history_payment ON payment_history (offline_id, id)",
+    """CREATE TRIGGER history_no_update BEFORE UPDATE ON payment_history
+       BEGIN SELECT RAISE(ABORT, 'offterm: payment history is append-only'); END""",
+    """CREATE TRIGGER history_no_delete BEFORE DELETE ON payment_history
+       WHEN EXISTS (SELECT 1 FROM payments WHERE offline_id = OLD.offline_id)
+       BEGIN SELECT RAISE(ABORT, 'offterm: payment history is append-only'); END""",
+)
+
+_FINAL = "('forwarded', 'declined')"
+_IMMUTABLE = ("offline_id", "idempotency_key", "amount", "currency", "account_id", "livemode", "stored_at")
+
+#: Version 2: retention (finalized_at, card_purged_at), O(1) totals for the
+#: status summary, and transition rules enforced by the database itself.
+MIGRATION_V1_TO_V2: tuple[str, ...] = (
+    "ALTER TABLE payments ADD COLUMN finalized_at INTEGER",
+    "ALTER TABLE payments ADD COLUMN card_purged_at INTEGER",
+    f"UPDATE payments SET finalized_at = updated_at WHERE state IN {_FINAL} AND finalized_at IS NULL",
+    """CREATE TABLE state_totals (
+        state TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        PRIMARY KEY (state, currency)
+    ) STRICT, WITHOUT ROWID""",
+    """INSERT INTO state_totals (state, currency, count, amount)
+       SELECT state, currency, count(*), sum(amount) FROM payments GROUP BY state, currency""",
+    """CREATE TRIGGER totals_insert AFTER INSERT ON payments BEGIN
+         INSERT INTO state_totals (state, currency, count, amount) VALUES (NEW.state, NEW.currency, 1, NEW.amount)
+         ON CONFLICT (state, currency) DO UPDATE SET count = count + 1, amount = amount + excluded.amount;
+       END""",
+    """CREATE TRIGGER totals_update AFTER UPDATE OF state ON payments WHEN NEW.state IS NOT OLD.state BEGIN
+         UPDATE state_totals SET count = count - 1, amount = amount - OLD.amount
+           WHERE state = OLD.state AND currency = OLD.currency;
+         INSERT INTO state_totals (state, currency, count, amount) VALUES (NEW.state, NEW.currency, 1, NEW.amount)
+         ON CONFLICT (state, currency) DO UPDATE SET count = count + 1, amount = amount + excluded.amount;
+       END""",
+    """CREATE TRIGGER totals_delete AFTER DELETE ON payments BEGIN
+         UPDATE state_totals SET count = count - 1, amount = amount - OLD.amount
+           WHERE state = OLD.state AND currency = OLD.currency;
+       END""",
+    """CREATE TABLE allowed_transitions (
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        PRIMARY KEY (from_state, to_state)
+    ) STRICT, WITHOUT ROWID""",
+    """CREATE TRIGGER payments_transition BEFORE UPDATE OF state ON payments
+       WHEN NEW.state IS NOT OLD.state AND NOT EXISTS (
+         SELECT 1 FROM allowed_transitions WHERE from_state = OLD.state AND to_state = NEW.state)
+       BEGIN SELECT RAISE(ABORT, 'offterm: state transition not allowed'); END""",
+    "CREATE TRIGGER payments_immutable BEFORE UPDATE OF "
+    + ", ".join(_IMMUTABLE)
+    + " ON payments WHEN "
+    + " OR ".join(f"NEW.{c} IS NOT OLD.{c}" for c in _IMMUTABLE)
+    + " BEGIN SELECT RAISE(ABORT, 'offterm: a stored payment''s identity and amount never change'); END",
+    f"""CREATE TRIGGER payments_no_delete BEFORE DELETE ON payments WHEN OLD.state NOT IN {_FINAL}
+       BEGIN SELECT RAISE(ABORT, 'offterm: only forwarded or declined payments may be removed'); END""",
+    """CREATE INDEX payments_claimable ON payments (stored_at, seq)
+       WHERE state IN ('stored', 'outcome_unknown')""",
+    "CREATE INDEX payments_finalized ON payments (finalized_at) WHERE finalized_at IS NOT NULL",
+)
+
+#: ``MIGRATIONS[n]`` upgrades version n to n + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: MIGRATION_V1_TO_V2}
+
+
+def transition_rows() -> set[tuple[str, str]]:
+    """The contract's allowed transitions, as rows of ``allowed_transitions``."""
+    return {(src.value, dst.value) for src, targets in ALLOWED_TRANSITIONS.items() for dst in targets}

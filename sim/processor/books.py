@@ -1,0 +1,584 @@
+"""The simulated processor's books: tokens, sessions, intents, charges, refunds.
+
+Every method is synchronous and runs under one lock, so the HTTP handlers
+(on the server's loop) and a test reading the ledger (on its own thread)
+never see half an update.  Card numbers are used to decide and then
+dropped: payment methods keep only the decision and non-sensitive details.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from offterm.plugins.readers.card_encryption import SCHEME, CardDecryptionError, decrypt
+
+from .cards import Decision, decide
+from .config import SimConfig
+from .errors import SimError, bad_param, missing
+
+OFFLINE_ID_KEY = "offterm_offline_id"
+INTENT_STATUSES_CONFIRMABLE = ("requires_payment_method", "requires_confirmation")
+CANCELABLE = ("requires_payment_method", "requires_confirmation", "requires_capture", "requires_action")
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass
+class _Token:
+    location: str | None
+    created: float
+    redeemed: bool = False
+
+
+@dataclass
+class _Session:
+    expires_at: float
+
+
+@dataclass
+class _PaymentMethod:
+    obj: dict[str, Any]
+    decision: Decision
+
+
+def _int(params: dict[str, Any], name: str, *, required: bool = False, minimum: int = 0) -> int | None:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        if required:
+            raise SimError(400, f"Missing required param: {name}.", code="parameter_missing", param=name)
+        return None
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise bad_param(name, f"Invalid integer: {raw}") from None
+    if value < minimum:
+        raise bad_param(name, f"This value must be greater than or equal to {minimum}.")
+    return value
+
+
+def _bool(params: dict[str, Any], name: str) -> bool:
+    raw = params.get(name, "false")
+    if raw not in ("true", "false", True, False):
+        raise bad_param(name, f"Invalid boolean: {raw}")
+    return raw in ("true", True)
+
+
+def _metadata(params: dict[str, Any]) -> dict[str, str]:
+    raw = params.get("metadata", {})
+    if raw == "":
+        return {}
+    if not isinstance(raw, dict):
+        raise bad_param("metadata", "Invalid hash")
+    if len(raw) > 50:
+        raise bad_param("metadata", "You can specify up to 50 keys.")
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(v, str):
+            raise bad_param(f"metadata[{k}]", "Invalid string")
+        if len(k) > 40:
+            raise bad_param("metadata", "Keys must be at most 40 characters long.")
+        if len(v) > 500:
+            raise bad_param(f"metadata[{k}]", "Values must be at most 500 characters long.")
+        if v != "":
+            out[k] = v
+    return out
+
+
+class Books:
+    """All state of one simulated account."""
+
+    def __init__(self, config: SimConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.lock = threading.Lock()
+        self._base_key = bytes.fromhex(config.base_key_hex)
+        self.tokens: dict[str, _Token] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.payment_methods: dict[str, _PaymentMethod] = {}
+        self.intents: dict[str, dict[str, Any]] = {}
+        self.charges: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.charges_by_offline_id: dict[str, list[str]] = {}
+
+    # -- auth ---------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def principal(self, bearer: str | None) -> str:
+        """"secret_key" or "session" for a valid bearer; SimError(401) otherwise."""
+        if bearer and secrets.compare_digest(bearer, self.config.secret_key):
+            return "secret_key"
+        with self.lock:
+            session = self.sessions.get(bearer or "")
+            if session is not None:
+                if self.clock() >= session.expires_at:
+                    raise SimError(401, "The device session has expired.", code="session_expired")
+                return "session"
+        if not bearer:
+            raise SimError(
+                401,
+                "You did not provide an API key. Provide it in the Authorization header (Bearer auth).",
+            )
+        raise SimError(401, "Invalid API Key provided.", code="api_key_invalid")
+
+    def mint_connection_token(self, location: str | None) -> dict[str, Any]:
+        secret = "pst_test_" + secrets.token_urlsafe(24) if not self.config.livemode else "pst_live_" + secrets.token_urlsafe(24)
+        location = location or self.config.location_id
+        with self.lock:
+            self.tokens[secret] = _Token(location=location, created=self.clock())
+        obj: dict[str, Any] = {"object": "terminal.connection_token", "secret": secret}
+        if location:
+            obj["location"] = location
+        return obj
+
+    def redeem(self, token_secret: str | None) -> dict[str, Any]:
+        """Turn a single-use connection token into a device session."""
+        with self.lock:
+            token = self.tokens.get(token_secret or "")
+            if token is None:
+                raise SimError(401, "Invalid connection token.", code="connection_token_invalid")
+            if token.redeemed:
+                raise SimError(
+                    401, "This connection token has already been redeemed.", code="connection_token_already_redeemed"
+                )
+            if self.clock() - token.created > self.config.connection_token_ttl:
+                raise SimError(401, "This connection token has expired.", code="connection_token_expired")
+            token.redeemed = True
+            secret = "dss_" + secrets.token_urlsafe(24)
+            expires_at = self.clock() + self.config.session_ttl
+            self.sessions[secret] = _Session(expires_at=expires_at)
+        return {
+            "object": "terminal.device_session",
+            "secret": secret,
+            "account": self.config.account_id,
+            "livemode": self.config.livemode,
+            "location": token.location,
+            "expires_at": int(expires_at),
+        }
+
+    # -- payment methods ------------------------------------------------------------
+
+    def create_card_present_method(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("type") != "card_present":
+            raise bad_param("type", "Only type=card_present is supported by the device API.")
+        card = params.get("card_present")
+        if not isinstance(card, dict):
+            raise SimError(400, "Missing required param: card_present.", code="parameter_missing", param="card_present")
+        scheme = card.get("encryption_scheme", SCHEME)
+        if scheme != SCHEME:
+            raise bad_param("card_present[encryption_scheme]", "Unsupported card data encryption scheme.")
+        try:
+            blob = base64.b64decode(str(card.get("encrypted_data", "")), validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_param("card_present[encrypted_data]", "Card data is not valid base64.") from None
+        try:
+            sensitive = decrypt(blob, str(card.get("key_serial", "")), self._base_key)
+        except CardDecryptionError:
+            raise SimError(
+                400,
+                "The card data could not be decrypted.",
+                code="card_data_undecryptable",
+                param="card_present[encrypted_data]",
+            ) from None
+        decision = decide(sensitive.pan)
+        fingerprint = hashlib.sha256(b"offterm-sim" + sensitive.pan.encode()).hexdigest()[:16]
+        pm_id = _id("pm")
+        obj: dict[str, Any] = {
+            "id": pm_id,
+            "object": "payment_method",
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+            "card_present": {
+                "brand": decision.brand,
+                "cardholder_name": sensitive.cardholder_name,
+                "country": "US",
+                "exp_month": sensitive.exp_month,
+                "exp_year": sensitive.exp_year,
+                "fingerprint": fingerprint,
+                "funding": decision.funding,
+                "last4": sensitive.pan[-4:],
+                "networks": {"available": [decision.brand], "preferred": None},
+                "read_method": sensitive.read_method,
+            },
+            "created": self._now(),
+            "customer": None,
+            "livemode": self.config.livemode,
+            "metadata": {},
+            "type": "card_present",
+        }
+        with self.lock:
+            self.payment_methods[pm_id] = _PaymentMethod(obj=obj, decision=decision)
+        return obj
+
+    # -- payment intents --------------------------------------------------------------
+
+    def create_intent(self, params: dict[str, Any]) -> dict[str, Any]:
+        amount = _int(params, "amount", required=True, minimum=1)
+        currency = params.get("currency")
+        if not currency:
+            raise SimError(400, "Missing required param: currency.", code="parameter_missing", param="currency")
+        if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
+            raise bad_param("currency", f"Invalid currency: {currency}.")
+        capture_method = params.get("capture_method", "automatic")
+        if capture_method not in ("automatic", "automatic_async", "manual"):
+            raise bad_param("capture_method", f"Invalid capture_method: {capture_method}")
+        types = params.get("payment_method_types", ["card"])
+        if not isinstance(types, list) or not types:
+            raise bad_param("payment_method_types", "Invalid array")
+        description = params.get("description")
+        metadata = _metadata(params)
+        intent_id = _id("pi")
+        intent: dict[str, Any] = {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_capturable": 0,
+            "amount_details": {"tip": {}},
+            "amount_received": 0,
+            "application": None,
+            "application_fee_amount": None,
+            "automatic_payment_methods": None,
+            "canceled_at": None,
+            "cancellation_reason": None,
+            "capture_method": capture_method,
+            "client_secret": f"{intent_id}_secret_{secrets.token_hex(12)}",
+            "confirmation_method": "automatic",
+            "created": self._now(),
+            "currency": currency.lower(),
+            "customer": None,
+            "description": description or None,
+            "invoice": None,
+            "last_payment_error": None,
+            "latest_charge": None,
+            "livemode": self.config.livemode,
+            "metadata": metadata,
+            "next_action": None,
+            "on_behalf_of": None,
+            "payment_method": None,
+            "payment_method_options": {
+                "card_present": {
+                    "request_extended_authorization": False,
+                    "request_incremental_authorization_support": False,
+                }
+            }
+            if "card_present" in types
+            else {},
+            "payment_method_types": list(types),
+            "processing": None,
+            "receipt_email": None,
+            "review": None,
+            "setup_future_usage": None,
+            "shipping": None,
+            "statement_descriptor": None,
+            "statement_descriptor_suffix": None,
+            "status": "requires_payment_method",
+            "transfer_data": None,
+            "transfer_group": None,
+        }
+        pm = params.get("payment_method")
+        with self.lock:
+            if pm:
+                if pm not in self.payment_methods:
+                    raise missing("PaymentMethod", pm, "payment_method")
+                intent["payment_method"] = pm
+                intent["status"] = "requires_confirmation"
+            self.intents[intent_id] = intent
+        if _bool(params, "confirm"):
+            return self.confirm(intent_id, {})
+        return dict(intent)
+
+    def get_intent(self, intent_id: str) -> dict[str, Any]:
+        with self.lock:
+            intent = self.intents.get(intent_id)
+            if intent is None:
+                raise missing("payment_intent", intent_id, "intent")
+            return dict(intent)
+
+    def list_intents(self, params: dict[str, Any]) -> dict[str, Any]:
+        limit = _int(params, "limit", minimum=1) or 10
+        limit = min(limit, 100)
+        with self.lock:
+            items = sorted(self.intents.values(), key=lambda i: (i["created"], i["id"]), reverse=True)
+            after = params.get("starting_after")
+            before = params.get("ending_before")
+            ids = [i["id"] for i in items]
+            if after:
+                if after not in ids:
+                    raise missing("payment_intent", after, "starting_after")
+                items = items[ids.index(after) + 1 :]
+            elif before:
+                if before not in ids:
+                    raise missing("payment_intent", before, "ending_before")
+                items = items[: ids.index(before)][-limit:]
+            page = [dict(i) for i in items[:limit]]
+            has_more = len(items) > limit
+        return {"object": "list", "data": page, "has_more": has_more, "url": "/v1/payment_intents"}
+
+    def _unexpected(self, intent: dict[str, Any], action: str) -> SimError:
+        return SimError(
+            400,
+            f"You cannot {action} this PaymentIntent because it has a status of {intent['status']}.",
+            code="payment_intent_unexpected_state",
+            extra={"payment_intent": dict(intent)},
+            saved=True,
+        )
+
+    def confirm(self, intent_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            intent = self.intents.get(intent_id)
+            if intent is None:
+                raise missing("payment_intent", intent_id, "intent")
+            if intent["status"] not in INTENT_STATUSES_CONFIRMABLE:
+                raise self._unexpected(intent, "confirm")
+            pm_id = params.get("payment_method") or intent["payment_method"]
+            if not pm_id:
+                raise SimError(
+                    400,
+                    "You cannot confirm this PaymentIntent because it's missing a payment method.",
+                    code="payment_intent_unexpected_state",
+                    param="payment_method",
+                    saved=True,
+                )
+            pm = self.payment_methods.get(pm_id)
+            if pm is None:
+                raise missing("PaymentMethod", pm_id, "payment_method")
+            if pm.obj["type"] not in intent["payment_method_types"]:
+                raise SimError(
+                    400,
+                    f"The PaymentMethod type {pm.obj['type']} is not allowed on this PaymentIntent.",
+                    code="payment_intent_incompatible_payment_method",
+                    param="payment_method",
+                    saved=True,
+                )
+            if "capture_method" in params:
+                if params["capture_method"] not in ("automatic", "automatic_async", "manual"):
+                    raise bad_param("capture_method", "Invalid capture_method")
+                intent["capture_method"] = params["capture_method"]
+            intent["payment_method"] = pm_id
+            charge = self._charge(intent, pm)
+            if not pm.decision.approved:
+                error = {
+                    "type": "card_error",
+                    "code": pm.decision.code,
+                    "message": pm.decision.message,
+                    "charge": charge["id"],
+                    "payment_method": dict(pm.obj),
+                }
+                if pm.decision.decline_code:
+                    error["decline_code"] = pm.decision.decline_code
+                intent.update(status="requires_payment_method", last_payment_error=error, payment_method=None)
+                raise SimError(
+                    402,
+                    pm.decision.message,
+                    type="card_error",
+                    code=pm.decision.code,
+                    decline_code=pm.decision.decline_code,
+                    extra={"charge": charge["id"], "payment_intent": dict(intent), "payment_method": dict(pm.obj)},
+                    saved=True,
+                )
+            intent["last_payment_error"] = None
+            if intent["capture_method"] == "manual":
+                intent.update(status="requires_capture", amount_capturable=intent["amount"])
+            else:
+                intent.update(status="succeeded", amount_received=intent["amount"])
+            return dict(intent)
+
+    def _charge(self, intent: dict[str, Any], pm: _PaymentMethod) -> dict[str, Any]:
+        """Record one authorisation attempt (caller holds the lock)."""
+        ok = pm.decision.approved
+        captured = ok and intent["capture_method"] != "manual"
+        card = pm.obj["card_present"]
+        charge_id = _id("ch")
+        charge: dict[str, Any] = {
+            "id": charge_id,
+            "object": "charge",
+            "amount": intent["amount"],
+            "amount_captured": intent["amount"] if captured else 0,
+            "amount_refunded": 0,
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+            "captured": captured,
+            "created": self._now(),
+            "currency": intent["currency"],
+            "description": intent["description"],
+            "disputed": False,
+            "failure_code": None if ok else pm.decision.code,
+            "failure_message": None if ok else pm.decision.message,
+            "livemode": self.config.livemode,
+            "metadata": dict(intent["metadata"]),
+            "outcome": {
+                "network_status": "approved_by_network" if ok else "declined_by_network",
+                "reason": None if ok else pm.decision.decline_code,
+                "risk_level": "normal",
+                "seller_message": "Payment complete." if ok else "The bank did not return any further details.",
+                "type": "authorized" if ok else "issuer_declined",
+            },
+            "paid": ok,
+            "payment_intent": intent["id"],
+            "payment_method": pm.obj["id"],
+            "payment_method_details": {
+                "type": "card_present",
+                "card_present": {
+                    "amount_authorized": intent["amount"] if ok else None,
+                    "brand": card["brand"],
+                    "cardholder_name": card["cardholder_name"],
+                    "country": card["country"],
+                    "exp_month": card["exp_month"],
+                    "exp_year": card["exp_year"],
+                    "fingerprint": card["fingerprint"],
+                    "funding": card["funding"],
+                    "incremental_authorization_supported": False,
+                    "last4": card["last4"],
+                    "network": card["brand"],
+                    "overcapture_supported": False,
+                    "read_method": card["read_method"],
+                },
+            },
+            "refunded": False,
+            "status": "succeeded" if ok else "failed",
+        }
+        self.charges[charge_id] = charge
+        intent["latest_charge"] = charge_id
+        offline_id = intent["metadata"].get(OFFLINE_ID_KEY)
+        if offline_id:
+            self.charges_by_offline_id.setdefault(offline_id, []).append(charge_id)
+        return charge
+
+    def capture(self, intent_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            intent = self.intents.get(intent_id)
+            if intent is None:
+                raise missing("payment_intent", intent_id, "intent")
+            if intent["status"] != "requires_capture":
+                raise self._unexpected(intent, "capture")
+            amount = _int(params, "amount_to_capture", minimum=1) or intent["amount_capturable"]
+            if amount > intent["amount_capturable"]:
+                raise bad_param("amount_to_capture", "Amount to capture exceeds the amount capturable.")
+            charge = self.charges[intent["latest_charge"]]
+            charge.update(captured=True, amount_captured=amount)
+            intent["metadata"].update(_metadata(params))
+            intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+            return dict(intent)
+
+    def cancel(self, intent_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        reason = params.get("cancellation_reason")
+        if reason is not None and reason not in ("abandoned", "duplicate", "fraudulent", "requested_by_customer"):
+            raise bad_param("cancellation_reason", f"Invalid cancellation_reason: {reason}")
+        with self.lock:
+            intent = self.intents.get(intent_id)
+            if intent is None:
+                raise missing("payment_intent", intent_id, "intent")
+            if intent["status"] not in CANCELABLE:
+                raise self._unexpected(intent, "cancel")
+            if intent["status"] == "requires_capture":
+                charge = self.charges[intent["latest_charge"]]
+                charge.update(refunded=True, amount_refunded=charge["amount"])
+            intent.update(
+                status="canceled",
+                canceled_at=self._now(),
+                cancellation_reason=reason,
+                amount_capturable=0,
+            )
+            return dict(intent)
+
+    # -- refunds --------------------------------------------------------------------
+
+    def refund(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            charge_id = params.get("charge")
+            pi_id = params.get("payment_intent")
+            if pi_id:
+                intent = self.intents.get(pi_id)
+                if intent is None:
+                    raise missing("payment_intent", pi_id, "payment_intent")
+                charge_id = intent["latest_charge"]
+            if not charge_id:
+                raise SimError(
+                    400, "One of `charge` or `payment_intent` is required.", code="parameter_missing", param="charge"
+                )
+            charge = self.charges.get(charge_id)
+            if charge is None:
+                raise missing("charge", charge_id, "charge")
+            if charge["status"] != "succeeded" or not charge["captured"]:
+                raise SimError(
+                    400,
+                    f"Charge {charge_id} has not been captured or did not succeed.",
+                    code="charge_not_refundable",
+                    saved=True,
+                )
+            remaining = charge["amount_captured"] - charge["amount_refunded"]
+            amount = _int(params, "amount", minimum=1) or remaining
+            if amount > remaining:
+                raise SimError(
+                    400,
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining}).",
+                    code="amount_too_large",
+                    param="amount",
+                    saved=True,
+                )
+            reason = params.get("reason")
+            if reason is not None and reason not in ("duplicate", "fraudulent", "requested_by_customer"):
+                raise bad_param("reason", f"Invalid reason: {reason}")
+            refund_id = _id("re")
+            refund = {
+                "id": refund_id,
+                "object": "refund",
+                "amount": amount,
+                "balance_transaction": None,
+                "charge": charge_id,
+                "created": self._now(),
+                "currency": charge["currency"],
+                "metadata": _metadata(params),
+                "payment_intent": charge["payment_intent"],
+                "reason": reason,
+                "receipt_number": None,
+                "source_transfer_reversal": None,
+                "status": "succeeded",
+                "transfer_reversal": None,
+            }
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount_captured"]
+            self.refunds[refund_id] = refund
+            return dict(refund)
+
+    # -- the ledger -------------------------------------------------------------------
+
+    def ledger(self) -> dict[str, list[dict[str, Any]]]:
+        """Every authorisation attempt per offline id, oldest first."""
+        with self.lock:
+            out: dict[str, list[dict[str, Any]]] = {}
+            for offline_id, charge_ids in self.charges_by_offline_id.items():
+                entries = []
+                for cid in charge_ids:
+                    ch = self.charges[cid]
+                    entries.append(
+                        {
+                            "charge": cid,
+                            "payment_intent": ch["payment_intent"],
+                            "amount": ch["amount"],
+                            "currency": ch["currency"],
+                            "status": ch["status"],
+                            "captured": ch["captured"],
+                            "amount_refunded": ch["amount_refunded"],
+                            "decline_code": ch["outcome"]["reason"],
+                        }
+                    )
+                out[offline_id] = entries
+            return out
+
+    def successful_counts(self) -> dict[str, int]:
+        """Successful charges per offline id: exactly-once means every value is 1."""
+        with self.lock:
+            return {
+                oid: sum(1 for cid in cids if self.charges[cid]["status"] == "succeeded")
+                for oid, cids in self.charges_by_offline_id.items()
+            }

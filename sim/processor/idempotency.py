@@ -1,0 +1,91 @@
+"""Stripe's idempotency semantics for POST requests.
+
+* same key, same request: the saved answer is replayed (``Idempotent-Replayed: true``);
+* same key, different request: 400 ``idempotency_error``;
+* same key while the first request still runs: 409 ``idempotency_key_in_use``.
+
+Only answers of requests that started executing are saved (see SimError.saved).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SimError
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass
+class Saved:
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class _Entry:
+    fingerprint: str
+    saved: Saved | None = None  # None while in flight
+
+
+def fingerprint(method: str, path: str, params: dict[str, Any]) -> str:
+    return json.dumps([method.upper(), path, params], sort_keys=True, separators=(",", ":"))
+
+
+class IdempotencyStore:
+    """Keys -> saved answers, bounded (oldest forgotten first, like Stripe's 24 h window)."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._capacity = capacity
+
+    def begin(self, key: str, fp: str) -> Saved | None:
+        """Claim ``key`` for a new request, or return the saved answer to replay.
+
+        Raises SimError 400 (different request) or 409 (in flight).
+        """
+        if len(key) > MAX_KEY_LENGTH:
+            raise SimError(
+                400, f"Idempotency keys must be at most {MAX_KEY_LENGTH} characters.", type="idempotency_error"
+            )
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._entries[key] = _Entry(fingerprint=fp)
+                while len(self._entries) > self._capacity:
+                    self._entries.popitem(last=False)
+                return None
+            if entry.fingerprint != fp:
+                raise SimError(
+                    400,
+                    "Keys for idempotent requests can only be used with the same parameters they were first used "
+                    "with. Try using a key other than the one you used.",
+                    type="idempotency_error",
+                )
+            if entry.saved is None:
+                raise SimError(
+                    409,
+                    "There is currently another in-progress request using this Idempotent Key (that probably means "
+                    "you submitted twice, and the other request is still going through). Please retry.",
+                    type="invalid_request_error",
+                    code="idempotency_key_in_use",
+                    headers={"Stripe-Should-Retry": "true"},
+                )
+            return entry.saved
+
+    def finish(self, key: str, saved: Saved | None) -> None:
+        """Save the answer, or (``None``) release the key: nothing executed."""
+        with self._lock:
+            if saved is None:
+                self._entries.pop(key, None)
+            elif key in self._entries:
+                self._entries[key].saved = saved
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

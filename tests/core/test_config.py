@@ -1,0 +1,131 @@
+"""Configuration: TOML or dict, validated at load, errors name key and value."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from offterm.core.config import CORE_OPTIONS, load_config, validate_options
+from offterm.core.errors import ConfigError
+from offterm.core.manager import COMPONENT_KINDS, create_plugin_manager
+from offterm.core.registrations import OptionSpec
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def test_defaults_from_an_empty_dict():
+    cfg = load_config({}, env={})
+    assert cfg.get("terminal", "offline_enabled") is False
+    assert cfg.get("terminal", "offline_timeout") == 3.0
+    assert cfg.get("storage", "backend") == "sqlcipher"
+    assert cfg.get("forwarding", "transport") == "stripe"
+    assert cfg.get("tokens", "providers") == ["http"]
+    assert cfg.data_dir.name == "offterm"
+
+
+def test_toml_file_and_component_tables(tmp_path):
+    path = tmp_path / "offterm.toml"
+    path.write_text(
+        '[terminal]\noffline_enabled = true\nmerchant_country = "de"\ndata_dir = "%s"\n'
+        '[tokens]\nproviders = ["http"]\n[tokens.http]\nurl = "http://127.0.0.1:1/token"\n' % (tmp_path / "data")
+    )
+    cfg = load_config(path, env={})
+    assert cfg.source == path
+    assert cfg.get("terminal", "merchant_country") == "DE"
+    assert cfg.data_dir == tmp_path / "data"
+    assert cfg.component_options[("tokens", "http")] == {"url": "http://127.0.0.1:1/token"}
+
+
+def test_offterm_config_env_var_points_at_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[forwarding]\nconcurrency = 7\n")
+    assert load_config(None, env={"OFFTERM_CONFIG": str(path)}).get("forwarding", "concurrency") == 7
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[terminal\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "value"),
+    [
+        ({"terminal": {"offline_enabled": "yes"}}, "terminal.offline_enabled", "'yes'"),
+        ({"terminal": {"offline_timeout": -1}}, "terminal.offline_timeout", "-1"),
+        ({"terminal": {"merchant_country": "USA"}}, "terminal.merchant_country", "'USA'"),
+        ({"forwarding": {"concurrency": 0}}, "forwarding.concurrency", "0"),
+        ({"forwarding": {"concurrency": True}}, "forwarding.concurrency", "True"),
+        ({"tokens": {"providers": []}}, "tokens.providers", "[]"),
+        ({"plugins": {"disable": "stripe"}}, "plugins.disable", "'stripe'"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(data, key, value):
+    with pytest.raises(ConfigError) as info:
+        load_config(data, env={})
+    assert info.value.key == key
+    assert value in str(info.value)
+
+
+def test_unknown_key_and_section_are_named():
+    with pytest.raises(ConfigError, match=r"terminal\.offline_enabeld: unknown option"):
+        load_config({"terminal": {"offline_enabeld": True}}, env={})
+    with pytest.raises(ConfigError, match="terminall: unknown section"):
+        load_config({"terminall": {}}, env={})
+
+
+def test_component_options_validated_against_their_specs():
+    specs = (OptionSpec("url", str, None, "where", required=True), OptionSpec("timeout", float, 5.0, "secs"))
+    assert validate_options("tokens.http", specs, {"url": "http://x"}, env={}) == {"url": "http://x", "timeout": 5.0}
+    with pytest.raises(ConfigError, match=r"tokens\.http\.url: is required"):
+        validate_options("tokens.http", specs, {}, env={})
+    with pytest.raises(ConfigError, match=r"tokens\.http\.colour: unknown option \(valid: timeout, url\)"):
+        validate_options("tokens.http", specs, {"url": "u", "colour": 1}, env={})
+
+
+def test_secret_options_come_from_the_environment():
+    specs = (OptionSpec("auth_token", str, None, "bearer for the backend", secret=True, required=True),)
+    env = {"OFFTERM_TOKENS_HTTP_AUTH_TOKEN": "from-env"}
+    assert validate_options("tokens.http", specs, {"auth_token": "from-file"}, env=env)["auth_token"] == "from-env"
+    with pytest.raises(ConfigError, match="OFFTERM_TOKENS_HTTP_AUTH_TOKEN"):
+        validate_options("tokens.http", specs, {}, env={})
+
+
+def test_list_defaults_are_not_shared_between_configs():
+    a = load_config({}, env={})
+    a.sections["plugins"]["disable"].append("x")
+    assert load_config({}, env={}).get("plugins", "disable") == []
+
+
+def _documented_keys() -> set[str]:
+    text = DOCS.read_text()
+    return set(re.findall(r"^\|\s*`([a-z_]+(?:\.[a-z0-9_-]+)+)`", text, flags=re.M))
+
+
+def test_every_core_key_is_documented_with_its_default():
+    documented = _documented_keys()
+    missing = [f"{section}.{spec.key}" for section, specs in CORE_OPTIONS.items() for spec in specs
+               if f"{section}.{spec.key}" not in documented]
+    assert not missing, f"docs/configuration.md lacks: {missing}"
+
+
+def test_every_bundled_component_option_is_documented():
+    pm = create_plugin_manager(autoload=False, env={})
+    documented = _documented_keys()
+    missing = []
+    for kind, (hook_name, _cls) in COMPONENT_KINDS.items():
+        for impl in getattr(pm.pm.hook, hook_name).get_hookimpls():
+            for reg in impl.function():
+                for spec in reg.options:
+                    key = f"{kind}.{reg.name}.{spec.key}"
+                    if key not in documented:
+                        missing.append(key)
+    assert not missing, f"docs/configuration.md lacks: {missing}"
