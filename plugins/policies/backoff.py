@@ -101,7 +101,7 @@ class BackoffPolicy(ForwardingPolicy):
     def ceiling(self, attempts: int) -> float:
         """Largest wait after ``attempts`` failed tries (the first retry's is base_delay)."""
         exponent = min(max(attempts - 1, 0), _MAX_EXPONENT)
-        return min(self.settings.max_delay, self.settings.base_delay * 2**exponent)
+        return min(self.settings.max_delay, self.settings.base_delay * 2.0**exponent)
 
     def retry_delay(self, attempts: int) -> float:
         return self._rng.uniform(0.0, self.ceiling(attempts))

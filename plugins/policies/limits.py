@@ -62,8 +62,8 @@ GIROCARD = "girocard"
 class LimitsSettings:
     """Validated options; see docs/policies.md for each one."""
 
-    max_amount: Mapping[str, int] = DEFAULT_MAX_AMOUNT
-    max_total: Mapping[str, int] = field(default_factory=dict)
+    max_amount: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict(DEFAULT_MAX_AMOUNT)))
+    max_total: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     max_count: int = 10_000
     max_age_hours: float = 72.0
     allowed_brands: frozenset[str] = frozenset(DEFAULT_ALLOWED_BRANDS)

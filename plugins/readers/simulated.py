@@ -161,6 +161,7 @@ class SimulatedReaderConnection(ReaderConnection):
         self._connected = True
         self._closed = False
         self._interrupt: asyncio.Future[ReaderError] | None = None
+        self._collecting = asyncio.Event()
         self._collections = 0
 
     # -- scenario control (tests and the demo) ----------------------------------------------
@@ -248,6 +249,10 @@ class SimulatedReaderConnection(ReaderConnection):
     def is_collecting(self) -> bool:
         return self._interrupt is not None
 
+    async def wait_until_collecting(self, timeout: float = 5.0) -> None:
+        """Return once a collection is waiting for the customer (to cancel or disconnect it mid-way)."""
+        await asyncio.wait_for(self._collecting.wait(), timeout)
+
     @property
     def collections(self) -> int:
         """How many collections were started on this connection."""
@@ -267,6 +272,7 @@ class SimulatedReaderConnection(ReaderConnection):
         presentation = self._device.queue.popleft() if self._device.queue else self._default_presentation()
         self._collections += 1
         self._interrupt = asyncio.get_running_loop().create_future()
+        self._collecting.set()
         try:
             if presentation.never:
                 await self._wait(request.timeout)
@@ -282,6 +288,7 @@ class SimulatedReaderConnection(ReaderConnection):
             return self._read(presentation)
         finally:
             self._interrupt = None
+            self._collecting.clear()
 
     async def cancel_collect(self) -> None:
         self._interrupt_with(CollectionCanceled("the collection was canceled"))

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from offterm.core.contracts import CardResult, CollectRequest, ReaderConnection, ReaderTransport
 from offterm.core.errors import (
     CardReadError,
@@ -29,7 +28,7 @@ TEST_KEY = bytes.fromhex(card_encryption.TEST_BASE_KEY_HEX)
 
 def make_transport(tmp_path: Path, **options: Any) -> ReaderTransport:
     """Build the transport the way the Terminal does: registration found by name, factory with options."""
-    pm = create_plugin_manager(autoload=False, env={})
+    pm = create_plugin_manager(autoload=False, env={}, bundled=[("simulated-reader", simulated.__name__)])
     reg = pm.reader_transport("simulated")
     return reg.factory(ComponentContext("simulated", options, tmp_path))
 
@@ -281,8 +280,8 @@ async def test_cancel_collect_while_waiting(tmp_path: Path) -> None:
     conn = await connect(tmp_path)
     conn.present_card(never=True)
     task = asyncio.create_task(conn.collect(CollectRequest(100, "usd", timeout=30)))
-    while not conn.is_collecting:
-        await asyncio.sleep(0)
+    await conn.wait_until_collecting()
+    assert conn.is_collecting
     await conn.cancel_collect()
     with pytest.raises(CollectionCanceled):
         await task
@@ -294,8 +293,8 @@ async def test_cancel_collect_while_waiting(tmp_path: Path) -> None:
 async def test_cancel_during_read_delay(tmp_path: Path) -> None:
     conn = await connect(tmp_path, read_delay=30)
     task = asyncio.create_task(conn.collect(REQUEST))
-    while not conn.is_collecting:
-        await asyncio.sleep(0)
+    await conn.wait_until_collecting()
+    assert conn.is_collecting
     await conn.cancel_collect()
     with pytest.raises(CollectionCanceled):
         await task
@@ -305,8 +304,8 @@ async def test_second_concurrent_collect_is_refused(tmp_path: Path) -> None:
     conn = await connect(tmp_path)
     conn.present_card(never=True)
     task = asyncio.create_task(conn.collect(CollectRequest(100, "usd", timeout=30)))
-    while not conn.is_collecting:
-        await asyncio.sleep(0)
+    await conn.wait_until_collecting()
+    assert conn.is_collecting
     with pytest.raises(ReaderError, match="in progress"):
         await conn.collect(REQUEST)
     await conn.cancel_collect()
@@ -320,8 +319,8 @@ async def test_disconnect_during_collect(tmp_path: Path) -> None:
     conn.set_listener(lambda event, reader, attempt, reason: events.append((event, reader.serial_number, attempt)))
     conn.present_card(never=True)
     task = asyncio.create_task(conn.collect(CollectRequest(100, "usd", timeout=30)))
-    while not conn.is_collecting:
-        await asyncio.sleep(0)
+    await conn.wait_until_collecting()
+    assert conn.is_collecting
     conn.simulate_disconnect()
     with pytest.raises(ReaderDisconnected):
         await task
@@ -349,8 +348,8 @@ async def test_close_is_idempotent_and_ends_a_collection(tmp_path: Path) -> None
     assert isinstance(conn, simulated.SimulatedReaderConnection)
     conn.present_card(never=True)
     task = asyncio.create_task(conn.collect(CollectRequest(100, "usd", timeout=30)))
-    while not conn.is_collecting:
-        await asyncio.sleep(0)
+    await conn.wait_until_collecting()
+    assert conn.is_collecting
     await conn.close()
     await conn.close()
     assert not conn.is_connected
