@@ -38,6 +38,7 @@ from .errors import (
     TransientProcessorError,
 )
 from .intents import intent_from_stored
+from .logs import payment_scoped
 from .network import NetworkMonitor
 from .session import SessionManager
 from .store_runner import AsyncStore
@@ -192,6 +193,7 @@ class Forwarder:
         log.warning("forwarding_failure", code=error.code, error=str(error))
         self._emit("forwarding_failure", error=error)
 
+    @payment_scoped
     async def _forward_one(self, session: ProcessorSession, payment: StoredPayment) -> bool:
         now = utcnow()
         pid = payment.offline_id

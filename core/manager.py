@@ -188,7 +188,7 @@ class PluginManager:
                 log.error(
                     "event_listener_failed",
                     plugin=impl.plugin_name,
-                    event=event,
+                    hook=f"offterm_on_{event}",
                     error_type=type(exc).__name__,
                     error=str(exc),
                 )

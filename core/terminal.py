@@ -58,6 +58,7 @@ from .errors import (
 )
 from .forwarder import Forwarder, ForwardingSettings, utcnow
 from .intents import card_present_details, intent_from_stored
+from .logs import payment_scoped
 from .manager import PluginManager, create_plugin_manager
 from .models import (
     IntentStatus,
@@ -368,6 +369,7 @@ class Terminal:
         self._pending[intent.offline_id] = _Pending()
         return intent
 
+    @payment_scoped
     async def _create_online(self, intent: PaymentIntent) -> str:
         session = await self._session("online_payment")
         try:
@@ -412,6 +414,7 @@ class Terminal:
             raise UnexpectedIntentState(f"intent {intent.offline_id} was not created by this terminal or is finished")
         return pending
 
+    @payment_scoped
     async def collect_payment_method(self, intent: PaymentIntent, timeout: float = 60.0) -> PaymentIntent:
         """Read a card on the connected reader.  Offline rules on the card apply here when offline."""
         if intent.status is not IntentStatus.REQUIRES_PAYMENT_METHOD:
@@ -429,6 +432,7 @@ class Terminal:
         intent.status = IntentStatus.REQUIRES_CONFIRMATION
         return intent
 
+    @payment_scoped
     async def confirm_payment_intent(
         self, intent: PaymentIntent, offline_behavior: OfflineBehavior | None = None
     ) -> PaymentIntent:
@@ -572,6 +576,7 @@ class Terminal:
             self.forwarder.trigger()
         return intent
 
+    @payment_scoped
     async def cancel_payment_intent(self, intent: PaymentIntent) -> PaymentIntent:
         """Cancel an intent that has not been confirmed (stored payments cannot be)."""
         if intent.requires_upload or intent.status in (IntentStatus.SUCCEEDED, IntentStatus.CANCELED):

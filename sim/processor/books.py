@@ -116,7 +116,7 @@ class Books:
         return int(self.clock())
 
     def principal(self, bearer: str | None) -> str:
-        """"secret_key" or "session" for a valid bearer; SimError(401) otherwise."""
+        """ "secret_key" or "session" for a valid bearer; SimError(401) otherwise."""
         if bearer and secrets.compare_digest(bearer, self.config.secret_key):
             return "secret_key"
         with self.lock:
@@ -133,7 +133,7 @@ class Books:
         raise SimError(401, "Invalid API Key provided.", code="api_key_invalid")
 
     def mint_connection_token(self, location: str | None) -> dict[str, Any]:
-        secret = "pst_test_" + secrets.token_urlsafe(24) if not self.config.livemode else "pst_live_" + secrets.token_urlsafe(24)
+        secret = ("pst_live_" if self.config.livemode else "pst_test_") + secrets.token_urlsafe(24)
         location = location or self.config.location_id
         with self.lock:
             self.tokens[secret] = _Token(location=location, created=self.clock())
@@ -201,7 +201,7 @@ class Books:
             "card_present": {
                 "brand": decision.brand,
                 "cardholder_name": sensitive.cardholder_name,
-                "country": "US",
+                "country": decision.country,
                 "exp_month": sensitive.exp_month,
                 "exp_year": sensitive.exp_year,
                 "fingerprint": fingerprint,
@@ -308,7 +308,7 @@ class Books:
         limit = _int(params, "limit", minimum=1) or 10
         limit = min(limit, 100)
         with self.lock:
-            items = sorted(self.intents.values(), key=lambda i: (i["created"], i["id"]), reverse=True)
+            items = list(reversed(self.intents.values()))  # newest first, as Stripe lists
             after = params.get("starting_after")
             before = params.get("ending_before")
             ids = [i["id"] for i in items]

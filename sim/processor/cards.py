@@ -21,6 +21,7 @@ class Decision:
 
     brand: str
     funding: str = "credit"
+    country: str = "US"
     code: str | None = None
     decline_code: str | None = None
     message: str = ""
@@ -40,24 +41,33 @@ TEST_CARDS: dict[str, Decision] = {
     "4000056655665556": Decision("visa", funding="debit"),
     "5555555555554444": Decision("mastercard"),
     "5200828282828210": Decision("mastercard", funding="debit"),
+    "5105105105105100": Decision("mastercard", funding="prepaid"),
     "2223003122003222": Decision("mastercard"),
     "378282246310005": Decision("amex"),
     "371449635398431": Decision("amex"),
     "6011111111111117": Decision("discover"),
     "6011000990139424": Decision("discover"),
-    "3566002020360505": Decision("jcb"),
-    "6200000000000005": Decision("unionpay"),
+    "6011981111111113": Decision("discover", funding="debit"),
+    "3566002020360505": Decision("jcb", country="JP"),
+    "6200000000000005": Decision("unionpay", country="CN"),
     "3056930009020004": Decision("diners"),
-    "4506445006931933": Decision("interac", funding="debit"),
+    "4000002760000016": Decision("visa", country="DE"),
+    "4000002500000003": Decision("visa", country="FR"),
+    "4506445006931933": Decision("interac", funding="debit", country="CA"),
+    "4000050360000001": Decision("visa", funding="debit", country="AU"),
+    "5555050360000080": Decision("mastercard", funding="debit", country="AU"),
+    "4000002500001001": Decision("visa", country="FR"),
+    # Not Stripe's: simulated numbers for domestic-only schemes (see the readers' catalogue).
+    "6280000360000002": Decision("eftpos_au", funding="debit", country="AU"),
+    "6720000000000000007": Decision("girocard", funding="debit", country="DE"),
+    # Declines.
     "4000000000000002": _decline("visa", "card_declined", "generic_decline", "Your card was declined."),
-    "4000000000009995": _decline(
-        "visa", "card_declined", "insufficient_funds", "Your card has insufficient funds."
-    ),
+    "4000000000009995": _decline("visa", "card_declined", "insufficient_funds", "Your card has insufficient funds."),
     "4000000000009987": _decline("visa", "card_declined", "lost_card", "Your card was declined."),
     "4000000000009979": _decline("visa", "card_declined", "stolen_card", "Your card was declined."),
     "4000000000000069": _decline("visa", "expired_card", "expired_card", "Your card has expired."),
     "4000000000000119": _decline(
-        "visa", "processing_error", None, "An error occurred while processing your card. Try again in a little bit."
+        "visa", "processing_error", "processing_error", "An error occurred while processing your card."
     ),
 }
 

@@ -22,8 +22,10 @@ MAX_KEY_LENGTH = 255
 
 @dataclass
 class Saved:
+    """A saved answer, kept as the exact bytes sent (cheaper than the objects)."""
+
     status: int
-    body: dict[str, Any]
+    body: bytes
 
 
 @dataclass

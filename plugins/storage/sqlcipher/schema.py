@@ -7,6 +7,9 @@ dropped or rewritten by a migration.  The version lives in
 ``PRAGMA user_version``, which changes atomically with the migration.
 """
 
+# SQL here is assembled only from module constants; every value is a bound parameter.
+# ruff: noqa: S608
+
 from __future__ import annotations
 
 from offterm.core.contracts.storage import ALLOWED_TRANSITIONS, PaymentState
@@ -16,12 +19,15 @@ CURRENT_VERSION = 2
 
 _STATES = ", ".join(f"'{s.value}'" for s in PaymentState)
 
-#: Version 1: payments, their append-only history, and two small key/value areas.
+#: Version 1: payments, their append-only history of transitions (written by
+#: a trigger, so no state change can skip it; the first entry, "stored", is
+#: the immutable ``recorded_at`` of the payment row itself), and two small
+#: key/value areas.
 SCHEMA_V1: tuple[str, ...] = (
     "CREATE TABLE offterm_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
     "CREATE TABLE app_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT",
     f"""CREATE TABLE payments (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER PRIMARY KEY,
         offline_id TEXT NOT NULL UNIQUE,
         idempotency_key TEXT NOT NULL UNIQUE,
         amount INTEGER NOT NULL CHECK (amount > 0),
@@ -31,6 +37,7 @@ SCHEMA_V1: tuple[str, ...] = (
         account_id TEXT NOT NULL,
         livemode INTEGER NOT NULL,
         stored_at INTEGER NOT NULL,
+        recorded_at INTEGER NOT NULL,
         state TEXT NOT NULL CHECK (state IN ({_STATES})),
         attempts INTEGER NOT NULL DEFAULT 0,
         card_details TEXT,
@@ -44,6 +51,7 @@ SCHEMA_V1: tuple[str, ...] = (
         decline_code TEXT,
         next_attempt_at INTEGER,
         updated_at INTEGER NOT NULL,
+        transition_code TEXT,
         claim_owner TEXT,
         claimed_at INTEGER,
         claim_expires_at INTEGER,
@@ -51,16 +59,22 @@ SCHEMA_V1: tuple[str, ...] = (
         claimed_from TEXT
     ) STRICT""",
     """CREATE TABLE payment_history (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
         offline_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
         at INTEGER NOT NULL,
         from_state TEXT,
         to_state TEXT NOT NULL,
         attempt INTEGER NOT NULL,
-        error_code TEXT
-    ) STRICT""",
-    "CREATE INDEX payments_state_time ON payments (state, stored_at, seq)",
-    "CREATE INDEX history_payment ON payment_history (offline_id, id)",
+        error_code TEXT,
+        PRIMARY KEY (offline_id, n)
+    ) STRICT, WITHOUT ROWID""",
+    "CREATE INDEX payments_state ON payments (state)",
+    """CREATE TRIGGER history_on_transition AFTER UPDATE OF state ON payments WHEN NEW.state IS NOT OLD.state BEGIN
+         INSERT INTO payment_history (offline_id, n, at, from_state, to_state, attempt, error_code)
+         VALUES (NEW.offline_id,
+                 (SELECT coalesce(max(n), 1) + 1 FROM payment_history WHERE offline_id = NEW.offline_id),
+                 NEW.updated_at, OLD.state, NEW.state, NEW.attempts, NEW.transition_code);
+       END""",
     """CREATE TRIGGER history_no_update BEFORE UPDATE ON payment_history
        BEGIN SELECT RAISE(ABORT, 'offterm: payment history is append-only'); END""",
     """CREATE TRIGGER history_no_delete BEFORE DELETE ON payment_history
@@ -69,7 +83,19 @@ SCHEMA_V1: tuple[str, ...] = (
 )
 
 _FINAL = "('forwarded', 'declined')"
-_IMMUTABLE = ("offline_id", "idempotency_key", "amount", "currency", "account_id", "livemode", "stored_at")
+#: The claimable filter, spelled exactly as in the partial index so the planner can use it.
+CLAIMABLE_WHERE = "state IN ('stored', 'outcome_unknown')"
+UNCLAIMABLE_WHERE = "state NOT IN ('stored', 'outcome_unknown')"
+_IMMUTABLE = (
+    "offline_id",
+    "idempotency_key",
+    "amount",
+    "currency",
+    "account_id",
+    "livemode",
+    "stored_at",
+    "recorded_at",
+)
 
 #: Version 2: retention (finalized_at, card_purged_at), O(1) totals for the
 #: status summary, and transition rules enforced by the database itself.
@@ -116,8 +142,9 @@ MIGRATION_V1_TO_V2: tuple[str, ...] = (
     + " BEGIN SELECT RAISE(ABORT, 'offterm: a stored payment''s identity and amount never change'); END",
     f"""CREATE TRIGGER payments_no_delete BEFORE DELETE ON payments WHEN OLD.state NOT IN {_FINAL}
        BEGIN SELECT RAISE(ABORT, 'offterm: only forwarded or declined payments may be removed'); END""",
-    """CREATE INDEX payments_claimable ON payments (stored_at, seq)
-       WHERE state IN ('stored', 'outcome_unknown')""",
+    "DROP INDEX payments_state",
+    f"CREATE INDEX payments_claimable ON payments (stored_at, seq) WHERE {CLAIMABLE_WHERE}",
+    f"CREATE INDEX payments_unclaimable ON payments (state, stored_at, seq) WHERE {UNCLAIMABLE_WHERE}",
     "CREATE INDEX payments_finalized ON payments (finalized_at) WHERE finalized_at IS NOT NULL",
 )
 

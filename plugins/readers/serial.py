@@ -1,0 +1,317 @@
+"""USB-serial card readers (pyserial), speaking the offterm reader protocol.
+
+Discovery probes the configured ``port`` (a device path or any pyserial URL
+such as ``socket://127.0.0.1:7000``) or, without one, every USB serial port
+``serial.tools.list_ports`` finds (filtered by ``vid``/``pid``): a port is a
+reader if it answers the protocol's Hello.  A lost link is reopened with
+backoff; if the device re-enumerated under another name, the USB ports are
+searched again for the same serial number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+import serial.tools.list_ports
+import structlog
+from offterm.core.contracts import ReaderInfo, ReaderTransport
+from offterm.core.errors import ConfigError, ReaderDisconnected, ReaderError
+from offterm.core.hookspecs import hookimpl
+from offterm.core.registrations import ComponentContext, OptionSpec, ReaderTransportRegistration
+
+from .protocol.host import (
+    LINK_OPTIONS,
+    ByteLink,
+    LinkSettings,
+    OnBytes,
+    OnLost,
+    ProtocolReaderConnection,
+    link_settings,
+    probe,
+)
+
+TRANSPORT_NAME = "serial"
+log = structlog.get_logger("offterm.readers.serial")
+
+#: How long the reader thread blocks in one read; bounds how fast ``close`` returns.
+_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class SerialSettings:
+    port: str | None = None
+    vid: int | None = None
+    pid: int | None = None
+    baudrate: int = 115200
+    link: LinkSettings = LinkSettings()
+
+
+class SerialLink(ByteLink):
+    """One open serial port; a daemon thread reads, the event loop writes."""
+
+    def __init__(self, port: str, baudrate: int, write_timeout: float) -> None:
+        self.address = port
+        self._baudrate = baudrate
+        self._write_timeout = write_timeout
+        self._serial: serial.SerialBase | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._write_lock = asyncio.Lock()
+
+    async def open(self, on_bytes: OnBytes, on_lost: OnLost) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            port = await asyncio.to_thread(self._open_port)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise ReaderError(f"cannot open serial port {self.address}: {exc}") from exc
+        self._serial = port
+
+        def deliver(data: bytes) -> None:
+            if not self._stop.is_set():
+                on_bytes(data)
+
+        def lost(reason: str) -> None:
+            if not self._stop.is_set():
+                on_lost(reason)
+
+        def pump() -> None:
+            try:
+                while not self._stop.is_set():
+                    try:
+                        data = port.read(1)
+                        if data and port.in_waiting:
+                            data += port.read(port.in_waiting)
+                    except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+                        # TypeError/AttributeError: pyserial's fd went away under a concurrent close.
+                        if not self._stop.is_set():
+                            loop.call_soon_threadsafe(lost, f"serial read failed: {exc}")
+                        return
+                    if data:
+                        loop.call_soon_threadsafe(deliver, data)
+            except RuntimeError:
+                return  # the event loop closed under us: nobody is listening any more
+
+        self._thread = threading.Thread(target=pump, name=f"offterm-serial {self.address}", daemon=True)
+        self._thread.start()
+
+    def _open_port(self) -> serial.SerialBase:
+        port = serial.serial_for_url(
+            self.address,
+            baudrate=self._baudrate,
+            timeout=_POLL,
+            write_timeout=self._write_timeout,
+            do_not_open=True,
+        )
+        port.exclusive = True  # POSIX flock: a second process on the same reader would garble both sessions
+        port.open()
+        # Stale bytes from an earlier session (a crashed host, a reader that kept talking) go.
+        port.reset_input_buffer()
+        return port
+
+    async def write(self, data: bytes) -> None:
+        port = self._serial
+        if port is None or self._stop.is_set():
+            raise ReaderDisconnected(f"serial port {self.address} is closed")
+        async with self._write_lock:
+            try:
+                # Small frames: the OS buffer takes them at once, so no thread hop is needed.
+                port.write(data)
+            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+                raise ReaderDisconnected(f"write to serial port {self.address} failed: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        port, self._serial = self._serial, None
+        if port is None:
+            return
+        if hasattr(port, "cancel_read"):
+            try:
+                port.cancel_read()
+            except (serial.SerialException, OSError, AttributeError):
+                pass
+        thread = self._thread
+        if thread is not None:
+            await asyncio.to_thread(thread.join, 1.0)
+        try:
+            port.close()
+        except (serial.SerialException, OSError):
+            pass
+
+
+class SerialReaderTransport(ReaderTransport):
+    def __init__(self, settings: SerialSettings) -> None:
+        self.settings = settings
+        self._connections: list[ProtocolReaderConnection] = []
+
+    def candidate_ports(self) -> list[str]:
+        """The configured port, else USB serial ports matching the vid/pid filters."""
+        s = self.settings
+        if s.port:
+            return [s.port]
+        found = []
+        for p in serial.tools.list_ports.comports():
+            if p.vid is None:
+                continue  # not USB: probing legacy UARTs is slow and may upset other devices
+            if s.vid is not None and p.vid != s.vid:
+                continue
+            if s.pid is not None and p.pid != s.pid:
+                continue
+            found.append(p.device)
+        return sorted(found)
+
+    def _link(self, port: str) -> SerialLink:
+        return SerialLink(port, self.settings.baudrate, self.settings.link.response_timeout)
+
+    async def _probe(self, port: str, timeout: float) -> ReaderInfo | None:
+        info = ReaderInfo(serial_number="", reader_type="", transport=TRANSPORT_NAME, address=port)
+        settings = LinkSettings(response_timeout=min(timeout, self.settings.link.response_timeout))
+        try:
+            found = await probe(info, lambda: self._link(port), settings)
+        except ReaderError as exc:
+            log.debug("serial_probe_failed", port=port, error=exc.code)
+            return None
+        return ReaderInfo(
+            serial_number=found.serial_number,
+            reader_type=found.reader_type,
+            transport=TRANSPORT_NAME,
+            address=port,
+            label=f"{found.reader_type} on {port}",
+            firmware_version=found.firmware_version,
+            location_id=found.location_id,
+        )
+
+    async def discover(self, timeout: float = 5.0) -> list[ReaderInfo]:
+        ports = self.candidate_ports()
+        results = await asyncio.gather(*(self._probe(p, timeout) for p in ports))
+        return [r for r in results if r is not None]
+
+    async def connect(self, reader: ReaderInfo) -> ProtocolReaderConnection:
+        if reader.transport != TRANSPORT_NAME:
+            raise ReaderError(f"reader {reader.serial_number} is not a serial reader ({reader.transport})")
+        self._connections = [c for c in self._connections if c.is_connected or c.is_reconnecting]
+        for existing in self._connections:
+            if existing.info.serial_number == reader.serial_number:
+                raise ReaderError(f"reader {reader.serial_number} is already connected")
+        connection = ProtocolReaderConnection(reader, lambda: self._reopen(reader), self.settings.link)
+        await connection.start()
+        self._connections.append(connection)
+        return connection
+
+    def _reopen(self, reader: ReaderInfo) -> ByteLink:
+        """The reader's last port; if it is gone and ports are discovered, search for the reader again."""
+        return _RelocatingLink(self, reader)
+
+    async def close(self) -> None:
+        for connection in self._connections:
+            await connection.close()
+        self._connections.clear()
+
+
+class _RelocatingLink(ByteLink):
+    """Opens the reader's known port, or (USB discovery only) the port it re-enumerated under."""
+
+    def __init__(self, transport: SerialReaderTransport, reader: ReaderInfo) -> None:
+        self._transport = transport
+        self._reader = reader
+        self.address = reader.address
+        self._link: SerialLink | None = None
+
+    async def open(self, on_bytes: OnBytes, on_lost: OnLost) -> None:
+        transport = self._transport
+        try:
+            self._link = transport._link(self._reader.address)
+            await self._link.open(on_bytes, on_lost)
+            return
+        except ReaderError:
+            self._link = None
+            if transport.settings.port:
+                raise
+        for port in transport.candidate_ports():
+            found = await transport._probe(port, transport.settings.link.response_timeout)
+            if found is not None and found.serial_number == self._reader.serial_number:
+                log.info("serial_reader_moved", reader=found.serial_number, port=port)
+                self.address = port
+                self._link = transport._link(port)
+                await self._link.open(on_bytes, on_lost)
+                return
+        raise ReaderError(f"reader {self._reader.serial_number} is not on any serial port")
+
+    async def write(self, data: bytes) -> None:
+        if self._link is None:
+            raise ReaderDisconnected("serial link is not open")
+        await self._link.write(data)
+
+    async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "port",
+        (str, type(None)),
+        None,
+        "Serial port of the reader: a device path (/dev/ttyACM0, COM3) or a pyserial URL "
+        "(socket://127.0.0.1:7000). Unset: discover USB serial ports.",
+    ),
+    OptionSpec("vid", (int, str, type(None)), None, "Only discover USB ports with this vendor id (1027 or '0x0403')."),
+    OptionSpec("pid", (int, str, type(None)), None, "Only discover USB ports with this product id."),
+    OptionSpec("baudrate", int, 115200, "Line speed (ignored by pseudo-terminals and sockets)."),
+    *LINK_OPTIONS,
+)
+
+
+def _usb_id(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value, 0) if isinstance(value, str) else int(value)
+    except ValueError:
+        raise ConfigError(key, "must be a USB id: an integer or a hex string like '0x0403'", value) from None
+    if not 0 <= number <= 0xFFFF:
+        raise ConfigError(key, "must be a USB id from 0 to 0xFFFF", value)
+    return number
+
+
+def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.serial") -> SerialSettings:
+    """Check every option; errors name the key."""
+    opts = dict(options or {})
+    unknown = set(opts) - {spec.key for spec in OPTIONS}
+    if unknown:
+        raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", "unknown option")
+    port = opts.get("port")
+    if port is not None and (not isinstance(port, str) or not port.strip()):
+        raise ConfigError(f"{prefix}.port", "must be a device path or a pyserial URL", port)
+    baudrate = opts.get("baudrate", 115200)
+    if isinstance(baudrate, bool) or not isinstance(baudrate, int) or not 50 <= baudrate <= 4_000_000:
+        raise ConfigError(f"{prefix}.baudrate", "must be a line speed from 50 to 4000000", baudrate)
+    return SerialSettings(
+        port=port.strip() if port else None,
+        vid=_usb_id(opts.get("vid"), f"{prefix}.vid"),
+        pid=_usb_id(opts.get("pid"), f"{prefix}.pid"),
+        baudrate=baudrate,
+        link=link_settings(opts, prefix),
+    )
+
+
+def _factory(context: ComponentContext) -> SerialReaderTransport:
+    return SerialReaderTransport(parse_options(context.options, prefix=f"reader.{context.name}"))
+
+
+@hookimpl
+def offterm_reader_transports() -> Iterator[ReaderTransportRegistration]:
+    yield ReaderTransportRegistration(
+        name=TRANSPORT_NAME,
+        factory=_factory,
+        description="Card readers on USB serial ports (or pyserial URLs) speaking the offterm reader protocol.",
+        options=OPTIONS,
+    )

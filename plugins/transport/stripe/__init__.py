@@ -1,0 +1,72 @@
+"""The bundled forwarding transport: Stripe's API (``[forwarding] transport = "stripe"``).
+
+Public names: :class:`StripeTransport`, :data:`OPTIONS`, :func:`step_key`.
+The device-only steps live in :mod:`offterm.plugins.transport.stripe.device`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from offterm.core.errors import ConfigError
+from offterm.core.hookspecs import hookimpl
+from offterm.core.registrations import ComponentContext, ForwardingTransportRegistration, OptionSpec
+
+from .http import check_base_url
+from .transport import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION, StripeTransport, step_key
+
+__all__ = ["OPTIONS", "StripeTransport", "build", "step_key"]
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "api_base",
+        str,
+        DEFAULT_API_BASE,
+        "Base URL of the processor's API. https only; http:// is accepted for loopback hosts (a local simulator).",
+    ),
+    OptionSpec(
+        "device_api_base",
+        str,
+        "",
+        "Base URL of the device API (session, card_present payment methods); empty means api_base.",
+    ),
+    OptionSpec("stripe_version", str, DEFAULT_STRIPE_VERSION, "Stripe-Version header sent with every request."),
+    OptionSpec("timeout", (int, float), 30.0, "Seconds to wait for an answer before the outcome counts as unknown."),
+    OptionSpec("connect_timeout", (int, float), 5.0, "Seconds to wait for a connection to the processor."),
+    OptionSpec("max_connections", int, 20, "Largest number of simultaneous connections to the processor."),
+    OptionSpec("probe_path", str, "/healthcheck", "Path requested (unauthenticated) to test reachability."),
+    OptionSpec("probe_timeout", (int, float), 5.0, "Seconds a reachability probe may take."),
+)
+
+
+def build(context: ComponentContext) -> StripeTransport:
+    """Factory: validated options -> transport (ConfigError names a bad option)."""
+    opts = context.options
+    for key in ("timeout", "connect_timeout", "probe_timeout"):
+        if float(opts.get(key, 1.0)) <= 0:
+            raise ConfigError(key, "must be a positive number of seconds", opts.get(key))
+    if int(opts.get("max_connections", 20)) < 1:
+        raise ConfigError("max_connections", "must be at least 1", opts.get("max_connections"))
+    device_base = opts.get("device_api_base") or None
+    if device_base:
+        check_base_url("device_api_base", device_base)
+    return StripeTransport(
+        opts.get("api_base", DEFAULT_API_BASE),
+        stripe_version=opts.get("stripe_version", DEFAULT_STRIPE_VERSION),
+        timeout=float(opts.get("timeout", 30.0)),
+        connect_timeout=float(opts.get("connect_timeout", 5.0)),
+        max_connections=int(opts.get("max_connections", 20)),
+        device_api_base=device_base,
+        probe_path=opts.get("probe_path", "/healthcheck"),
+        probe_timeout=float(opts.get("probe_timeout", 5.0)),
+    )
+
+
+@hookimpl
+def offterm_forwarding_transports() -> Iterator[ForwardingTransportRegistration]:
+    yield ForwardingTransportRegistration(
+        name="stripe",
+        factory=build,
+        description="Stripe's API over HTTPS (httpx); device steps in stripe.device",
+        options=OPTIONS,
+    )

@@ -1,0 +1,68 @@
+"""The device-only steps, which Stripe keeps off its public API.
+
+Stripe's Terminal SDKs do two things no public endpoint offers:
+
+1. redeem a single-use **connection token** for an authenticated session;
+2. turn the reader's **encrypted card data** into a ``card_present``
+   PaymentMethod (the public ``payment_method_data`` cannot carry it).
+
+Everything else the transport sends is public Stripe API.  This module is
+the only place that knows the device protocol, so a processor with a real
+device API replaces just these two functions (and ``DEVICE_PATHS``).  The
+protocol spoken here is the one of offterm's processor simulator:
+
+* ``POST {device_base}/device/v1/sessions`` with ``Authorization: Bearer
+  <connection token>`` -> ``{"secret", "account", "livemode", "expires_at"}``;
+* ``POST {device_base}/device/v1/payment_methods`` (session bearer, form:
+  ``type=card_present``, ``card_present[encrypted_data]`` base64,
+  ``card_present[key_serial]``, ``card_present[encryption_scheme]``) -> a
+  Stripe ``payment_method`` object.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from offterm.core.contracts import CardResult, ConnectionToken, ProcessorSession
+from offterm.core.errors import AuthenticationFailed, OutcomeUnknown
+
+from .http import StripeHttp
+
+DEVICE_PATHS = {"session": "/device/v1/sessions", "payment_method": "/device/v1/payment_methods"}
+
+
+async def open_session(http: StripeHttp, device_base: str, token: ConnectionToken) -> ProcessorSession:
+    """Redeem a connection token (single-use) for a session."""
+    answer = await http.request(
+        "POST", device_base + DEVICE_PATHS["session"], step="authenticate", bearer=token.secret, params={}
+    )
+    body = answer.body
+    secret, account = body.get("secret"), body.get("account")
+    if not isinstance(secret, str) or not isinstance(account, str) or not isinstance(body.get("livemode"), bool):
+        raise AuthenticationFailed("authenticate: the processor's session answer is incomplete")
+    return ProcessorSession(account_id=account, livemode=body["livemode"], secret=secret)
+
+
+async def create_card_present_method(
+    http: StripeHttp, device_base: str, session: ProcessorSession, card: CardResult, idempotency_key: str
+) -> str:
+    """Hand the encrypted card data to the processor; returns the PaymentMethod id."""
+    answer = await http.request(
+        "POST",
+        device_base + DEVICE_PATHS["payment_method"],
+        step="payment_method",
+        bearer=session.secret,
+        idempotency_key=idempotency_key,
+        params={
+            "type": "card_present",
+            "card_present": {
+                "encrypted_data": base64.b64encode(card.encrypted_card_data).decode("ascii"),
+                "key_serial": card.key_serial,
+                "encryption_scheme": card.encryption_scheme,
+            },
+        },
+    )
+    pm_id = answer.body.get("id")
+    if not isinstance(pm_id, str):
+        raise OutcomeUnknown("payment_method: the processor's answer has no id", request_id=answer.request_id)
+    return pm_id

@@ -1,0 +1,106 @@
+"""Turning Stripe's answers and httpx's failures into offterm's typed errors.
+
+The one rule that matters for exactly-once: if a request may have reached
+the processor and no answer came back, it is ``OutcomeUnknown`` (retry with
+the same idempotency key), never a plain failure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from offterm.core.errors import (
+    AuthenticationFailed,
+    CardDeclined,
+    OutcomeUnknown,
+    PermanentProcessorError,
+    ProcessorError,
+    TransientProcessorError,
+)
+
+#: Error codes that mean "this credential is no good": get a new session.
+AUTH_CODES = frozenset(
+    {
+        "api_key_invalid",
+        "api_key_expired",
+        "session_expired",
+        "connection_token_invalid",
+        "connection_token_expired",
+        "connection_token_already_redeemed",
+    }
+)
+#: Codes worth retrying whatever the status says.
+RETRY_CODES = frozenset({"lock_timeout", "rate_limit", "idempotency_key_in_use"})
+
+# Anything that looks like a credential or a card number is cut from messages.
+_SECRETS = re.compile(r"\b(?:sk|rk|pk|pst|dss)_[A-Za-z0-9_\-*]+|\b\d{12,19}\b")
+
+
+def scrub(text: str) -> str:
+    return _SECRETS.sub("[redacted]", text)[:500]
+
+
+def _should_retry(headers: Mapping[str, str]) -> bool | None:
+    value = headers.get("stripe-should-retry")
+    if value is None:
+        return None
+    return value.strip().lower() == "true"
+
+
+def from_response(status: int, body: Any, headers: Mapping[str, str], *, step: str) -> ProcessorError:
+    """The typed error for a non-2xx answer from the processor.
+
+    The error's PaymentIntent, when Stripe includes one, is kept as
+    ``exc.payment_intent`` = ``{"id", "status"}`` (nothing else of it).
+    """
+    error = _classify(status, body, headers, step=step)
+    err = body.get("error") if isinstance(body, dict) else None
+    intent = err.get("payment_intent") if isinstance(err, dict) else None
+    error.payment_intent = (
+        {"id": intent.get("id"), "status": intent.get("status")} if isinstance(intent, dict) else None
+    )
+    return error
+
+
+def _classify(status: int, body: Any, headers: Mapping[str, str], *, step: str) -> ProcessorError:
+    request_id = headers.get("request-id")
+    should_retry = _should_retry(headers)
+    err = body.get("error") if isinstance(body, dict) else None
+    err = err if isinstance(err, dict) else {}
+    kind = str(err.get("type") or "")
+    code = err.get("code")
+    code = str(code) if code else None
+    decline_code = err.get("decline_code")
+    message = scrub(str(err.get("message") or f"HTTP {status} without a Stripe error body"))
+    text = f"{step}: {message}"
+    common: dict[str, Any] = {"request_id": request_id, "http_status": status, "should_retry": should_retry}
+
+    if status == 401 or (code in AUTH_CODES):
+        return AuthenticationFailed(text, code=None, **common)
+    if should_retry is True or status in (409, 429) or status >= 500 or code in RETRY_CODES:
+        if should_retry is False and status < 500:
+            return PermanentProcessorError(text, code=code, **common)
+        return TransientProcessorError(text, code=code, **common)
+    if kind == "card_error" or status == 402:
+        return CardDeclined(text, decline_code=str(decline_code or code or "generic_decline"), **common)
+    if kind == "idempotency_error":
+        return PermanentProcessorError(text, code="idempotency_error", **common)
+    return PermanentProcessorError(text, code=code, **common)
+
+
+def from_transport_error(exc: httpx.HTTPError, *, step: str, sent_may_commit: bool) -> ProcessorError:
+    """The typed error for a request that got no answer.
+
+    Nothing was sent when connecting failed (or no pooled connection was
+    free): transient.  Once the request may have been written, only POSTs
+    can have taken effect: those are OutcomeUnknown.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.ProxyError):
+        return TransientProcessorError(f"{step}: could not reach the processor ({name})", code="connection_error")
+    if sent_may_commit:
+        return OutcomeUnknown(f"{step}: request sent, no answer ({name}); retry with the same idempotency key")
+    return TransientProcessorError(f"{step}: no answer from the processor ({name})", code="connection_error")

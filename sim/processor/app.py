@@ -1,0 +1,313 @@
+"""The simulator's HTTP surface: Stripe's public API, the device API, "your backend", admin.
+
+Routes:
+
+* Secret-key API (Bearer ``sk_test_...``; public endpoints also take a device
+  session): ``POST /v1/terminal/connection_tokens``, PaymentIntents (create,
+  list, retrieve, confirm, capture, cancel), ``POST /v1/refunds``.
+* Device API (private at Stripe; simulated here): ``POST /device/v1/sessions``
+  (Bearer: a connection token, single-use) and ``POST /device/v1/payment_methods``
+  (Bearer: the device session; the reader's encrypted card data).
+* "Your backend": ``POST /backend/connection_token`` -> ``{"secret": ...}``.
+* ``GET /healthcheck`` (no auth), and admin under ``/_sim`` (never faulted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .books import Books
+from .config import FaultConfig, SimConfig
+from .errors import SimError
+from .faults import LATENCY_SCOPE_KEY, FaultInjector, FaultMiddleware, Receive, Scope, Send
+from .forms import FormError, decode
+from .idempotency import IdempotencyStore, Saved, fingerprint
+
+DEFAULT_STRIPE_VERSION = "2023-08-16"
+
+Handler = Callable[[Request, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass
+class SimState:
+    """Everything one app instance owns; reachable as ``app.state.sim``."""
+
+    config: SimConfig
+    books: Books
+    idempotency: IdempotencyStore
+    faults: FaultInjector
+    requests: deque[dict[str, Any]]
+    spec_violations: list[dict[str, Any]] = field(default_factory=list)
+    spec: Any = None
+
+    def request_log(self) -> list[dict[str, Any]]:
+        return list(self.requests)
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
+
+
+def _loggable(params: dict[str, Any]) -> dict[str, Any]:
+    """Params as logged: the reader's ciphertext is replaced by its length."""
+    card = params.get("card_present")
+    if isinstance(card, dict) and "encrypted_data" in card:
+        return {**params, "card_present": {**card, "encrypted_data": f"<{len(str(card['encrypted_data']))} chars>"}}
+    return params
+
+
+def _render(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _json(status: int, body: dict[str, Any] | bytes, request_id: str, extra: dict[str, str] | None = None) -> Response:
+    headers = {"Request-Id": request_id, **(extra or {})}
+    content = body if isinstance(body, bytes) else _render(body)
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
+
+
+def _endpoint(handler: Handler, *, auth: str, public: bool = True) -> Callable[[Request], Any]:
+    """Wrap a sync handler in Stripe's request pipeline.
+
+    ``auth``: "any" (secret key or device session), "secret_key", "session",
+    "token" (a connection token, checked by the handler) or "none".
+    """
+
+    async def endpoint(request: Request) -> Response:
+        sim: SimState = request.app.state.sim
+        request_id = "req_" + secrets.token_hex(8)
+        version = request.headers.get("stripe-version", DEFAULT_STRIPE_VERSION)
+        base_headers = {"Stripe-Version": version}
+        idem_key = request.headers.get("idempotency-key") if request.method == "POST" else None
+        if idem_key:
+            base_headers["Idempotency-Key"] = idem_key
+        record: dict[str, Any] = {
+            "method": request.method,
+            "path": request.url.path,
+            "content_type": request.headers.get("content-type"),
+            "stripe_version": request.headers.get("stripe-version"),
+            "idempotency_key": idem_key,
+            "auth": "none",
+            "params": {},
+            "status": None,
+            "replayed": False,
+        }
+        sim.requests.append(record)
+        try:
+            if request.method == "POST":
+                raw = (await request.body()).decode("utf-8", errors="replace")
+                ctype = request.headers.get("content-type", "")
+                if raw and not ctype.startswith("application/x-www-form-urlencoded") and auth != "backend":
+                    raise SimError(400, "Request bodies must be application/x-www-form-urlencoded.")
+                params = decode(raw) if ctype.startswith("application/x-www-form-urlencoded") else {}
+            else:
+                params = decode(request.url.query)
+            record["params"] = _loggable(params)
+            bearer = _bearer(request)
+            if auth in ("any", "secret_key", "session"):
+                principal = sim.books.principal(bearer)
+                record["auth"] = principal
+                if auth != "any" and principal != auth:
+                    raise SimError(
+                        403 if principal == "session" else 401,
+                        f"This endpoint needs a {'secret key' if auth == 'secret_key' else 'device session'}.",
+                        code="permission_denied" if principal == "session" else "api_key_invalid",
+                    )
+            elif auth in ("token", "backend"):
+                record["auth"] = auth
+            if public and sim.spec is not None:
+                problems = sim.spec.check_request(request.method, request.url.path, params)
+                if problems:
+                    sim.spec_violations.append(
+                        {"method": request.method, "path": request.url.path, "problems": problems}
+                    )
+                    raise SimError(400, "Request does not conform to the Stripe spec: " + "; ".join(problems))
+        except FormError as exc:
+            record["status"] = 400
+            return _json(400, SimError(400, str(exc)).payload(), request_id, base_headers)
+        except SimError as exc:
+            record["status"] = exc.status
+            return _json(exc.status, exc.payload(), request_id, {**base_headers, **exc.headers})
+
+        latency = request.scope.get(LATENCY_SCOPE_KEY, 0.0)
+        if idem_key:
+            fp = fingerprint(request.method, request.url.path, params)
+            try:
+                saved = sim.idempotency.begin(idem_key, fp)
+            except SimError as exc:
+                record["status"] = exc.status
+                return _json(exc.status, exc.payload(), request_id, {**base_headers, **exc.headers})
+            if saved is not None:
+                record.update(status=saved.status, replayed=True)
+                return _json(saved.status, saved.body, request_id, {**base_headers, "Idempotent-Replayed": "true"})
+        to_save: Saved | None = None
+        try:
+            if latency:
+                await asyncio.sleep(latency)
+            try:
+                body = _render(handler(request, params))
+                status = 200
+                to_save = Saved(200, body)
+            except SimError as exc:
+                status, body = exc.status, _render(exc.payload())
+                base_headers.update(exc.headers)
+                if exc.saved:
+                    to_save = Saved(status, body)
+            record["status"] = status
+            return _json(status, body, request_id, base_headers)
+        finally:
+            if idem_key:
+                sim.idempotency.finish(idem_key, to_save)
+
+    return endpoint
+
+
+# -- handlers (sync: they run under the books' lock, never await) -----------------------
+
+
+def _connection_token(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    books: Books = request.app.state.sim.books
+    return books.mint_connection_token(params.get("location") or None)
+
+
+def _backend_token(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    sim: SimState = request.app.state.sim
+    required = sim.config.backend_auth_token
+    if required is not None:
+        given = _bearer(request) or ""
+        if not secrets.compare_digest(given, required):
+            raise SimError(401, "This backend needs a valid bearer token.", code="backend_unauthorized")
+    token = sim.books.mint_connection_token(None)
+    return {"secret": token["secret"]}
+
+
+def _device_session(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    books: Books = request.app.state.sim.books
+    return books.redeem(_bearer(request))
+
+
+def _device_payment_method(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.create_card_present_method(params)  # type: ignore[no-any-return]
+
+
+def _intent_id(request: Request) -> str:
+    return str(request.path_params["intent"])
+
+
+def _create_intent(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.create_intent(params)  # type: ignore[no-any-return]
+
+
+def _list_intents(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.list_intents(params)  # type: ignore[no-any-return]
+
+
+def _get_intent(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.get_intent(_intent_id(request))  # type: ignore[no-any-return]
+
+
+def _confirm(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.confirm(_intent_id(request), params)  # type: ignore[no-any-return]
+
+
+def _capture(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.capture(_intent_id(request), params)  # type: ignore[no-any-return]
+
+
+def _cancel(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.cancel(_intent_id(request), params)  # type: ignore[no-any-return]
+
+
+def _refund(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.refund(params)  # type: ignore[no-any-return]
+
+
+# -- unauthenticated and admin ------------------------------------------------------------
+
+
+async def _healthcheck(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _admin_ledger(request: Request) -> Response:
+    books: Books = request.app.state.sim.books
+    return JSONResponse({"charges_by_offline_id": books.ledger(), "successful_counts": books.successful_counts()})
+
+
+async def _admin_faults(request: Request) -> Response:
+    sim: SimState = request.app.state.sim
+    if request.method == "POST":
+        try:
+            sim.faults.set(FaultConfig.from_json(await request.json()))
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": {"type": "invalid_request_error", "message": str(exc)}}, status_code=400)
+    return JSONResponse({"faults": sim.faults.config.to_json(), "injected": dict(sim.faults.counts)})
+
+
+async def _admin_requests(request: Request) -> Response:
+    sim: SimState = request.app.state.sim
+    return JSONResponse({"requests": sim.request_log(), "spec_violations": sim.spec_violations})
+
+
+def create_app(config: SimConfig | None = None) -> Starlette:
+    """A fresh simulated account; the returned app is wrapped for fault injection."""
+    config = config or SimConfig()
+    spec = None
+    if config.spec_path:
+        from .spec import StripeSpec
+
+        spec = StripeSpec.load(config.spec_path)
+    state = SimState(
+        config=config,
+        books=Books(config),
+        idempotency=IdempotencyStore(),
+        faults=FaultInjector(config.faults),
+        requests=deque(maxlen=config.request_log_size),
+        spec=spec,
+    )
+    e = _endpoint
+    routes = [
+        Route("/healthcheck", _healthcheck, methods=["GET"]),
+        Route("/v1/terminal/connection_tokens", e(_connection_token, auth="secret_key"), methods=["POST"]),
+        Route("/v1/payment_intents", e(_create_intent, auth="any"), methods=["POST"]),
+        Route("/v1/payment_intents", e(_list_intents, auth="any"), methods=["GET"]),
+        Route("/v1/payment_intents/{intent}", e(_get_intent, auth="any"), methods=["GET"]),
+        Route("/v1/payment_intents/{intent}/confirm", e(_confirm, auth="any"), methods=["POST"]),
+        Route("/v1/payment_intents/{intent}/capture", e(_capture, auth="any"), methods=["POST"]),
+        Route("/v1/payment_intents/{intent}/cancel", e(_cancel, auth="any"), methods=["POST"]),
+        Route("/v1/refunds", e(_refund, auth="any"), methods=["POST"]),
+        Route("/device/v1/sessions", e(_device_session, auth="token", public=False), methods=["POST"]),
+        Route("/device/v1/payment_methods", e(_device_payment_method, auth="session", public=False), methods=["POST"]),
+        Route("/backend/connection_token", e(_backend_token, auth="backend", public=False), methods=["POST"]),
+        Route("/_sim/ledger", _admin_ledger, methods=["GET"]),
+        Route("/_sim/faults", _admin_faults, methods=["GET", "POST"]),
+        Route("/_sim/requests", _admin_requests, methods=["GET"]),
+    ]
+    app = SimulatorApp(routes=routes)
+    app.state.sim = state
+    app.fault_middleware = FaultMiddleware(partial(Starlette.__call__, app), state.faults)
+    return app
+
+
+class SimulatorApp(Starlette):
+    """Starlette with the fault injector outermost, where it can still reach the connection."""
+
+    fault_middleware: FaultMiddleware
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.fault_middleware(scope, receive, send)

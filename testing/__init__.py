@@ -1,0 +1,40 @@
+"""offterm.testing: pytest fixtures and helpers for people who write offterm plugins.
+
+Installing offterm registers the fixtures with pytest (entry point
+``pytest11``: ``offterm``), so a plugin's test suite can simply ask for them:
+
+* ``offterm_plugin_manager`` - a fresh, strict :class:`ScratchPluginManager`
+  with the bundled plugins; ``.add(plugin)`` / ``.temporary(plugin)`` register
+  yours for one test.
+* ``offterm_hook_recorder`` - a :class:`HookRecorder` registered in it: every
+  event hook call, with its arguments.
+* ``processor_simulator`` - a running processor simulator
+  (``offterm.sim.processor.SimHandle``) on 127.0.0.1.
+* ``reader_emulator`` - the reader emulator in its own process
+  (:class:`ReaderEmulatorProcess`), on a pseudo-terminal.
+* ``offterm_store`` - an open SQLCipher store with a file key in ``tmp_path``.
+* ``offterm_config`` - a Terminal configuration dict wired to the simulator.
+
+Everything here is also usable without pytest.  Unlike ``offterm.core``,
+this package may import the simulators.
+"""
+
+from __future__ import annotations
+
+from .config import terminal_config
+from .plugins import ScratchPluginManager, make_plugin_manager
+from .reader import EmulatorError, ReaderEmulatorProcess
+from .recorder import EVENT_HOOKS, HookCall, HookRecorder
+from .store import open_store
+
+__all__ = [
+    "EVENT_HOOKS",
+    "EmulatorError",
+    "HookCall",
+    "HookRecorder",
+    "ReaderEmulatorProcess",
+    "ScratchPluginManager",
+    "make_plugin_manager",
+    "open_store",
+    "terminal_config",
+]
