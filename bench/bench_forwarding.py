@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 import httpx
+
 from offterm.core.contracts import ConnectionToken, Submission
 from offterm.core.models import CaptureMethod
 from offterm.plugins.transport.stripe import StripeTransport

@@ -106,8 +106,9 @@ class _Pending:
 class Terminal:
     """Async Terminal API.  Use ``async with Terminal.from_config(...) as terminal:``."""
 
-    def __init__(self, config: Config, plugin_manager: PluginManager | None = None) -> None:
+    def __init__(self, config: Config, plugin_manager: PluginManager | None = None, *, background: bool = True) -> None:
         self.config = config
+        self._background = background
         plugins = config.sections["plugins"]
         self.plugins = plugin_manager or create_plugin_manager(
             disabled=plugins["disable"], autoload=plugins["autoload"], strict=plugins["strict"], env=config.env
@@ -134,10 +135,15 @@ class Terminal:
         config: str | Path | Mapping[str, Any] | Config | None = None,
         *,
         plugin_manager: PluginManager | None = None,
+        background: bool = True,
     ) -> Terminal:
-        """Build a Terminal from a TOML path, a dict, or a loaded Config (not yet open)."""
+        """Build a Terminal from a TOML path, a dict, or a loaded Config (not yet open).
+
+        ``background=False`` opens without the forwarding and probing tasks
+        (for inspection tools); ``forward_now`` still works.
+        """
         loaded = config if isinstance(config, Config) else load_config(config)
-        return cls(loaded, plugin_manager)
+        return cls(loaded, plugin_manager, background=background)
 
     def _build(self, kind: str, registration: Registration[Any]) -> Any:
         options = self.config.component(kind, registration)
@@ -211,9 +217,10 @@ class Terminal:
             raise
         self._opened = True
         await self._refresh_status(emit=False)
-        self.network.start()
-        self.forwarder.start()
-        self.forwarder.trigger()
+        if self._background:
+            self.network.start()
+            self.forwarder.start()
+            self.forwarder.trigger()
         log.info("terminal_opened", pending=self._summary.pending_count)
 
     async def close(self, timeout: float | None = None) -> CloseReport:
@@ -225,7 +232,9 @@ class Terminal:
                 self._summary.needs_attention_count,
             )
         self._opened = False
-        budget = self.config.get("forwarding", "close_timeout") if timeout is None else timeout
+        if timeout is None:  # inspection terminals (background=False) never forward on their own
+            timeout = self.config.get("forwarding", "close_timeout") if self._background else 0.0
+        budget = timeout
         if budget > 0 and self._summary.pending_count and self.network.status is not NetworkStatus.OFFLINE:
             try:
                 await asyncio.wait_for(self.forwarder.run_round(), timeout=budget)
@@ -305,7 +314,9 @@ class Terminal:
         self._reader.set_listener(self._reader_event)
         if self.network.status is NetworkStatus.UNKNOWN:
             await self.network.check()
-        if self.network.status is NetworkStatus.ONLINE:
+        if self.network.status is NetworkStatus.ONLINE and await self._authenticate_quietly():
+            # An online connection: authenticated, so the account is known and the
+            # reader may later be used offline (Stripe's 30-day rule).
             record = {
                 "at": utcnow().isoformat(),
                 "location_id": reader.location_id or self._location_id,
@@ -314,6 +325,14 @@ class Terminal:
             await self.store.set_meta(_READER_META + reader.serial_number, json.dumps(record))
         self.plugins.emit("reader_connected", reader=self._reader.info)
         return self._reader.info
+
+    async def _authenticate_quietly(self) -> bool:
+        try:
+            await self._session("reader_connection")
+        except (OfftermError, OSError) as exc:
+            log.warning("authentication_failed_at_connect", error_type=type(exc).__name__)
+            return False
+        return True
 
     def _reader_event(self, event: str, reader: ReaderInfo, attempt: int, reason: str) -> None:
         if event == "reconnecting":

@@ -19,6 +19,7 @@ from typing import Any
 import serial
 import serial.tools.list_ports
 import structlog
+
 from offterm.core.contracts import ReaderInfo, ReaderTransport
 from offterm.core.errors import ConfigError, ReaderDisconnected, ReaderError
 from offterm.core.hookspecs import hookimpl

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import structlog
+
 from offterm.core.contracts import ConnectionToken, ConnectionTokenProvider, TokenRequest
 from offterm.core.errors import ConfigError, ConnectionTokenError
 from offterm.core.hookspecs import hookimpl

@@ -29,6 +29,7 @@ import dbus.mainloop.glib
 import dbus.service
 from dbusmock import OBJECT_MANAGER_IFACE, mockobject
 from dbusmock.testcase import BusType, PrivateDBus
+
 from offterm.plugins.readers.protocol import ble as gatt
 
 from .app import Console, EmulatorOptions

@@ -112,8 +112,12 @@ def _documented_keys() -> set[str]:
 
 def test_every_core_key_is_documented_with_its_default():
     documented = _documented_keys()
-    missing = [f"{section}.{spec.key}" for section, specs in CORE_OPTIONS.items() for spec in specs
-               if f"{section}.{spec.key}" not in documented]
+    missing = [
+        f"{section}.{spec.key}"
+        for section, specs in CORE_OPTIONS.items()
+        for spec in specs
+        if f"{section}.{spec.key}" not in documented
+    ]
     assert not missing, f"docs/configuration.md lacks: {missing}"
 
 

@@ -16,12 +16,23 @@ def _hookspecs():
 
 def test_there_are_hooks():
     names = set(_hookspecs())
-    assert {"offterm_reader_transports", "offterm_storage_backends", "offterm_storage_key_providers",
-            "offterm_connection_token_providers", "offterm_forwarding_transports",
-            "offterm_offline_acceptance_policies", "offterm_forwarding_policies",
-            "offterm_on_offline_status_changed", "offterm_on_network_status_changed", "offterm_on_payment_stored",
-            "offterm_on_payment_intent_forwarded", "offterm_on_forwarding_failure", "offterm_on_reader_connected",
-            "offterm_on_reader_disconnected", "offterm_on_reader_reconnecting"} <= names
+    assert {
+        "offterm_reader_transports",
+        "offterm_storage_backends",
+        "offterm_storage_key_providers",
+        "offterm_connection_token_providers",
+        "offterm_forwarding_transports",
+        "offterm_offline_acceptance_policies",
+        "offterm_forwarding_policies",
+        "offterm_on_offline_status_changed",
+        "offterm_on_network_status_changed",
+        "offterm_on_payment_stored",
+        "offterm_on_payment_intent_forwarded",
+        "offterm_on_forwarding_failure",
+        "offterm_on_reader_connected",
+        "offterm_on_reader_disconnected",
+        "offterm_on_reader_reconnecting",
+    } <= names
 
 
 def test_every_hook_is_documented():

@@ -34,14 +34,22 @@ def network(simulator: SimHandle) -> Iterator[FaultProxy]:
 @pytest.fixture
 def terminal_config(tmp_path, network: FaultProxy) -> dict[str, Any]:
     return {
-        "terminal": {"data_dir": str(tmp_path / "pos"), "offline_enabled": True, "offline_timeout": 3.0,
-                     "probe_min_interval": 0.05, "probe_max_interval": 0.5},
+        "terminal": {
+            "data_dir": str(tmp_path / "pos"),
+            "offline_enabled": True,
+            "offline_timeout": 3.0,
+            "probe_min_interval": 0.05,
+            "probe_max_interval": 0.5,
+        },
         "plugins": {"autoload": False},
         "reader": {"transport": "simulated"},
         "storage": {"backend": "sqlcipher", "key_provider": "file"},
         "tokens": {"providers": ["http"], "http": {"url": network.url + "/backend/connection_token"}},
-        "forwarding": {"transport": "stripe", "interval": 60.0,
-                       "stripe": {"api_base": network.url, "timeout": 5.0, "connect_timeout": 1.0}},
+        "forwarding": {
+            "transport": "stripe",
+            "interval": 60.0,
+            "stripe": {"api_base": network.url, "timeout": 5.0, "connect_timeout": 1.0},
+        },
         "acceptance": {"limits": {"max_amount": {"usd": 100_000, "eur": 100_000}}},
     }
 

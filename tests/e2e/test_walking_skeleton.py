@@ -71,11 +71,17 @@ async def test_online_outage_offline_reboot_recovery_exactly_once(terminal_confi
     # Order: reader connected, network went offline before the first store, stores before forwards,
     # network back online before the first forward, and the last status says nothing is waiting.
     assert names.index("reader_connected") < names.index("payment_stored")
-    went_offline = next(i for i, (n, kw) in enumerate(recorder.events)
-                        if n == "network_status_changed" and kw["status"] is NetworkStatus.OFFLINE)
+    went_offline = next(
+        i
+        for i, (n, kw) in enumerate(recorder.events)
+        if n == "network_status_changed" and kw["status"] is NetworkStatus.OFFLINE
+    )
     assert went_offline < names.index("payment_stored")
-    back_online = max(i for i, (n, kw) in enumerate(recorder.events)
-                      if n == "network_status_changed" and kw["status"] is NetworkStatus.ONLINE)
+    back_online = max(
+        i
+        for i, (n, kw) in enumerate(recorder.events)
+        if n == "network_status_changed" and kw["status"] is NetworkStatus.ONLINE
+    )
     assert back_online < names.index("payment_intent_forwarded")
     assert max(i for i, n in enumerate(names) if n == "payment_stored") < names.index("payment_intent_forwarded")
     last_status = recorder.of("offline_status_changed")[-1]["status"]

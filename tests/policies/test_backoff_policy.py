@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from offterm.core.contracts import CardDetails, ForwardingPolicy, PaymentState, StoredPayment
 from offterm.core.errors import ConfigError
 from offterm.core.manager import create_plugin_manager

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from offterm.core import errors
 from offterm.plugins.policies import backoff, limits
 

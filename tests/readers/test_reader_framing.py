@@ -9,6 +9,7 @@ import zlib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from offterm.core.errors import ReaderProtocolError
 from offterm.plugins.readers.protocol import messages as m
 from offterm.plugins.readers.protocol.framing import (

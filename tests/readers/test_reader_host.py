@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+
 from offterm.core.contracts import CollectRequest, ReaderInfo
 from offterm.core.errors import (
     CardReadError,

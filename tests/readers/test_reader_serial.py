@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from offterm.core.config import load_config
 from offterm.core.contracts import CollectRequest, ReaderInfo
 from offterm.core.errors import ConfigError, ReaderDisconnected, ReaderError, ReaderNotConnected

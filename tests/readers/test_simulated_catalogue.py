@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
+
 from offterm.plugins.readers import test_cards
 
 INTERNATIONAL = {"visa", "mastercard", "amex", "discover", "jcb", "unionpay", "diners"}

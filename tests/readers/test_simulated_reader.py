@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from offterm.core.contracts import CardResult, CollectRequest, ReaderConnection, ReaderTransport
 from offterm.core.errors import (
     CardReadError,

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from offterm.sim.processor import SimHandle, running_simulator
 from offterm.sim.processor.spec import StripeSpec, find_spec
 

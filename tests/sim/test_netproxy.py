@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from offterm.sim.netproxy import FaultProxy
 from offterm.sim.processor import SimHandle
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from offterm.sim.processor import SimHandle, running_simulator
 from offterm.sim.processor.spec import StripeSpec
 from offterm.sim.processor.testing import card_result

@@ -9,6 +9,7 @@ import sys
 
 import httpx
 import pytest
+
 from offterm.sim.processor import FaultConfig, SimHandle, running_simulator
 from offterm.sim.processor.faults import FaultInjector
 from offterm.sim.processor.forms import FormError, decode

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from storage_testkit import make_store
+
 from offterm.plugins.storage.keys import StaticKeyProvider
 from offterm.plugins.storage.sqlcipher import SqlCipherStore
-from storage_testkit import make_store
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offterm.core.contracts.storage import NewPayment
 from storage_testkit import raw_connect
+
+from offterm.core.contracts.storage import NewPayment
 
 #: The cipher settings offterm has always pinned (SQLCipher 4).
 PINS = {

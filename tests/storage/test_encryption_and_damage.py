@@ -14,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from storage_testkit import T0, make_store, new_payment, raw_connect
+
 from offterm.core.contracts.storage import PaymentState
 from offterm.core.errors import EncryptionUnavailable, StorageDamaged, StorageError, WrongStorageKey
 from offterm.plugins.storage.keys import StaticKeyProvider
 from offterm.plugins.storage.sqlcipher.connection import CIPHER_PINS, StorageBusy, WeakDurability
-from storage_testkit import T0, make_store, new_payment, raw_connect
 
 S = PaymentState
 NOW = T0 + timedelta(hours=1)

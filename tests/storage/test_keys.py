@@ -10,11 +10,12 @@ import keyring
 import keyring.backend
 import pytest
 from keyring.backends import fail
+from storage_testkit import make_store, new_payment
+
 from offterm.core.errors import ConfigError, StorageKeyUnavailable, WrongStorageKey
 from offterm.core.registrations import ComponentContext
 from offterm.plugins.storage import keys as keys_mod
 from offterm.plugins.storage.keys import EnvKeyProvider, FileKeyProvider, KeyringKeyProvider, StaticKeyProvider
-from storage_testkit import make_store, new_payment
 
 
 def providers(tmp_path: Path, **options: dict) -> dict:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from storage_testkit import T0, new_payment, raw_connect
+
 from offterm.core.contracts.storage import ALLOWED_TRANSITIONS, PaymentState
 from offterm.core.errors import InvalidRequest, InvalidTransition, PaymentNotFound
-from storage_testkit import T0, new_payment, raw_connect
 
 S = PaymentState
 NOW = T0 + timedelta(hours=1)

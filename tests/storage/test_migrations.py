@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from legacy_schemas import BUILDERS, LegacyPayment
+from storage_testkit import T0, make_store, new_payment, raw_connect
+
 from offterm.core.contracts.storage import PaymentState
 from offterm.core.errors import StorageError
 from offterm.plugins.storage.keys import StaticKeyProvider
 from offterm.plugins.storage.sqlcipher import migrate, schema
 from offterm.plugins.storage.sqlcipher.migrate import StorageMigrationFailed
-from storage_testkit import T0, make_store, new_payment, raw_connect
 
 S = PaymentState
 RECENT = int((datetime.now(UTC) - timedelta(hours=1)).timestamp() * 1_000_000)

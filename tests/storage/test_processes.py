@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from storage_testkit import make_store, new_payment, worker_cmd
+
 from offterm.core.contracts.storage import PaymentState
 from offterm.plugins.storage.keys import StaticKeyProvider
-from storage_testkit import make_store, new_payment, worker_cmd
 
 pytestmark = pytest.mark.slow
 

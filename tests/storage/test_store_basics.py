@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from storage_testkit import T0, card_result, make_store, new_payment
+
 from offterm.core.contracts.storage import PaymentState, PaymentStore, StoreSummary
 from offterm.core.errors import InvalidRequest, PaymentNotFound, StorageError
 from offterm.core.registrations import ComponentContext
 from offterm.plugins.storage import sqlcipher
-from storage_testkit import T0, card_result, make_store, new_payment
 
 
 def test_store_returns_the_committed_payment_and_get_reads_it_back(store) -> None:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from storage_testkit import make_store, new_payment  # noqa: E402
+
 from offterm.core.contracts.storage import PaymentState  # noqa: E402
 from offterm.core.errors import OfflineStorageFull  # noqa: E402
 from offterm.plugins.storage.keys import StaticKeyProvider  # noqa: E402
-from storage_testkit import make_store, new_payment  # noqa: E402
 
 
 def say(*parts: object) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-THIRD_PARTY_TEST = '''
+THIRD_PARTY_TEST = """
 import os
 from offterm.core import hookimpl
 
@@ -31,7 +31,7 @@ def test_uses_the_kit(offterm_plugin_manager, offterm_hook_recorder, offterm_sto
 
 def test_config(offterm_config, processor_simulator):
     assert offterm_config["tokens"]["http"]["url"] == processor_simulator.backend_url
-'''
+"""
 
 
 def test_the_fixtures_are_registered_through_the_pytest11_entry_point():
@@ -58,9 +58,10 @@ def test_a_third_party_project_gets_the_fixtures_without_any_conftest(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
     pid = int((tmp_path / "emulator.pid").read_text())
-    assert not os.path.exists(f"/proc/{pid}/cmdline") or b"reader_emulator" not in open(
-        f"/proc/{pid}/cmdline", "rb"
-    ).read(), "the emulator process outlived its fixture"
+    assert (
+        not os.path.exists(f"/proc/{pid}/cmdline")
+        or b"reader_emulator" not in open(f"/proc/{pid}/cmdline", "rb").read()
+    ), "the emulator process outlived its fixture"
 
 
 def test_the_plugin_can_be_switched_off(tmp_path):

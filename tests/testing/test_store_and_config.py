@@ -71,7 +71,9 @@ async def test_terminal_from_the_config_fixture_pays_online_and_offline_exactly_
         await terminal.connect_reader(reader)
         online = await terminal.create_payment_intent({"amount": 900, "currency": "usd"})
         await terminal.confirm_payment_intent(await terminal.collect_payment_method(online))
-        offline = await terminal.create_payment_intent({"amount": 300, "currency": "usd"}, OfflineBehavior.FORCE_OFFLINE)
+        offline = await terminal.create_payment_intent(
+            {"amount": 300, "currency": "usd"}, OfflineBehavior.FORCE_OFFLINE
+        )
         offline = await terminal.confirm_payment_intent(await terminal.collect_payment_method(offline))
         assert offline.requires_upload
         assert await terminal.forward_now() == 0

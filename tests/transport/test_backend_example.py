@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from offterm.core.contracts import TokenRequest
 from offterm.core.errors import ConnectionTokenError
 from offterm.plugins.transport.stripe import StripeTransport

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from offterm.core.contracts import ConnectionToken, ProcessorSession, Submission
 from offterm.core.errors import (
     AuthenticationFailed,

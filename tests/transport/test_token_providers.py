@@ -10,6 +10,12 @@ from typing import Any
 
 import pytest
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from structlog.testing import capture_logs
+
 from offterm.core.contracts import ConnectionToken, TokenRequest
 from offterm.core.errors import ConfigError, ConnectionTokenError
 from offterm.core.registrations import ComponentContext, TokenProviderRegistration
@@ -17,11 +23,6 @@ from offterm.plugins.transport import tokens
 from offterm.plugins.transport.stripe import StripeTransport
 from offterm.plugins.transport.tokens import CallableTokenProvider, HttpTokenProvider, StaticTokenProvider
 from offterm.sim.processor import SimHandle, running_simulator
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-from structlog.testing import capture_logs
 
 REQUEST = TokenRequest(reason="forwarding", location_id="tml_1")
 

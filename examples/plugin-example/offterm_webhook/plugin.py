@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+
 from offterm.core import hookimpl
 from offterm.core.errors import OfftermError
 from offterm.core.models import OfflineStatus, PaymentIntent

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
+
 from offterm.core.contracts import CardDetails, CardResult, CollectRequest, ReaderConnection, ReaderInfo
 from offterm.core.errors import (
     CardReadError,

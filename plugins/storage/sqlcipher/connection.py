@@ -33,6 +33,8 @@ CIPHER_PINS: tuple[tuple[str, str], ...] = (
 )
 
 _SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
+#: Page cache per connection (KiB): keeps the unique indexes of a large backlog in memory.
+CACHE_KIB = 16 * 1024
 _KEYING = threading.Lock()
 
 
@@ -101,6 +103,7 @@ def apply_durability(dbapi_conn: Any, durability: Durability) -> None:
         cur.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[durability.synchronous]}")
         sync = int(cur.execute("PRAGMA synchronous").fetchone()[0])
         cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
     finally:
         cur.close()
     weak = mode != "wal" or sync < _SYNCHRONOUS["full"]

@@ -24,6 +24,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from sqlalchemy import URL, Engine, create_engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import QueuePool
+
 from offterm.core.contracts.storage import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
@@ -47,9 +51,6 @@ from offterm.core.errors import (
     StorageKeyUnavailable,
 )
 from offterm.core.models import CaptureMethod
-from sqlalchemy import URL, Engine, create_engine
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import QueuePool
 
 from . import codec
 from .codec import PAYMENT_COLUMNS, SELECT_PAYMENT, DecodeProblem, from_micros, to_micros

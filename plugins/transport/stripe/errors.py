@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+
 from offterm.core.errors import (
     AuthenticationFailed,
     CardDeclined,

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import structlog
+
 from offterm.core.errors import ConfigError, OutcomeUnknown
 
 from . import forms

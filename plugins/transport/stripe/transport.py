@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+
 from offterm.core.contracts import (
     ConnectionToken,
     ForwardingTransport,

@@ -1,0 +1,137 @@
+"""``offterm doctor``: every check an operator needs before trusting a POS.
+
+Each check reports ok / warn / fail with a detail line; a failing check never
+stops the others, and nothing here changes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from offterm.core import Terminal, load_config
+from offterm.core.config import Config
+from offterm.core.contracts import TokenRequest
+from offterm.core.errors import OfftermError
+from offterm.core.manager import COMPONENT_KINDS, PluginManager, create_plugin_manager
+
+Check = dict[str, str]
+
+
+def _check(name: str, fn: Callable[[], tuple[str, str]]) -> Check:
+    try:
+        status, detail = fn()
+    except OfftermError as exc:
+        status, detail = "fail", str(exc)
+    except Exception as exc:  # a doctor must report, not crash
+        status, detail = "fail", f"{type(exc).__name__}: {exc}"
+    return {"check": name, "status": status, "detail": detail}
+
+
+def run_checks(config_path: str | None) -> list[Check]:
+    results: list[Check] = []
+    box: dict[str, Any] = {}
+
+    def config() -> tuple[str, str]:
+        box["config"] = cfg = load_config(config_path)
+        return "ok", f"loaded from {cfg.source or 'defaults (no file)'}; data dir {cfg.data_dir}"
+
+    results.append(_check("config", config))
+    if "config" not in box:
+        return results
+    cfg: Config = box["config"]
+
+    def plugins() -> tuple[str, str]:
+        p = cfg.sections["plugins"]
+        box["pm"] = pm = create_plugin_manager(disabled=p["disable"], autoload=p["autoload"], strict=p["strict"])
+        sources = ", ".join(f"{i.name} ({i.source})" for i in pm.info.values())
+        if pm.load_failures:
+            return "warn", f"failed: {', '.join(pm.load_failures)}; loaded: {sources}"
+        return "ok", sources
+
+    results.append(_check("plugins", plugins))
+    if "pm" not in box:
+        return results
+    pm: PluginManager = box["pm"]
+
+    def components() -> tuple[str, str]:
+        chosen = {
+            "reader": cfg.get("reader", "transport"),
+            "storage": cfg.get("storage", "backend"),
+            "storage_key": cfg.get("storage", "key_provider"),
+            "forwarding": cfg.get("forwarding", "transport"),
+            "forwarding_policy": cfg.get("forwarding", "policy"),
+        }
+        parts = []
+        for kind, name in chosen.items():
+            hook, reg_cls = COMPONENT_KINDS[kind]
+            reg = pm._select(hook, reg_cls, name)
+            cfg.component(kind, reg)  # validates its options
+            parts.append(f"{kind}={name} (from {pm.provider_of(hook, reg_cls, name)})")
+        for name in cfg.get("tokens", "providers"):
+            cfg.component("tokens", pm.token_provider(name))
+            parts.append(f"tokens={name}")
+        return "ok", "; ".join(parts)
+
+    results.append(_check("components", components))
+    results.extend(asyncio.run(_terminal_checks(cfg, pm)))
+    return results
+
+
+async def _terminal_checks(cfg: Config, pm: PluginManager) -> list[Check]:
+    results: list[Check] = []
+    terminal = Terminal(cfg, pm, background=False)
+    try:
+        await terminal.open()
+    except OfftermError as exc:
+        return [{"check": "store", "status": "fail", "detail": str(exc)}]
+    try:
+        summary = await terminal.store.summary()
+        results.append(
+            {
+                "check": "store",
+                "status": "ok",
+                "detail": f"opened with the configured key; {summary.pending_count} waiting, "
+                f"{summary.needs_attention_count} need attention",
+            }
+        )
+        if summary.needs_attention_count:
+            results[-1]["status"] = "warn"
+        integrity = getattr(terminal.store.backend, "integrity_check", None)
+        if callable(integrity):
+            problems = await asyncio.to_thread(integrity)
+            results.append(
+                {
+                    "check": "integrity",
+                    "status": "fail" if problems else "ok",
+                    "detail": "; ".join(problems) if problems else "integrity_check ok",
+                }
+            )
+        reachable = await terminal.transport.probe()
+        results.append(
+            {
+                "check": "processor",
+                "status": "ok" if reachable else "fail",
+                "detail": "reachable" if reachable else "not reachable (payments will be stored offline)",
+            }
+        )
+        try:
+            for name, provider in terminal.sessions._providers:
+                token = await provider.fetch(TokenRequest(reason="probe"))
+                if token is not None:
+                    results.append(
+                        {
+                            "check": "backend",
+                            "status": "ok",
+                            "detail": f"token provider {name} returned a connection token",
+                        }
+                    )
+                    break
+            else:
+                results.append({"check": "backend", "status": "fail", "detail": "no token provider returned a token"})
+        except OfftermError as exc:
+            results.append({"check": "backend", "status": "fail", "detail": str(exc)})
+    finally:
+        await terminal.close(timeout=0)
+    return results
