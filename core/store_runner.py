@@ -29,6 +29,10 @@ class AsyncStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the store's thread (for a few backend calls that belong together)."""
+        return await self._run(fn)
+
     async def open(self, keys: StorageKeyProvider) -> None:
         await self._run(self.backend.open, keys)
 

@@ -44,6 +44,7 @@ from .currency import normalize_currency, validate_amount
 from .errors import (
     AuthenticationFailed,
     CardDeclined,
+    ConfigError,
     ConnectionTokenError,
     NoLastSeenAccount,
     OfflineModeDisabled,
@@ -125,6 +126,7 @@ class Terminal:
         self._summary = StoreSummary(0, {}, None, 0)
         self._last_status: OfflineStatus | None = None
         self._account: tuple[str, bool] | None = None
+        self._reader_records: dict[str, tuple[datetime | None, str | None]] = {}
         self._opened = False
 
     # -- construction -------------------------------------------------------------
@@ -163,6 +165,7 @@ class Terminal:
         cfg = self.config.sections
         pm = self.plugins
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._check_component_tables()
         store_reg = pm.storage_backend(cfg["storage"]["backend"])
         key_reg = pm.storage_key_provider(cfg["storage"]["key_provider"])
         transport_reg = pm.forwarding_transport(cfg["forwarding"]["transport"])
@@ -223,6 +226,14 @@ class Terminal:
             self.forwarder.trigger()
         log.info("terminal_opened", pending=self._summary.pending_count)
 
+    def _check_component_tables(self) -> None:
+        """A ``[kind.name]`` table must name a registered component: a typo is an error, not ignored."""
+        for kind, name in self.config.component_options:
+            available = self.plugins.available(kind)
+            if name not in available:
+                choices = ", ".join(sorted(available)) or "none registered"
+                raise ConfigError(f"{kind}.{name}", f"no {kind} component named {name!r} (choose one of: {choices})")
+
     async def close(self, timeout: float | None = None) -> CloseReport:
         """Stop cleanly: try to forward what remains (bounded), then report it."""
         if not self._opened:
@@ -273,12 +284,20 @@ class Terminal:
         return self.network.status
 
     async def _refresh_status(self, emit: bool = True) -> OfflineStatus:
-        self._summary = await self.store.summary()
+        summary = await self.store.summary()
+        if emit:
+            self._publish_status(summary)
+        else:
+            self._summary = summary
+            self._last_status = self.offline_status
+        return self.offline_status
+
+    def _publish_status(self, summary: StoreSummary) -> None:
+        self._summary = summary
         status = self.offline_status
-        if emit and status != self._last_status:
+        if status != self._last_status:
             self.plugins.emit("offline_status_changed", status=status)
         self._last_status = status
-        return status
 
     def _schedule_status_refresh(self) -> None:
         asyncio.get_running_loop().create_task(self._refresh_status())
@@ -317,12 +336,14 @@ class Terminal:
         if self.network.status is NetworkStatus.ONLINE and await self._authenticate_quietly():
             # An online connection: authenticated, so the account is known and the
             # reader may later be used offline (Stripe's 30-day rule).
+            connected_at, location = utcnow(), reader.location_id or self._location_id
             record = {
-                "at": utcnow().isoformat(),
-                "location_id": reader.location_id or self._location_id,
+                "at": connected_at.isoformat(),
+                "location_id": location,
                 "reader_type": reader.reader_type,
             }
             await self.store.set_meta(_READER_META + reader.serial_number, json.dumps(record))
+            self._reader_records[reader.serial_number] = (connected_at, location)
         self.plugins.emit("reader_connected", reader=self._reader.info)
         return self._reader.info
 
@@ -522,22 +543,27 @@ class Terminal:
                 "the processor is unreachable and offline payments are disabled ([terminal] offline_enabled)"
             )
 
-    async def _check_acceptance(self, intent: PaymentIntent, card: CardResult | None) -> None:
-        """Ask every acceptance policy; any refusal rejects (reported in policy-name order)."""
-        reader = self._reader.info if self._reader else None
-        last_at: datetime | None = None
-        last_location: str | None = None
-        if reader is not None:
+    async def _reader_record(self, reader: ReaderInfo | None) -> tuple[datetime | None, str | None]:
+        """When and where this reader last connected online (cached; the store keeps it across reboots)."""
+        if reader is None:
+            return None, None
+        if reader.serial_number not in self._reader_records:
             raw = await self.store.get_meta(_READER_META + reader.serial_number)
-            if raw:
-                data = json.loads(raw)
-                last_at = datetime.fromisoformat(data["at"])
-                last_location = data.get("location_id")
-        request = AcceptanceRequest(
+            data = json.loads(raw) if raw else None
+            self._reader_records[reader.serial_number] = (
+                (datetime.fromisoformat(data["at"]), data.get("location_id")) if data else (None, None)
+            )
+        return self._reader_records[reader.serial_number]
+
+    async def _acceptance_request(self, intent: PaymentIntent, card: CardResult | None) -> AcceptanceRequest:
+        """Everything but a fresh store summary, which the caller adds."""
+        reader = self._reader.info if self._reader else None
+        last_at, last_location = await self._reader_record(reader)
+        return AcceptanceRequest(
             amount=intent.amount,
             currency=intent.currency,
             card=card.details if card else None,
-            summary=await self.store.summary(),
+            summary=self._summary,
             now=utcnow(),
             merchant_country=self._merchant_country,
             reader=reader,
@@ -545,6 +571,9 @@ class Terminal:
             reader_last_online_location=last_location,
             location_id=self._location_id or (reader.location_id if reader else None),
         )
+
+    def _evaluate(self, intent: PaymentIntent, request: AcceptanceRequest) -> None:
+        """Ask every acceptance policy; any refusal rejects (reported in policy-name order)."""
         refusals: list[OfflineRefused] = []
         for name, policy in self._acceptance:
             refusal = policy.evaluate(request)
@@ -557,28 +586,40 @@ class Terminal:
             log.info("offline_refused", offline_id=intent.offline_id, code=first.code, policy=first.policy)
             raise first
 
+    async def _check_acceptance(self, intent: PaymentIntent, card: CardResult | None) -> None:
+        request = await self._acceptance_request(intent, card)
+        self._evaluate(intent, replace(request, summary=await self.store.summary()))
+
     async def _store_offline(self, intent: PaymentIntent, pending: _Pending) -> PaymentIntent:
         assert pending.card is not None and pending.idempotency_key is not None
         if self._account is None:
             raise NoLastSeenAccount("this terminal has never authenticated online, so it cannot store payments yet")
-        await self._check_acceptance(intent, pending.card)
         account_id, livemode = self._account
-        stored = await self.store.store(
-            NewPayment(
-                offline_id=intent.offline_id,
-                idempotency_key=pending.idempotency_key,
-                amount=intent.amount,
-                currency=intent.currency,
-                capture_method=intent.capture_method,
-                metadata=dict(intent.metadata),
-                account_id=account_id,
-                livemode=livemode,
-                stored_at=utcnow(),
-                card=pending.card,
-                intent_id=intent.id,
-                description=intent.description,
-            )
+        request = await self._acceptance_request(intent, pending.card)
+        payment = NewPayment(
+            offline_id=intent.offline_id,
+            idempotency_key=pending.idempotency_key,
+            amount=intent.amount,
+            currency=intent.currency,
+            capture_method=intent.capture_method,
+            metadata=dict(intent.metadata),
+            account_id=account_id,
+            livemode=livemode,
+            stored_at=utcnow(),
+            card=pending.card,
+            intent_id=intent.id,
+            description=intent.description,
         )
+
+        def check_and_store() -> tuple[StoredPayment, StoreSummary]:
+            # One trip to the store's thread: the limits see the store as it is at the moment of
+            # the insert, and no other confirm of this Terminal can slip in between.
+            backend = self.store.backend
+            summary = backend.summary()
+            self._evaluate(intent, replace(request, summary=summary, now=utcnow()))
+            return backend.store(payment), summary
+
+        stored, before = await self.store.call(check_and_store)
         # Durable from here on.
         self._pending.pop(intent.offline_id, None)
         result = intent_from_stored(stored)
@@ -590,7 +631,7 @@ class Terminal:
         )
         log.info("payment_stored", offline_id=intent.offline_id, amount=intent.amount, currency=intent.currency)
         self.plugins.emit("payment_stored", intent=replace(intent))
-        await self._refresh_status()
+        self._publish_status(_plus(before, stored))
         if self.network.status is not NetworkStatus.OFFLINE:
             self.forwarder.trigger()
         return intent
@@ -635,3 +676,11 @@ class Terminal:
 
     async def refresh_offline_status(self) -> OfflineStatus:
         return await self._refresh_status()
+
+
+def _plus(summary: StoreSummary, payment: StoredPayment) -> StoreSummary:
+    """The summary after adding one stored payment (saves a query per confirm)."""
+    amounts = dict(summary.amounts_by_currency)
+    amounts[payment.currency] = amounts.get(payment.currency, 0) + payment.amount
+    oldest = min(summary.oldest_stored_at or payment.stored_at, payment.stored_at)
+    return StoreSummary(summary.pending_count + 1, amounts, oldest, summary.needs_attention_count)

@@ -6,7 +6,6 @@ import asyncio
 import textwrap
 
 import pytest
-from conftest import EventRecorder
 
 from offterm.core import (
     BlockingTerminal,
@@ -164,7 +163,7 @@ async def test_state_machine_guards(terminal_config):
             await terminal.cancel_payment_intent(canceled)
 
 
-async def test_failing_listener_never_breaks_a_payment(terminal_config, network):
+async def test_failing_listener_never_breaks_a_payment(terminal_config, network, recorder):
     class Broken:
         @hookimpl
         def offterm_on_payment_stored(self, intent):
@@ -174,7 +173,6 @@ async def test_failing_listener_never_breaks_a_payment(terminal_config, network)
         def offterm_on_offline_status_changed(self, status):
             raise RuntimeError("listener bug")
 
-    recorder = EventRecorder()
     async with _terminal(terminal_config, Broken(), recorder) as terminal:
         await _connected(terminal)
         network.set_mode("down")
@@ -183,8 +181,7 @@ async def test_failing_listener_never_breaks_a_payment(terminal_config, network)
         assert [e["intent"].offline_id for e in recorder.of("payment_stored")] == [intent.offline_id]
 
 
-async def test_reader_link_events(terminal_config):
-    recorder = EventRecorder()
+async def test_reader_link_events(terminal_config, recorder):
     async with _terminal(terminal_config, recorder) as terminal:
         reader = await _connected(terminal)
         reader.simulate_disconnect(reconnect=True)
@@ -281,3 +278,12 @@ async def test_cold_start_offline_works_from_cached_configuration(terminal_confi
         network.set_mode("pass")
         assert await terminal.forward_now() == 0
     assert simulator.successful_charges()[intent.offline_id] == 1
+
+
+async def test_a_misspelled_component_table_is_a_config_error(terminal_config):
+    from offterm.core.errors import ConfigError
+
+    terminal_config["storage"]["sqlciper"] = {"busy_timeout_ms": 10}
+    with pytest.raises(ConfigError, match=r"storage\.sqlciper.*choose one of: sqlcipher"):
+        async with _terminal(terminal_config):
+            pass
