@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from offterm.cli.main import cli
@@ -199,3 +200,33 @@ def test_reader_emulator_serial_prints_its_pty(tmp_path):
 def test_help_documents_exit_codes():
     result = run("--help")
     assert "Exit codes" in result.output and "payment store could not be opened" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expect_code"),
+    [
+        (["status", "--json"], 0),
+        (["payments", "list", "--json"], 0),
+        (["export", "--format", "csv"], 0),
+        (["doctor", "--json"], 1),  # the network is down: the processor check fails
+        (["forward", "--json", "--timeout", "3"], 1),  # ... so payments remain
+    ],
+)
+def test_store_commands_as_real_subprocesses(world, args, expect_code):
+    proc = subprocess.run(
+        [*OFFTERM, "--config", str(world["config"]), *args], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == expect_code, proc.stderr
+    assert world["ids"][0] in proc.stdout or args[0] in ("status", "doctor", "forward")
+    assert "4242424242424242" not in proc.stdout + proc.stderr
+
+
+def test_payments_show_as_a_real_subprocess(world):
+    proc = subprocess.run(
+        [*OFFTERM, "--config", str(world["config"]), "payments", "show", world["ids"][1], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["offline_id"] == world["ids"][1]
