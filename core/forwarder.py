@@ -1,15 +1,21 @@
 """Forward stored payments to the processor, exactly once.
 
 Why it cannot double-charge: every payment carries the idempotency key it
-was stored with, and every attempt (after a crash, a timeout, a restart)
-reuses it.  Why it cannot lose one: a payment leaves the queue only when
-the processor answered; a claim that dies with its process expires and is
-recovered (``outcome_unknown`` if a request had gone out).
+was stored with, and every attempt (after a timeout, a crash, a restart, in
+another process) reuses it.  Why it cannot lose one: a payment leaves the
+queue only when the processor answered; a claim that dies with its process
+expires and is recovered (``outcome_unknown`` if a request had gone out).
+
+A round runs a pipeline: one feeder claims small batches from the store
+(oldest first) just ahead of ``concurrency`` workers, each forwarding one
+payment at a time under a token-bucket rate limit.  A slow or failing
+payment holds one worker, never the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,20 +31,23 @@ from .contracts import (
     ProcessorSession,
     StoredPayment,
     Submission,
+    SubmissionResult,
 )
 from .errors import (
     AccountMismatch,
     AuthenticationFailed,
     CardDeclined,
     ConnectionTokenError,
+    InvalidTransition,
     OfftermError,
-    OutcomeUnknown,
+    PaymentNotFound,
     PermanentProcessorError,
     ProcessorError,
     TransientProcessorError,
 )
 from .intents import intent_from_stored
 from .logs import payment_scoped
+from .models import NetworkStatus
 from .network import NetworkMonitor
 from .session import SessionManager
 from .store_runner import AsyncStore
@@ -46,6 +55,14 @@ from .store_runner import AsyncStore
 log = structlog.get_logger("offterm.forwarder")
 
 Emit = Callable[..., None]
+
+#: Requests one submission may make (create, card_present payment method, confirm):
+#: the rate limit is in requests per second, so each payment takes this many tokens.
+REQUESTS_PER_PAYMENT = 3
+#: Seconds between two offline-status refreshes while a round runs.
+PROGRESS_EVERY = 0.25
+#: Seconds between two recoveries of expired claims (a crashed peer) within a round.
+RECOVER_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -61,8 +78,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class _RoundAborted(Exception):
-    """The processor became unreachable or refused us: stop this round."""
+class _Round:
+    """What one round's feeder and workers share."""
+
+    def __init__(self) -> None:
+        self.session: ProcessorSession | None = None
+        self.finished = 0
+        self.stopped = False
+        self.failure: BaseException | None = None
+
+    def stop(self, failure: BaseException | None = None) -> None:
+        """Stop taking payments; ``failure`` is reported as a forwarding failure once the round ends."""
+        self.stopped = True
+        if failure is not None and self.failure is None:
+            self.failure = failure
 
 
 class Forwarder:
@@ -86,12 +115,18 @@ class Forwarder:
         self._settings = settings
         self._on_progress = on_progress
         self.owner = f"fwd-{uuid.uuid4().hex[:12]}"
-        self._limiter = AsyncLimiter(max(1.0, settings.rate_limit), 1.0)
+        rate = max(1.0, float(settings.rate_limit))
+        self._limiter = AsyncLimiter(rate, 1.0)
+        self._weight = min(float(REQUESTS_PER_PAYMENT), rate)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._round_lock = asyncio.Lock()
+        self._due: list[float] = []  # heap of loop times at which retries fall due
+        self._round_failures = 0
+        self._last_progress = 0.0
+        self._last_recover = 0.0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -110,118 +145,178 @@ class Forwarder:
         await self._store.release(self.owner, utcnow())
 
     def trigger(self) -> None:
-        """Ask for a forwarding round soon (network back, payment stored, timer)."""
+        """Ask for a forwarding round soon (network back, payment stored, forward_now)."""
         self._wake.set()
 
+    def _schedule(self, delay: float) -> None:
+        """Make sure a round runs after ``delay`` seconds (a retry falls due).
+
+        A heap, not one deadline: a payment may be retried early (by a round
+        that happened to run) and fail again, and the later due time must
+        still wake us.  A stale entry only costs an empty claim.
+        """
+        heapq.heappush(self._due, asyncio.get_running_loop().time() + max(0.0, delay) + 0.01)
+
     async def _run(self) -> None:
+        """Background loop: a round on trigger, when a retry falls due, and every ``interval``.
+
+        While the network is OFFLINE it waits: the network monitor probes and
+        triggers a round when the processor answers again.
+        """
+        loop = asyncio.get_running_loop()
         while True:
+            timeout = self._settings.interval
+            if self._due:
+                timeout = min(timeout, max(0.0, self._due[0] - loop.time()))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._settings.interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
                 pass
             self._wake.clear()
+            if self._network.status is NetworkStatus.OFFLINE:
+                continue
             try:
                 await self.run_round()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let the background task die
                 log.error("forwarding_round_crashed", error_type=type(exc).__name__, error=str(exc))
+                self._schedule(self._policy.retry_delay(1))
 
     # -- one round --------------------------------------------------------------
 
     async def run_round(self) -> int:
-        """Forward everything due now.  Returns how many payments were finished."""
+        """Forward everything due now.  Returns how many payments reached a final or needs_attention state."""
         async with self._round_lock:
             self._idle.clear()
             try:
+                now = asyncio.get_running_loop().time()
+                while self._due and self._due[0] <= now:  # this round claims whatever fell due
+                    heapq.heappop(self._due)
                 return await self._round()
             finally:
                 self._idle.set()
 
     async def _round(self) -> int:
-        await self._store.recover_expired_claims(utcnow())
-        finished = 0
-        while True:
-            batch = await self._store.claim(
-                self.owner, self._settings.batch_size, self._settings.lease_seconds, utcnow()
-            )
-            if not batch:
-                return finished
-            try:
-                session = await self._sessions.get("forwarding")
-            except Exception as exc:
-                await self._release_batch(batch)
-                self._report_round_failure(exc)
-                return finished
-            self._network.record_success()
-            done, aborted = await self._forward_batch(session, batch)
-            finished += done
+        state = _Round()
+        queue: asyncio.Queue[StoredPayment | None] = asyncio.Queue(maxsize=self._settings.concurrency)
+        tasks = [asyncio.create_task(self._feed(queue, state), name="offterm-forward-feeder")]
+        tasks += [
+            asyncio.create_task(self._work(queue, state), name=f"offterm-forward-worker-{i}")
+            for i in range(self._settings.concurrency)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Whatever was claimed and not finished goes back: unsent as it was, sent as outcome_unknown.
+            await asyncio.shield(self._store.release(self.owner, utcnow()))
             self._on_progress()
-            if aborted:
-                return finished
+        if state.failure is not None:
+            await self._report_round_failure(state.failure)
+        elif state.session is not None:
+            self._round_failures = 0
+        return state.finished
 
-    async def _forward_batch(self, session: ProcessorSession, batch: list[StoredPayment]) -> tuple[int, bool]:
-        """Forward one claimed batch with bounded concurrency; stop early if the processor goes away."""
-        semaphore = asyncio.Semaphore(self._settings.concurrency)
-        aborted = False
+    async def _feed(self, queue: asyncio.Queue[StoredPayment | None], state: _Round) -> None:
+        """Claim batches just ahead of the workers, oldest first; authenticate once there is work."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not state.stopped:
+                if loop.time() - self._last_recover >= RECOVER_EVERY:
+                    self._last_recover = loop.time()
+                    await self._store.recover_expired_claims(utcnow())
+                if state.session is None:
+                    # Authenticate before claiming: if the token provider fails, no payment was touched.
+                    if not (await self._store.summary()).pending_count:
+                        break
+                    try:
+                        state.session = await self._sessions.get("forwarding")
+                    except Exception as exc:
+                        state.stop(exc)
+                        break
+                    self._network.record_success()
+                batch = await self._store.claim(
+                    self.owner, self._settings.batch_size, self._settings.lease_seconds, utcnow()
+                )
+                if not batch:
+                    break
+                for payment in self._policy.order(batch):
+                    if state.stopped:
+                        break
+                    await queue.put(payment)
+        except Exception as exc:  # the store failed: stop, leave everything claimable
+            log.error("forwarding_claim_failed", error_type=type(exc).__name__, error=str(exc))
+            state.stop()
+        await queue.put(None)
 
-        async def one(payment: StoredPayment) -> bool:
-            nonlocal aborted
-            async with semaphore:
-                if aborted:  # give the claim back untouched
-                    await self._store.complete(payment.offline_id, self.owner, _back(payment), utcnow())
-                    return False
-                try:
-                    return await self._forward_one(session, payment)
-                except _RoundAborted:
-                    aborted = True
-                    return False
+    async def _work(self, queue: asyncio.Queue[StoredPayment | None], state: _Round) -> None:
+        while True:
+            payment = await queue.get()
+            if payment is None:
+                queue.put_nowait(None)  # pass the end-of-work mark to the next worker
+                return
+            if state.stopped:
+                continue  # left claimed; the round's release gives it back untouched
+            try:
+                if await self._forward_one(state, payment):
+                    state.finished += 1
+            except Exception as exc:  # a bug or a broken store: keep the payment, stop this round
+                log.error("forwarding_worker_failed", error_type=type(exc).__name__, error=str(exc))
+                state.stop()
+            self._progress()
 
-        results = await asyncio.gather(*(one(p) for p in self._policy.order(batch)))
-        return sum(results), aborted
+    def _progress(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress = now
+            self._on_progress()
 
-    async def _release_batch(self, batch: list[StoredPayment]) -> None:
-        for payment in batch:
-            await self._store.complete(payment.offline_id, self.owner, _back(payment), utcnow())
-
-    def _report_round_failure(self, exc: BaseException) -> None:
+    async def _report_round_failure(self, exc: BaseException) -> None:
+        """A failure not tied to one payment: event, and a retry with backoff."""
         error = exc if isinstance(exc, OfftermError) else ConnectionTokenError(f"{type(exc).__name__}: {exc}")
-        if isinstance(exc, TransientProcessorError):
-            self._network.record_failure()
         if isinstance(exc, AuthenticationFailed):
             self._sessions.invalidate()
-        log.warning("forwarding_failure", code=error.code, error=str(error))
+        self._round_failures += 1
+        delay = min(self._settings.interval, self._policy.retry_delay(self._round_failures))
+        self._schedule(delay)
+        log.warning("forwarding_failure", code=error.code, error=str(error), retry_in=round(delay, 3))
         self._emit("forwarding_failure", error=error)
+        if isinstance(exc, TransientProcessorError) and getattr(exc, "http_status", None) is None:
+            await self._network.verify()
+
+    # -- one payment -------------------------------------------------------------
+
+    def _refusal(self, payment: StoredPayment, session: ProcessorSession) -> OfftermError | None:
+        """Why this payment must not be sent at all (it goes to needs_attention), or None."""
+        if payment.account_id != session.account_id or payment.livemode != session.livemode:
+            return AccountMismatch(
+                f"payment was stored for account {payment.account_id} ({_mode(payment.livemode)} mode) but the "
+                f"session is for {session.account_id} ({_mode(session.livemode)} mode); kept, not forwarded"
+            )
+        reason = self._policy.give_up_reason(payment, utcnow())
+        if reason:
+            return PermanentProcessorError(reason, code="forwarding_gave_up")
+        if payment.card is None:
+            return PermanentProcessorError(
+                "stored card data is unavailable (purged or undecodable)", code="card_data_unavailable"
+            )
+        return None
 
     @payment_scoped
-    async def _forward_one(self, session: ProcessorSession, payment: StoredPayment) -> bool:
-        now = utcnow()
-        pid = payment.offline_id
-        if payment.account_id != session.account_id or payment.livemode != session.livemode:
-            mode = "live" if payment.livemode else "test"
-            err: OfftermError = AccountMismatch(
-                f"payment was stored for account {payment.account_id} ({mode} mode) but the session is for "
-                f"{session.account_id} ({'live' if session.livemode else 'test'} mode); kept, not forwarded"
-            )
-            return await self._finish(payment, PaymentState.NEEDS_ATTENTION, err)
-        reason = self._policy.give_up_reason(payment, now)
-        if reason:
-            return await self._finish(
-                payment, PaymentState.NEEDS_ATTENTION, PermanentProcessorError(reason, code="forwarding_gave_up")
-            )
-        if payment.card is None:
-            return await self._finish(
-                payment,
-                PaymentState.NEEDS_ATTENTION,
-                PermanentProcessorError(
-                    "stored card data is unavailable (purged or undecodable)", code="card_data_unavailable"
-                ),
-            )
-
-        await self._limiter.acquire()
-        attempt = await self._store.record_attempt(pid, self.owner, utcnow())
+    async def _forward_one(self, state: _Round, payment: StoredPayment) -> bool:
+        """Forward one claimed payment.  True when it reached its outcome (event emitted)."""
+        session = state.session
+        if session is None:
+            return False
+        refusal = self._refusal(payment, session)
+        if refusal is not None:
+            return await self._finish(payment, PaymentState.NEEDS_ATTENTION, refusal)
+        assert payment.card is not None
         submission = Submission(
-            offline_id=pid,
+            offline_id=payment.offline_id,
             idempotency_key=payment.idempotency_key,
             amount=payment.amount,
             currency=payment.currency,
@@ -232,82 +327,121 @@ class Forwarder:
             description=payment.description,
             stored_at=payment.stored_at,
         )
+        renewed = False
+        while True:
+            await self._limiter.acquire(self._weight)
+            try:
+                attempt = await self._store.record_attempt(payment.offline_id, self.owner, utcnow())
+            except (InvalidTransition, PaymentNotFound) as exc:
+                log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
+                return False
+            try:
+                result = await self._transport.submit(session, submission)
+            except AuthenticationFailed as exc:
+                # The session expired or was refused: nothing ran.  One fresh session, then the same key again.
+                if not renewed:
+                    renewed = True
+                    fresh = await self._renew_session(state, session)
+                    if fresh is not None:
+                        session = fresh
+                        continue
+                await self._retry_later(payment, attempt, exc, delay=0.0)
+                state.stop(exc)
+                return False
+            except CardDeclined as exc:
+                self._network.record_success()
+                return await self._finish(payment, PaymentState.DECLINED, exc)
+            except TransientProcessorError as exc:  # includes OutcomeUnknown: same key next time
+                delay = self._policy.retry_delay(attempt.attempts)
+                await self._retry_later(payment, attempt, exc, delay=delay)
+                if exc.http_status is not None:
+                    self._network.record_success()
+                elif not await self._network.verify():
+                    state.stop()  # the network is gone: the monitor brings us back
+                return False
+            except PermanentProcessorError as exc:
+                self._network.record_success()
+                return await self._finish(payment, PaymentState.NEEDS_ATTENTION, exc)
+            except ProcessorError as exc:
+                return await self._finish(payment, PaymentState.NEEDS_ATTENTION, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a transport bug: keep the payment, retry later with the same key
+                log.error("transport_crashed", offline_id=payment.offline_id, error_type=type(exc).__name__)
+                bug = TransientProcessorError(f"the transport raised {type(exc).__name__}", code="transport_error")
+                await self._retry_later(payment, attempt, bug, delay=self._policy.retry_delay(attempt.attempts))
+                return False
+            return await self._forwarded(payment, result)
+
+    async def _renew_session(self, state: _Round, stale: ProcessorSession) -> ProcessorSession | None:
+        self._sessions.invalidate(stale)
         try:
-            result = await self._transport.submit(session, submission)
-        except CardDeclined as exc:
-            self._network.record_success()
-            return await self._finish(payment, PaymentState.DECLINED, exc)
-        except AuthenticationFailed as exc:
-            self._sessions.invalidate()
-            await self._store.complete(
-                pid, self.owner, PaymentState.OUTCOME_UNKNOWN, utcnow(), error_code=exc.code, error_message=exc.message
-            )
-            self._emit("forwarding_failure", error=exc)
-            raise _RoundAborted() from exc
-        except (OutcomeUnknown, TransientProcessorError) as exc:
-            delay = self._policy.retry_delay(attempt.attempts)
-            await self._store.complete(
-                pid,
-                self.owner,
-                PaymentState.OUTCOME_UNKNOWN,
-                utcnow(),
-                error_code=exc.code,
-                error_message=exc.message,
-                next_attempt_at=utcnow() + timedelta(seconds=delay),
-            )
+            fresh = await self._sessions.get("forwarding")
+        except Exception as exc:
+            state.stop(exc)
+            return None
+        state.session = fresh
+        log.info("processor_session_renewed")
+        return fresh
+
+    async def _retry_later(
+        self, payment: StoredPayment, attempt: StoredPayment, exc: ProcessorError, *, delay: float
+    ) -> None:
+        """Back to the queue as outcome_unknown (a request went out), due after ``delay`` seconds."""
+        due = utcnow() + timedelta(seconds=delay) if delay > 0 else None
+        done = await self._complete(
+            payment,
+            PaymentState.OUTCOME_UNKNOWN,
+            error_code=exc.code,
+            error_message=exc.message,
+            next_attempt_at=due,
+        )
+        if done is not None:
+            self._schedule(delay)
             log.info(
                 "forward_retry_scheduled",
-                offline_id=pid,
+                offline_id=payment.offline_id,
                 attempt=attempt.attempts,
                 code=exc.code,
                 delay=round(delay, 3),
             )
-            if exc.http_status is None:  # no answer at all: the network is down
-                self._network.record_failure()
-                raise _RoundAborted() from exc
-            return False
-        except PermanentProcessorError as exc:
-            self._network.record_success()
-            return await self._finish(payment, PaymentState.NEEDS_ATTENTION, exc)
-        except ProcessorError as exc:
-            return await self._finish(payment, PaymentState.NEEDS_ATTENTION, exc)
-        except Exception as exc:  # a transport bug: keep the payment, retry later with the same key
-            log.error("transport_crashed", offline_id=pid, error_type=type(exc).__name__)
-            await self._store.complete(
-                pid,
-                self.owner,
-                PaymentState.OUTCOME_UNKNOWN,
-                utcnow(),
-                error_code="transport_error",
-                error_message=type(exc).__name__,
-                next_attempt_at=utcnow() + timedelta(seconds=self._policy.retry_delay(attempt.attempts)),
-            )
-            return False
+
+    async def _forwarded(self, payment: StoredPayment, result: SubmissionResult) -> bool:
         self._network.record_success()
-        done = await self._store.complete(pid, self.owner, PaymentState.FORWARDED, utcnow(), intent_id=result.intent_id)
-        log.info("payment_forwarded", offline_id=pid, intent_id=result.intent_id, replayed=result.replayed)
+        done = await self._complete(payment, PaymentState.FORWARDED, intent_id=result.intent_id)
+        if done is None:
+            return False
+        log.info(
+            "payment_forwarded", offline_id=payment.offline_id, intent_id=result.intent_id, replayed=result.replayed
+        )
         self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=None)
         return True
 
     async def _finish(self, payment: StoredPayment, state: PaymentState, error: OfftermError) -> bool:
-        decline = getattr(error, "decline_code", None)
-        done = await self._store.complete(
-            payment.offline_id,
-            self.owner,
+        done = await self._complete(
+            payment,
             state,
-            utcnow(),
             error_code=error.code,
             error_message=error.message,
-            decline_code=decline,
+            decline_code=getattr(error, "decline_code", None),
         )
+        if done is None:
+            return False
         log.info("payment_forward_finished", offline_id=payment.offline_id, state=state.value, code=error.code)
         self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=error)
         return True
+
+    async def _complete(self, payment: StoredPayment, to_state: PaymentState, **kw: object) -> StoredPayment | None:
+        """Record the outcome; None if the claim was lost meanwhile (another forwarder owns the payment now)."""
+        try:
+            return await self._store.complete(payment.offline_id, self.owner, to_state, utcnow(), **kw)
+        except (InvalidTransition, PaymentNotFound) as exc:
+            log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
+            return None
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
 
-def _back(payment: StoredPayment) -> PaymentState:
-    """Where an unsent claim goes back to: where it came from."""
-    return PaymentState.OUTCOME_UNKNOWN if payment.attempts > 0 else PaymentState.STORED
+def _mode(livemode: bool) -> str:
+    return "live" if livemode else "test"

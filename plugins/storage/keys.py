@@ -8,20 +8,22 @@ never the value.  Losing the key loses the stored payments (docs/operations.md).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from offterm.core.contracts.storage import StorageKeyProvider
 from offterm.core.errors import ConfigError, StorageKeyUnavailable
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, OptionSpec, StorageKeyProviderRegistration
 
-log = logging.getLogger("offterm.storage.keys")
+log = structlog.get_logger("offterm.storage.keys")
 
 KEY_BYTES = 32
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -122,7 +124,7 @@ class FileKeyProvider(StorageKeyProvider):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        log.warning("created a new storage key file %s; back it up (losing it loses stored payments)", self.path)
+        log.warning("storage_key_created", where=str(self.path), advice="back it up: losing it loses stored payments")
         return key
 
 
@@ -168,10 +170,10 @@ class KeyringKeyProvider(StorageKeyProvider):
             stored = backend.get_password(self.service, store_id)  # the winner, if two processes raced
         if stored is None:
             raise StorageKeyUnavailable(f"{where} was written but cannot be read back")
-        log.warning("created a new storage key in %s; back it up (losing it loses stored payments)", where)
+        log.warning("storage_key_created", where=where, advice="back it up: losing it loses stored payments")
         return parse_hex_key(stored, where)
 
-    def _backend(self):  # type: ignore[no-untyped-def]
+    def _backend(self) -> Any:
         import keyring
         from keyring.backends import fail
 

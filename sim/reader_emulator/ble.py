@@ -381,7 +381,8 @@ def run_ble(options: EmulatorOptions | None = None, name: str | None = None, mtu
         root.AddTemplate("bluez5", {"enable_monitor_api": False})
         root.AddAdapter("hci0", "offterm-pos")
         serial = options.identity.serial_number
-        peripheral = Peripheral(loop, root, console, "F0:0F:7E:00:00:01", name or f"OFFTERM-{serial}", mtu)
+        name = name or (serial if serial.upper().startswith("OFFTERM") else f"OFFTERM-{serial}")
+        peripheral = Peripheral(loop, root, console, "F0:0F:7E:00:00:01", name, mtu)
         emulator = ReaderEmulator(
             peripheral.send,
             loop,

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-card", default="visa insert pin", help="what a customer does when nothing is queued")
     parser.add_argument("--wait", action="store_true", help="no default card: collections wait for a present line")
     parser.add_argument("--present", action="append", default=[], metavar="SCRIPT", help="queue a presentation")
-    parser.add_argument("--ble-name", default=None, help="(--ble) advertised name (default OFFTERM-<serial>)")
+    parser.add_argument("--ble-name", default=None, help="(--ble) advertised name (default: OFFTERM-<serial>)")
     parser.add_argument("--ble-mtu", type=int, default=185, help="(--ble) ATT MTU the fake link negotiates")
     return parser
 

@@ -128,3 +128,11 @@ def tcp_emulator() -> Iterator[EmulatorProcess]:
         yield emu
     finally:
         emu.stop()
+
+
+@pytest.fixture
+def ble_emulator(monkeypatch: pytest.MonkeyPatch, spawn_emulator: Callable[..., EmulatorProcess]) -> EmulatorProcess:
+    """An emulated BLE reader behind a fake BlueZ on a private system bus, which bleak here talks to."""
+    emu = spawn_emulator("--ble", "--wait")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", emu.address)
+    return emu

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from storage_testkit import card_result, make_store, new_payment, raw_connect
+from structlog.testing import capture_logs
 
 from offterm.core.contracts.storage import PaymentState
 from offterm.plugins.storage.keys import StaticKeyProvider
@@ -73,6 +74,31 @@ def decrypted_dump(path: Path, key: bytes) -> bytes:
 
 def test_no_card_number_or_track_data_is_stored_or_logged(tmp_path: Path, key: bytes, caplog, capfd) -> None:
     caplog.set_level(logging.DEBUG)
+    with capture_logs() as events:
+        ids, summary, listed, files = exercise(tmp_path, key)
+    assert {"storage_opened", "payment_quarantined"} <= {e["event"] for e in events}, "log capture works"
+    db_while_open, wal_while_open, db_closed = files
+
+    # positive control: the decrypted dump does hold the payments (and the sealed blobs)
+    plain = decrypted_dump(tmp_path / "payments.db", key)
+    assert all(pid.encode() in plain for pid in ids)
+    assert listed[-2].card is not None and listed[-2].card.encrypted_card_data in plain
+    assert b"4242" in plain, "last4 is kept, as it should be"
+    assert b"SQLite format 3" in plain, "the plaintext export was really made"
+
+    assert leaks(plain) == [], "decrypted database content"
+    for name, data in (("db", db_while_open), ("wal", wal_while_open), ("db closed", db_closed)):
+        assert leaks(data) == [], name
+        assert ids[0].encode() not in data, f"{name} is not encrypted"
+    out, err = capfd.readouterr()
+    logged = (repr(events) + caplog.text + out + err + repr(summary) + repr(listed)).encode()
+    assert leaks(logged) == [], "logs and reprs"
+    for other in tmp_path.iterdir():
+        assert leaks(other.read_bytes()) == [], other.name
+
+
+def exercise(tmp_path: Path, key: bytes) -> tuple:
+    """Store, forward, quarantine and list payments; return what was written on the way."""
     store = make_store(tmp_path)
     store.open(StaticKeyProvider(key))
     ids = []
@@ -85,6 +111,9 @@ def test_no_card_number_or_track_data_is_stored_or_logged(tmp_path: Path, key: b
         store.complete(p.offline_id, "w", PaymentState.FORWARDED, now, intent_id="pi_" + p.offline_id[-6:])
     store.complete(batch[3].offline_id, "w", PaymentState.NEEDS_ATTENTION, now, error_code="x", error_message="y")
     store.release("w", now)
+    raw = raw_connect(store.path, key)  # one damaged record, to exercise quarantine logging
+    raw.execute("UPDATE payments SET metadata = '{broken' WHERE offline_id = ?", (ids[-1],))
+    raw.close()
     summary = store.summary()
     listed = store.list_payments()
 
@@ -93,20 +122,4 @@ def test_no_card_number_or_track_data_is_stored_or_logged(tmp_path: Path, key: b
     assert len(wal_while_open) > 0
     store.close()
     db_closed = (tmp_path / "payments.db").read_bytes()
-
-    # positive control: the decrypted dump does hold the payments (and the sealed blobs)
-    plain = decrypted_dump(tmp_path / "payments.db", key)
-    assert all(pid.encode() in plain for pid in ids)
-    assert listed[-1].card is not None and listed[-1].card.encrypted_card_data in plain
-    assert b"4242" in plain, "last4 is kept, as it should be"
-    assert b"SQLite format 3" in plain, "the plaintext export was really made"
-
-    assert leaks(plain) == [], "decrypted database content"
-    for name, data in (("db", db_while_open), ("wal", wal_while_open), ("db closed", db_closed)):
-        assert leaks(data) == [], name
-        assert ids[0].encode() not in data, f"{name} is not encrypted"
-    out, err = capfd.readouterr()
-    logged = (caplog.text + out + err + repr(summary) + repr(listed)).encode()
-    assert leaks(logged) == [], "logs and reprs"
-    for other in tmp_path.iterdir():
-        assert leaks(other.read_bytes()) == [], other.name
+    return ids, summary, listed, (db_while_open, wal_while_open, db_closed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import sqlite3
 import stat
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from storage_testkit import T0, make_store, new_payment, raw_connect
+from structlog.testing import capture_logs
 
 from offterm.core.contracts.storage import PaymentState
 from offterm.core.errors import EncryptionUnavailable, StorageDamaged, StorageError, WrongStorageKey
@@ -191,14 +191,15 @@ def test_an_undecodable_record_is_quarantined_and_never_blocks_the_others(store,
     assert {p.offline_id for p in store.list_payments()} == set(ids)
 
 
-def test_listing_quarantines_an_undecodable_record_once(store, key, caplog) -> None:
+def test_listing_quarantines_an_undecodable_record_once(store, key) -> None:
     ids = [store.store(new_payment(i)).offline_id for i in range(3)]
     plant(store, key, ids[1], "metadata", "[1, 2]")
-    with caplog.at_level(logging.WARNING):
+    with capture_logs() as logs:
         listed = {p.offline_id: p.state for p in store.list_payments()}
         store.list_payments()
     assert listed == {ids[0]: S.STORED, ids[1]: S.NEEDS_ATTENTION, ids[2]: S.STORED}
-    assert sum("quarantined" in r.getMessage() for r in caplog.records) == 1
+    quarantined = [e for e in logs if e["event"] == "payment_quarantined"]
+    assert [(e["offline_id"], e["log_level"]) for e in quarantined] == [(ids[1], "warning")]
     assert len(store.history(ids[1])) == 2
 
 
@@ -213,14 +214,14 @@ def test_wal_and_synchronous_full_are_in_force(store, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("option", "value"), [("synchronous", "normal"), ("journal_mode", "delete")])
-def test_weaker_durability_is_refused_unless_overridden_and_logged(tmp_path, keys, caplog, option, value) -> None:
+def test_weaker_durability_is_refused_unless_overridden_and_logged(tmp_path, keys, option, value) -> None:
     with pytest.raises(WeakDurability, match="allow_weak_durability"):
         make_store(tmp_path, **{option: value}).open(keys)
     store = make_store(tmp_path, **{option: value, "allow_weak_durability": True})
-    with caplog.at_level(logging.WARNING):
+    with capture_logs() as logs:
         store.open(keys)
     try:
-        assert any("durability weakened" in r.getMessage() for r in caplog.records)
+        assert any(e["event"] == "storage_durability_weakened" and e["log_level"] == "warning" for e in logs)
         store.store(new_payment())
     finally:
         store.close()

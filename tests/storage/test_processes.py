@@ -36,9 +36,11 @@ def test_two_processes_never_forward_the_same_payment(tmp_path: Path, key: bytes
 
     go = tmp_path / "go"
     procs = [spawn("forward", str(tmp_path), key.hex(), f"worker{n}", str(go)) for n in range(2)]
-    go.touch()
     claimed: list[list[str]] = []
     try:
+        for proc in procs:  # both have opened the database before either starts
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        go.touch()
         for proc in procs:
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, err

@@ -37,12 +37,14 @@ def main(argv: list[str]) -> int:
             say("stored", store.store(new_payment(i)).offline_id)
     elif command == "forward":
         owner, go = argv[3], Path(argv[4])
+        say("ready")
         while not go.exists():
             time.sleep(0.005)
         while batch := store.claim(owner, 3, 60, datetime.now(UTC)):
             for p in batch:
                 say("claimed", p.offline_id)
                 store.record_attempt(p.offline_id, owner, datetime.now(UTC))
+                time.sleep(0.002)  # the request to the processor, outside any database lock
                 store.complete(p.offline_id, owner, PaymentState.FORWARDED, datetime.now(UTC), intent_id="pi_" + owner)
     elif command == "claim-and-hang":
         sent = int(argv[3])

@@ -440,15 +440,23 @@ class ProtocolReaderConnection(ReaderConnection):
         self._collection = _Collection(txn, future, allowed, [])
         timeout = max(0.0, float(request.timeout))
         try:
-            await self._send(
-                m.Collect(
-                    txn=txn,
-                    amount=request.amount,
-                    currency=request.currency.lower(),
-                    read_methods=tuple(rm for rm in m.READ_METHODS if rm in allowed),
-                    timeout_ms=int(timeout * 1000),
+            try:
+                await self._send(
+                    m.Collect(
+                        txn=txn,
+                        amount=request.amount,
+                        currency=request.currency.lower(),
+                        read_methods=tuple(rm for rm in m.READ_METHODS if rm in allowed),
+                        timeout_ms=int(timeout * 1000),
+                    )
                 )
-            )
+            except ReaderDisconnected:
+                if future.done() and not future.cancelled():
+                    raise future.exception() from None  # the link-loss error says it all
+                raise ReaderDisconnected(
+                    f"the link to reader {self.info.serial_number} failed while starting the collection; "
+                    "nothing was stored, collect again"
+                ) from None
             try:
                 # The reader enforces the timeout; the margin covers a reader that went silent.
                 return await asyncio.wait_for(asyncio.shield(future), timeout + self.settings.response_timeout)
@@ -462,6 +470,8 @@ class ProtocolReaderConnection(ReaderConnection):
         finally:
             if not future.done():
                 future.cancel()
+            elif not future.cancelled():
+                future.exception()  # retrieved: the error (if any) was raised above
             self._collection = None
 
     async def cancel_collect(self) -> None:

@@ -9,7 +9,6 @@ has crashed SQLCipher before).  Key material never appears in a message.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -17,9 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import structlog
+
 from offterm.core.errors import EncryptionUnavailable, StorageDamaged, StorageError, WrongStorageKey
 
-log = logging.getLogger("offterm.storage.sqlcipher")
+log = structlog.get_logger("offterm.storage.sqlcipher")
 
 #: SQLCipher 4 settings, pinned explicitly so that a future library default
 #: can never make an existing file unreadable.  Recorded in every database.
@@ -54,7 +55,8 @@ def load_driver() -> ModuleType:
         probe.close()
     if not version or not version[0]:
         raise EncryptionUnavailable("the 'sqlcipher3' module is not linked against SQLCipher (no cipher_version)")
-    return driver
+    module: ModuleType = driver
+    return module
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def apply_durability(dbapi_conn: Any, durability: Durability) -> None:
         sync = int(cur.execute("PRAGMA synchronous").fetchone()[0])
         cur.execute("PRAGMA foreign_keys = ON")
         cur.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        cur.execute("PRAGMA temp_store = MEMORY")  # no temporary files (RETURNING, sorts) beside the database
     finally:
         cur.close()
     weak = mode != "wal" or sync < _SYNCHRONOUS["full"]
@@ -114,7 +117,7 @@ def apply_durability(dbapi_conn: Any, durability: Durability) -> None:
             "on power failure)"
         )
     if weak:
-        log.warning("storage durability weakened by configuration: journal_mode=%s synchronous=%s", mode, sync)
+        log.warning("storage_durability_weakened", journal_mode=mode, synchronous=sync)
 
 
 def connect(driver: ModuleType, path: Path, key: bytes, durability: Durability) -> Any:

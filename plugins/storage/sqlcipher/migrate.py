@@ -9,19 +9,20 @@ naming the backup.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import structlog
+
 from offterm.core.errors import StorageError
 
 from . import schema
 from .connection import CIPHER_PINS, key_connection
 
-log = logging.getLogger("offterm.storage.sqlcipher")
+log = structlog.get_logger("offterm.storage.sqlcipher")
 
 
 class StorageMigrationFailed(StorageError):
@@ -110,7 +111,7 @@ def _upgrade(conn: Any, path: Path, backup: Path) -> None:
             backup=str(backup),
         ) from None
     if start < schema.CURRENT_VERSION:
-        log.info("storage schema upgraded v%d -> v%d; backup at %s", start, schema.CURRENT_VERSION, backup)
+        log.info("storage_schema_upgraded", from_version=start, to_version=schema.CURRENT_VERSION, backup=str(backup))
 
 
 def backup_database(driver: ModuleType, conn: Any, path: Path, key: bytes, version: int) -> Path:

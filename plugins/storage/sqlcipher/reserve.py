@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 from pathlib import Path
 
-log = logging.getLogger("offterm.storage.sqlcipher")
+import structlog
+
+log = structlog.get_logger("offterm.storage.sqlcipher")
 
 _CHUNK = 64 * 1024
 
@@ -71,5 +72,5 @@ class SpaceReserve:
             self.path.unlink()
         except FileNotFoundError:
             return False
-        log.warning("disk full: released the %d-byte storage reserve so stored payments stay forwardable", self.size)
+        log.warning("storage_reserve_released", bytes=self.size, reason="disk full; stored payments stay forwardable")
         return True

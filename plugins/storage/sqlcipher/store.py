@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import os
 import secrets
 from collections.abc import Callable, Collection, Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import URL, Engine, create_engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
@@ -59,7 +59,7 @@ from .migrate import ensure_schema
 from .reserve import SpaceReserve
 from .schema import CLAIMABLE_WHERE, UNCLAIMABLE_WHERE
 
-log = logging.getLogger("offterm.storage.sqlcipher")
+log = structlog.get_logger("offterm.storage.sqlcipher")
 
 _RETURNING = " RETURNING " + ", ".join(PAYMENT_COLUMNS)
 _INSERT_COLUMNS = (
@@ -86,7 +86,6 @@ INSERT_SQL = (
     f"INSERT INTO payments ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)}) "
     "ON CONFLICT (offline_id) DO NOTHING"
 )
-_INSERT = INSERT_SQL + " RETURNING state"
 _CLAIM_SELECT = (
     SELECT_PAYMENT + f" INDEXED BY payments_claimable WHERE {CLAIMABLE_WHERE} "
     "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY stored_at, seq LIMIT ?"
@@ -181,9 +180,9 @@ class SqlCipherStore(PaymentStore):
         self._driver = driver
         self._engine = self._make_engine(driver, key)
         if not self._reserve.ensure():
-            log.warning("the disk holding %s is full: new offline payments will be refused", self.path)
+            log.warning("storage_disk_full", path=str(self.path), effect="new offline payments are refused")
         self.purge_expired(_now())
-        log.info("payment store opened: %s (schema v%d)", self.path, self._schema_version())
+        log.info("storage_opened", path=str(self.path), schema_version=self._schema_version())
 
     def _exists(self) -> bool:
         main = _size(self.path)
@@ -246,9 +245,9 @@ class SqlCipherStore(PaymentStore):
         try:
             fairy = self._engine.raw_connection()
         except sa_exc.DBAPIError as exc:
-            raise self._translate(exc.orig) from None
+            raise self._translate(exc.orig or exc) from None
         try:
-            conn = fairy.driver_connection
+            conn: Any = fairy.driver_connection
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield conn
@@ -292,13 +291,13 @@ class SqlCipherStore(PaymentStore):
             )
         try:
             with self._tx(write=True) as conn:
-                inserted = conn.execute(_INSERT, params).fetchone()
-                if inserted is None:
+                inserted = conn.execute(INSERT_SQL, params).rowcount == 1
+                if not inserted:
                     row = conn.execute(SELECT_PAYMENT + " WHERE offline_id = ?", (payment.offline_id,)).fetchone()
         except OfflineStorageFull:
             self._on_disk_full()
             raise
-        if inserted is None:
+        if not inserted:
             return self._decode_or_view(row)
         return StoredPayment(
             offline_id=params["offline_id"],
@@ -327,7 +326,8 @@ class SqlCipherStore(PaymentStore):
         with contextlib.suppress(Exception):
             fairy = self._engine.raw_connection()
             try:
-                fairy.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                conn: Any = fairy.driver_connection
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             finally:
                 fairy.close()
 
@@ -400,7 +400,7 @@ class SqlCipherStore(PaymentStore):
             },
         ).fetchone()
         if moved is not None:
-            log.warning("stored payment %s quarantined to needs_attention: %s", r["offline_id"], reason)
+            log.warning("payment_quarantined", offline_id=r["offline_id"], reason=reason)
 
     def summary(self) -> StoreSummary:
         pending = sorted(s.value for s in PENDING_STATES)
@@ -556,7 +556,7 @@ class SqlCipherStore(PaymentStore):
                 (reason, now_us, *params),
             ).fetchall()
         if rows and reason == "claim_expired":
-            log.warning("recovered %d expired forwarding claim(s)", len(rows))
+            log.warning("storage_claims_recovered", count=len(rows))
         return len(rows)
 
     @_drains_when_full
@@ -608,7 +608,7 @@ class SqlCipherStore(PaymentStore):
             ).fetchall()
             conn.executemany("DELETE FROM payment_history WHERE offline_id = ?", gone)
         if gone:
-            log.info("removed %d reconciliation record(s) older than %d days", len(gone), self.config.retention_days)
+            log.info("storage_summaries_removed", count=len(gone), retention_days=self.config.retention_days)
         return len(gone)
 
     # -- key/value -------------------------------------------------------------------
@@ -667,7 +667,7 @@ def _tighten(path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             if p.stat().st_mode & 0o077:
                 os.chmod(p, 0o600)
-                log.warning("tightened permissions of %s to 0600", p)
+                log.warning("storage_permissions_tightened", path=str(p), mode="0600")
 
 
 @contextlib.contextmanager
