@@ -46,6 +46,8 @@ ENTRY_POINT_GROUP = "offterm"
 #: Bundled plugins: (name, module).  The names are also their entry-point names.
 BUNDLED_PLUGINS: tuple[tuple[str, str], ...] = (
     ("simulated-reader", "offterm.plugins.readers.simulated"),
+    ("serial-reader", "offterm.plugins.readers.serial"),
+    ("ble-reader", "offterm.plugins.readers.ble"),
     ("sqlcipher", "offterm.plugins.storage.sqlcipher"),
     ("storage-keys", "offterm.plugins.storage.keys"),
     ("stripe", "offterm.plugins.transport.stripe"),
