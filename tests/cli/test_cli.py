@@ -230,3 +230,9 @@ def test_payments_show_as_a_real_subprocess(world):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["offline_id"] == world["ids"][1]
+
+
+def test_reader_emulator_help_through_the_runner():
+    result = CliRunner().invoke(cli, ["reader-emulator", "--help"])
+    assert result.exit_code == 0
+    assert "--serial" in result.output and "--tcp" in result.output
