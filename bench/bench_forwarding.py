@@ -3,6 +3,9 @@
     python bench/bench_forwarding.py                  # 10,000 submissions, concurrency 8
     python bench/bench_forwarding.py --quick          # 1,000
     python bench/bench_forwarding.py -n 5000 -c 16 --json
+    python bench/bench_forwarding.py --terminal       # the whole Terminal draining 10,000 stored payments
+    python bench/bench_forwarding.py --rss            # peak RSS draining 100,000 vs 10,000 stored payments
+    python bench/bench_forwarding.py --terminal --rss --quick   # CI-sized: 1,000 / 2,000 vs 20,000
 
 Both sides send the same request sequence per payment (create intent,
 card_present payment method, confirm) with the same concurrency and the same
@@ -11,8 +14,12 @@ loop does not share a GIL with the server).  The figure that matters is the
 ratio transport/baseline, measured here, never an absolute rate.
 
 Importable: :func:`drain_with_transport` and :func:`drain_with_httpx` take a
-running simulator and a list of submissions; the forwarder-level benchmark
-reuses them (the forwarder drain plugs in as another "drain" function).
+running simulator and a list of submissions; :func:`drain_with_terminal`
+drains a real encrypted store through ``Terminal.forward_now`` (store claims,
+attempt records, outcomes, events and all) and :func:`compare_terminal` sets
+it against the bare-httpx baseline.  :func:`peak_rss_of_drain` measures one
+drain in a child process (``--rss-child``), so the parent's own memory never
+counts.
 """
 
 from __future__ import annotations
@@ -21,20 +28,30 @@ import argparse
 import asyncio
 import base64
 import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 
-from offterm.core.contracts import ConnectionToken, Submission
+from offterm.core import Terminal
+from offterm.core.contracts import ConnectionToken, NewPayment, Submission
+from offterm.core.logs import configure_logging
 from offterm.core.models import CaptureMethod
 from offterm.plugins.transport.stripe import StripeTransport
 from offterm.sim.processor import SimHandle, running_simulator
 from offterm.sim.processor.testing import card_result
+from offterm.testing import make_plugin_manager, open_store
 
 STRIPE_VERSION = "2023-08-16"
 
@@ -185,22 +202,202 @@ def compare(n: int = 10_000, concurrency: int = 8, rounds: int = 2) -> Compariso
     )
 
 
+# -- the whole Terminal: encrypted store -> forwarder -> transport ---------------------------
+
+SIM_ACCOUNT = "acct_1SimulatedOfftrm"
+
+
+def store_backlog(data_dir: Path, subs: Sequence[Submission]) -> None:
+    """Put ``subs`` in a real SQLCipher store, as stored offline payments taken just now (not timed)."""
+    now = datetime.now(UTC)
+    store = open_store(make_plugin_manager(), data_dir)
+    try:
+        for sub in subs:
+            store.store(
+                NewPayment(
+                    offline_id=sub.offline_id,
+                    idempotency_key=sub.idempotency_key,
+                    amount=sub.amount,
+                    currency=sub.currency,
+                    capture_method=sub.capture_method,
+                    metadata=sub.metadata,
+                    account_id=SIM_ACCOUNT,
+                    livemode=False,
+                    stored_at=now,
+                    card=sub.card,
+                )
+            )
+    finally:
+        store.close()
+
+
+def terminal_config(url: str, data_dir: Path, concurrency: int) -> dict[str, Any]:
+    """Same concurrency and connection limit as the baseline; no rate limit (the baseline has none)."""
+    return {
+        "terminal": {"data_dir": str(data_dir), "offline_enabled": True},
+        "plugins": {"autoload": False},
+        "reader": {"transport": "simulated"},
+        "storage": {"backend": "sqlcipher", "key_provider": "file"},
+        "tokens": {"providers": ["http"], "http": {"url": url + "/backend/connection_token"}},
+        "forwarding": {
+            "transport": "stripe",
+            "concurrency": concurrency,
+            "rate_limit": 1_000_000.0,
+            "batch_size": max(50, 4 * concurrency),
+            "stripe": {"api_base": url, "timeout": 60.0, "max_connections": concurrency},
+        },
+    }
+
+
+async def drain_with_terminal(sim: SimHandle, data_dir: Path, payments: int, concurrency: int) -> DrainResult:
+    """``Terminal.forward_now`` over a stored backlog: claims, attempt records, outcomes, events."""
+    config = terminal_config(sim.url, data_dir, concurrency)
+    async with Terminal.from_config(config, plugin_manager=make_plugin_manager(), background=False) as terminal:
+        start = time.perf_counter()
+        remaining = await terminal.forward_now(timeout=24 * 3600)
+        elapsed = time.perf_counter() - start
+        attention = terminal.offline_status.sdk.needs_attention_count
+    if remaining or attention:
+        raise RuntimeError(f"{remaining} payments were not forwarded, {attention} need attention")
+    return DrainResult("terminal", payments, elapsed)
+
+
+@dataclass(frozen=True)
+class TerminalComparison:
+    payments: int
+    concurrency: int
+    terminal_per_second: float
+    baseline_per_second: float
+    ratio: float
+    charged_once: bool
+
+
+def compare_terminal(n: int = 10_000, concurrency: int = 8) -> TerminalComparison:
+    """Baseline, Terminal drain, baseline again on one simulator; the Terminal against the baselines' mean."""
+    with tempfile.TemporaryDirectory() as tmp, running_simulator(subprocess=True) as sim:
+        data_dir = Path(tmp) / "pos"
+        stored = make_submissions(n, tag="t")
+        store_backlog(data_dir, stored)
+        asyncio.run(drain_with_httpx(sim, make_submissions(min(500, n), tag="w"), concurrency))  # warm up
+        before = asyncio.run(drain_with_httpx(sim, make_submissions(n, tag="a"), concurrency))
+        terminal = asyncio.run(drain_with_terminal(sim, data_dir, n, concurrency))
+        after = asyncio.run(drain_with_httpx(sim, make_submissions(n, tag="b"), concurrency))
+        counts = sim.successful_charges()
+        charged_once = all(counts.get(s.offline_id) == 1 for s in stored)
+    baseline = (before.per_second + after.per_second) / 2
+    return TerminalComparison(
+        payments=n,
+        concurrency=concurrency,
+        terminal_per_second=round(terminal.per_second, 1),
+        baseline_per_second=round(baseline, 1),
+        ratio=round(terminal.per_second / baseline, 3) if baseline else 0.0,
+        charged_once=charged_once,
+    )
+
+
+# -- peak memory while draining a backlog ------------------------------------------------------------
+
+
+def _rss_child(url: str, data_dir: str, payments: int, concurrency: int) -> None:
+    """In a fresh process: drain the store, print peak RSS (KiB on Linux) as JSON."""
+    result = asyncio.run(drain_with_terminal(_Remote(url), Path(data_dir), payments, concurrency))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_kib": peak, "seconds": round(result.seconds, 1)}))
+
+
+class _Remote:
+    """Enough of a SimHandle for drain_with_terminal in the child: the URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def peak_rss_of_drain(sim: SimHandle, payments: int, concurrency: int) -> dict[str, Any]:
+    """Store ``payments``, then drain them in a child process; its peak RSS and time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "pos"
+        store_backlog(data_dir, make_submissions(payments, tag=f"r{payments}_"))
+        args = [sys.executable, __file__, "--rss-child", sim.url, str(data_dir), str(payments), str(concurrency)]
+        out = subprocess.run(args, check=True, capture_output=True, text=True).stdout  # noqa: S603
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["payments"] = payments
+    return result
+
+
+@dataclass(frozen=True)
+class RssComparison:
+    small: int
+    large: int
+    small_peak_mib: float
+    large_peak_mib: float
+    difference_mib: float
+    within_30_mib: bool
+
+
+def compare_rss(small: int = 10_000, large: int = 100_000, concurrency: int = 8) -> RssComparison:
+    """Peak RSS of draining ``large`` vs ``small`` stored payments (each in its own process, same simulator)."""
+    with running_simulator(subprocess=True) as sim:
+        a = peak_rss_of_drain(sim, small, concurrency)
+        b = peak_rss_of_drain(sim, large, concurrency)
+    small_mib, large_mib = a["peak_rss_kib"] / 1024, b["peak_rss_kib"] / 1024
+    return RssComparison(
+        small=small,
+        large=large,
+        small_peak_mib=round(small_mib, 1),
+        large_peak_mib=round(large_mib, 1),
+        difference_mib=round(large_mib - small_mib, 1),
+        within_30_mib=large_mib - small_mib <= 30,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Stripe transport vs bare httpx, same simulator, same run")
     parser.add_argument("-n", type=int, default=10_000, help="payments per side")
     parser.add_argument("-c", "--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="1,000 payments")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 1,000 payments; RSS 2,000 vs 20,000")
+    parser.add_argument("--terminal", action="store_true", help="the whole Terminal draining a stored backlog")
+    parser.add_argument("--rss", action="store_true", help="peak RSS draining 100,000 vs 10,000 stored payments")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--rss-child", nargs=4, metavar=("URL", "DATA_DIR", "N", "C"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = compare(1000 if args.quick else args.n, args.concurrency, args.rounds)
-    if args.json:
-        print(json.dumps(asdict(result)))
+    configure_logging(json=True, level="warning", stream=open(os.devnull, "w"))  # noqa: SIM115
+    if args.rss_child:
+        url, data_dir, n, c = args.rss_child
+        _rss_child(url, data_dir, int(n), int(c))
+        return
+    n = 1000 if args.quick else args.n
+    results: dict[str, Any] = {}
+    if args.terminal or args.rss:
+        if args.terminal:
+            results["terminal"] = asdict(compare_terminal(n, args.concurrency))
+        if args.rss:
+            small, large = (2_000, 20_000) if args.quick else (10_000, 100_000)
+            results["rss"] = asdict(compare_rss(small, large, args.concurrency))
     else:
+        results["transport"] = asdict(compare(n, args.concurrency, args.rounds))
+    if args.json:
+        print(json.dumps(results))
+        return
+    if "transport" in results:
+        r = results["transport"]
         print(
-            f"{result.payments} payments per side, concurrency {result.concurrency}: "
-            f"transport {result.transport_per_second}/s, bare httpx {result.baseline_per_second}/s, "
-            f"ratio {result.ratio} (target >= 0.8); each charged once: {result.charged_once}"
+            f"{r['payments']} payments per side, concurrency {r['concurrency']}: "
+            f"transport {r['transport_per_second']}/s, bare httpx {r['baseline_per_second']}/s, "
+            f"ratio {r['ratio']} (target >= 0.8); each charged once: {r['charged_once']}"
+        )
+    if "terminal" in results:
+        r = results["terminal"]
+        print(
+            f"Terminal draining {r['payments']} stored payments, concurrency {r['concurrency']}: "
+            f"{r['terminal_per_second']}/s vs bare httpx {r['baseline_per_second']}/s, ratio {r['ratio']} "
+            f"(target >= 0.8); each charged once: {r['charged_once']}"
+        )
+    if "rss" in results:
+        r = results["rss"]
+        print(
+            f"peak RSS draining {r['large']} stored payments: {r['large_peak_mib']} MiB; {r['small']}: "
+            f"{r['small_peak_mib']} MiB; difference {r['difference_mib']} MiB (target <= 30): {r['within_30_mib']}"
         )
 
 

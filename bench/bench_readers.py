@@ -33,7 +33,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 def emulator(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offterm.sim.reader_emulator", *args],
+        [sys.executable, "-m", "offterm.sim.reader_emulator", "--quiet", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -107,7 +107,8 @@ async def rate(n: int, one: Callable[[], Awaitable[object]]) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def serial_rounds(collects: int, rounds: int) -> tuple[list[float], list[float]]:
+async def serial_rounds(collects: int, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Rates per round: our collect, bare echo, and a bare client driving an emulator (same bytes)."""
     import serial
 
     from offterm.core.contracts import CollectRequest
@@ -115,30 +116,39 @@ async def serial_rounds(collects: int, rounds: int) -> tuple[list[float], list[f
 
     request, reply = sample_exchange()
     emu, emu_path = emulator("--serial", "--default-card", "visa tap")
+    emu2, emu2_path = emulator("--serial", "--default-card", "visa tap")
     echo, echo_path = start_echo_server(reply)
     ours: list[float] = []
-    bare: list[float] = []
+    bare_echo: list[float] = []
+    bare_emu: list[float] = []
     try:
         transport = SerialReaderTransport(parse_options({"port": emu_path}))
         conn = await transport.connect((await transport.discover())[0])
         collect = CollectRequest(1000, "usd")
-        port = serial.Serial(echo_path, timeout=5)
+        echo_port = serial.Serial(echo_path, timeout=5)
+        emu_port = serial.Serial(emu2_path, timeout=5)
 
-        async def bare_round() -> None:
-            port.write(request)
-            got = port.read(len(reply))
-            assert len(got) == len(reply)
+        def bare(port: serial.Serial) -> Callable[[], Awaitable[None]]:
+            async def one_round() -> None:
+                port.write(request)
+                got = port.read(len(reply))
+                assert len(got) == len(reply)
+
+            return one_round
 
         for _ in range(rounds):
-            bare.append(await rate(collects, bare_round))
+            bare_echo.append(await rate(collects, bare(echo_port)))
+            bare_emu.append(await rate(collects, bare(emu_port)))
             ours.append(await rate(collects, lambda: conn.collect(collect)))
-        port.close()
+        echo_port.close()
+        emu_port.close()
         await transport.close()
     finally:
         stop(emu)
+        stop(emu2)
         echo.terminate()
         echo.wait(10)
-    return ours, bare
+    return ours, bare_echo, bare_emu
 
 
 async def ble_rounds(collects: int, rounds: int) -> tuple[list[float], list[float]]:
@@ -221,11 +231,12 @@ def write_docs(text: str) -> None:
 
 async def main_async(args: argparse.Namespace) -> str:
     rows = []
-    ours, bare = await serial_rounds(args.collects, args.rounds)
-    rows.append(("serial over a pty (bare: pyserial framed echo on a pty)", ours, bare))
+    ours, bare_echo, bare_emu = await serial_rounds(args.collects, args.rounds)
+    rows.append(("serial over a pty vs bare pyserial framed echo", ours, bare_echo))
+    rows.append(("serial over a pty vs bare pyserial client, same emulator", ours, bare_emu))
     if not args.no_ble:
         ours, bare = await ble_rounds(max(args.collects // 2, 10), args.rounds)
-        rows.append(("BLE via fake BlueZ (bare: bleak write/notify, same device)", ours, bare))
+        rows.append(("BLE via fake BlueZ vs bare bleak write/notify, same emulator", ours, bare))
     return table(rows, args.collects, args.rounds)
 
 

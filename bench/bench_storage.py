@@ -12,6 +12,7 @@ Terminal-level benchmark can reuse the payload and the baseline.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import sys
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from offterm.core.contracts.readers import CardDetails, CardResult
 from offterm.core.contracts.storage import NewPayment
@@ -251,14 +254,13 @@ def table(results: list[Result]) -> str:
 
 
 def machine() -> str:
+    import importlib.metadata
     import platform
-
-    import sqlcipher3
 
     version = load_driver().connect(":memory:").execute("PRAGMA cipher_version").fetchone()[0]
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"sqlcipher3 {getattr(sqlcipher3, '__version__', '?')}, SQLCipher {version}"
+        f"sqlcipher3 {importlib.metadata.version('sqlcipher3')}, SQLCipher {version}"
     )
 
 
@@ -267,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000-payment backlog, fewer rounds")
     parser.add_argument("--markdown", type=Path, help="also write the table as a markdown fragment")
     args = parser.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))  # a clean table
     kwargs: dict[str, Any] = {"backlog": 10_000, "calls": 1_000} if args.quick else {}
     results = run(**kwargs)
     text = table(results)

@@ -408,28 +408,42 @@ class Forwarder:
 
     async def _forwarded(self, payment: StoredPayment, result: SubmissionResult) -> bool:
         self._network.record_success()
-        done = await self._complete(payment, PaymentState.FORWARDED, intent_id=result.intent_id)
-        if done is None:
-            return False
-        log.info(
-            "payment_forwarded", offline_id=payment.offline_id, intent_id=result.intent_id, replayed=result.replayed
-        )
-        self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=None)
-        return True
+        return await self._outcome(payment, PaymentState.FORWARDED, None, intent_id=result.intent_id)
 
     async def _finish(self, payment: StoredPayment, state: PaymentState, error: OfftermError) -> bool:
-        done = await self._complete(
+        return await self._outcome(
             payment,
             state,
+            error,
             error_code=error.code,
             error_message=error.message,
             decline_code=getattr(error, "decline_code", None),
         )
-        if done is None:
-            return False
-        log.info("payment_forward_finished", offline_id=payment.offline_id, state=state.value, code=error.code)
-        self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=error)
-        return True
+
+    async def _outcome(
+        self, payment: StoredPayment, state: PaymentState, error: OfftermError | None, **kw: str | None
+    ) -> bool:
+        """Record the outcome, then tell the app: one payment_intent_forwarded, after its requests finished.
+
+        Shielded: a stop (close, timeout) arriving now cannot leave the
+        outcome recorded but unannounced.
+        """
+
+        async def record_and_announce() -> bool:
+            done = await self._complete(payment, state, **kw)
+            if done is None:
+                return False
+            log.info(
+                "payment_forwarded" if error is None else "payment_forward_finished",
+                offline_id=payment.offline_id,
+                state=state.value,
+                intent_id=done.intent_id,
+                code=None if error is None else error.code,
+            )
+            self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=error)
+            return True
+
+        return await asyncio.shield(record_and_announce())
 
     async def _complete(self, payment: StoredPayment, to_state: PaymentState, **kw: object) -> StoredPayment | None:
         """Record the outcome; None if the claim was lost meanwhile (another forwarder owns the payment now)."""

@@ -246,6 +246,7 @@ class Terminal:
         if timeout is None:  # inspection terminals (background=False) never forward on their own
             timeout = self.config.get("forwarding", "close_timeout") if self._background else 0.0
         budget = timeout
+        self._summary = await self.store.summary()  # another process may have stored payments meanwhile
         if budget > 0 and self._summary.pending_count and self.network.status is not NetworkStatus.OFFLINE:
             try:
                 await asyncio.wait_for(self.forwarder.run_round(), timeout=budget)

@@ -55,7 +55,8 @@ class BleSettings:
     link: LinkSettings = LinkSettings()
 
     @property
-    def bluez(self) -> dict[str, Any]:
+    def bluez(self) -> Any:
+        """BlueZ-only arguments of bleak's client, scanner and adapter (all three take just ``adapter``)."""
         return {"adapter": self.adapter} if self.adapter else {}
 
 

@@ -11,6 +11,7 @@ searched again for the same serial number.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ from .protocol.host import (
     probe,
 )
 
+try:  # POSIX device ports expose their file descriptor
+    from serial.serialposix import Serial as _PosixSerialPort
+
+    _FD_PORTS: tuple[type, ...] = (_PosixSerialPort,)
+except ImportError:  # pragma: no cover - Windows
+    _FD_PORTS = ()
+
 TRANSPORT_NAME = "serial"
 log = structlog.get_logger("offterm.readers.serial")
 
@@ -53,7 +61,13 @@ class SerialSettings:
 
 
 class SerialLink(ByteLink):
-    """One open serial port; a daemon thread reads, the event loop writes."""
+    """One open serial port.
+
+    On POSIX device ports the event loop watches the file descriptor itself
+    (no thread hop per frame); any other pyserial backend (``socket://``,
+    Windows COM ports) is read by a daemon thread.  Writes go straight to the
+    port: frames are small and the OS buffer takes them at once.
+    """
 
     def __init__(self, port: str, baudrate: int, write_timeout: float) -> None:
         self.address = port
@@ -61,8 +75,8 @@ class SerialLink(ByteLink):
         self._write_timeout = write_timeout
         self._serial: serial.SerialBase | None = None
         self._thread: threading.Thread | None = None
+        self._watched_fd: int | None = None
         self._stop = threading.Event()
-        self._write_lock = asyncio.Lock()
 
     async def open(self, on_bytes: OnBytes, on_lost: OnLost) -> None:
         loop = asyncio.get_running_loop()
@@ -71,7 +85,41 @@ class SerialLink(ByteLink):
         except (serial.SerialException, OSError, ValueError) as exc:
             raise ReaderError(f"cannot open serial port {self.address}: {exc}") from exc
         self._serial = port
+        fd: int | None = getattr(port, "fd", None) if isinstance(port, _FD_PORTS) else None
+        if fd is not None:
+            try:
+                loop.add_reader(fd, self._readable, fd, on_bytes, on_lost)
+            except NotImplementedError:  # an event loop without fd watching
+                fd = None
+            else:
+                self._watched_fd = fd
+                return
+        self._start_thread(loop, port, on_bytes, on_lost)
 
+    def _readable(self, fd: int, on_bytes: OnBytes, on_lost: OnLost) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            data, reason = b"", f"serial read failed: {exc}"
+        else:
+            reason = "serial port hung up (device disconnected)"
+        if data:
+            on_bytes(data)
+            return
+        self._unwatch()
+        if not self._stop.is_set():
+            on_lost(reason)
+
+    def _unwatch(self) -> None:
+        if self._watched_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._watched_fd)
+            self._watched_fd = None
+
+    def _start_thread(
+        self, loop: asyncio.AbstractEventLoop, port: serial.SerialBase, on_bytes: OnBytes, on_lost: OnLost
+    ) -> None:
         def deliver(data: bytes) -> None:
             if not self._stop.is_set():
                 on_bytes(data)
@@ -118,12 +166,12 @@ class SerialLink(ByteLink):
         port = self._serial
         if port is None or self._stop.is_set():
             raise ReaderDisconnected(f"serial port {self.address} is closed")
-        async with self._write_lock:
-            try:
-                # Small frames: the OS buffer takes them at once, so no thread hop is needed.
-                port.write(data)
-            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
-                raise ReaderDisconnected(f"write to serial port {self.address} failed: {exc}") from exc
+        try:
+            # One call that never yields to the loop, so frames cannot interleave; small frames
+            # fit the OS buffer at once, so no thread hop is needed.
+            port.write(data)
+        except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+            raise ReaderDisconnected(f"write to serial port {self.address} failed: {exc}") from exc
 
     async def close(self) -> None:
         if self._stop.is_set():
@@ -132,7 +180,8 @@ class SerialLink(ByteLink):
         port, self._serial = self._serial, None
         if port is None:
             return
-        if hasattr(port, "cancel_read"):
+        self._unwatch()
+        if self._thread is not None and hasattr(port, "cancel_read"):
             try:
                 port.cancel_read()
             except (serial.SerialException, OSError, AttributeError):
@@ -200,7 +249,8 @@ class SerialReaderTransport(ReaderTransport):
         for existing in self._connections:
             if existing.info.serial_number == reader.serial_number:
                 raise ReaderError(f"reader {reader.serial_number} is already connected")
-        connection = ProtocolReaderConnection(reader, lambda: self._reopen(reader), self.settings.link)
+        # Each (re)open starts from the address the reader was last reached at.
+        connection = ProtocolReaderConnection(reader, lambda: self._reopen(connection.info), self.settings.link)
         await connection.start()
         self._connections.append(connection)
         return connection

@@ -44,6 +44,8 @@ class EmulatorOptions:
     card_key: bytes = bytes.fromhex(card_encryption.TEST_BASE_KEY_HEX)
     default: Presentation | None = None
     script: list[Presentation] = field(default_factory=list)
+    #: No event lines on stdout (benchmarks); control answers are still printed.
+    quiet: bool = False
 
 
 class Console:
@@ -79,7 +81,8 @@ class EmulatorApp:
         self._stop: asyncio.Event | None = None
 
     def _notify(self, name: str, fields: dict[str, Any]) -> None:
-        self.console.json({"event": name, **fields})
+        if not self.options.quiet:
+            self.console.json({"event": name, **fields})
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -18,17 +18,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import dbus
 import dbus.mainloop.glib
 import dbus.service
 from dbusmock import OBJECT_MANAGER_IFACE, mockobject
-from dbusmock.testcase import BusType, PrivateDBus
 
 from offterm.plugins.readers.protocol import ble as gatt
 
@@ -147,36 +150,36 @@ class _Timer:
             self._loop._remove(self)
 
 
-class Characteristic(mockobject.DBusMockObject):
+class Characteristic(mockobject.DBusMockObject):  # type: ignore[misc]  # dbus-python is untyped
     """A GATT characteristic whose methods the peripheral implements."""
 
     peripheral: Peripheral
 
-    @dbus.service.method(CHAR_IFACE, in_signature="aya{sv}", out_signature="")
+    @dbus.service.method(CHAR_IFACE, in_signature="aya{sv}", out_signature="")  # type: ignore[untyped-decorator]
     def WriteValue(self, value: Any, options: Any) -> None:  # noqa: N802 - BlueZ's name
         self.peripheral.written(self.path, bytes(value))
 
-    @dbus.service.method(CHAR_IFACE, in_signature="a{sv}", out_signature="ay")
+    @dbus.service.method(CHAR_IFACE, in_signature="a{sv}", out_signature="ay")  # type: ignore[untyped-decorator]
     def ReadValue(self, options: Any) -> Any:  # noqa: N802
         return dbus.Array(self.props[CHAR_IFACE].get("Value", []), signature="y")
 
-    @dbus.service.method(CHAR_IFACE, in_signature="", out_signature="")
+    @dbus.service.method(CHAR_IFACE, in_signature="", out_signature="")  # type: ignore[untyped-decorator]
     def StartNotify(self) -> None:  # noqa: N802
         self.peripheral.set_notifying(self, True)
 
-    @dbus.service.method(CHAR_IFACE, in_signature="", out_signature="")
+    @dbus.service.method(CHAR_IFACE, in_signature="", out_signature="")  # type: ignore[untyped-decorator]
     def StopNotify(self) -> None:  # noqa: N802
         self.peripheral.set_notifying(self, False)
 
 
-class Device(mockobject.DBusMockObject):
+class Device(mockobject.DBusMockObject):  # type: ignore[misc]
     peripheral: Peripheral
 
-    @dbus.service.method(DEVICE_IFACE, in_signature="", out_signature="")
+    @dbus.service.method(DEVICE_IFACE, in_signature="", out_signature="")  # type: ignore[untyped-decorator]
     def Connect(self) -> None:  # noqa: N802
         self.peripheral.connect()
 
-    @dbus.service.method(DEVICE_IFACE, in_signature="", out_signature="")
+    @dbus.service.method(DEVICE_IFACE, in_signature="", out_signature="")  # type: ignore[untyped-decorator]
     def Disconnect(self) -> None:  # noqa: N802
         self.peripheral.disconnect("host")
 
@@ -202,6 +205,7 @@ class Peripheral:
         self.notifying = False
         self.down = False
         self.emulator: ReaderEmulator | None = None
+        self.quiet = False
         self._rssi = -50
 
     # -- objects ----------------------------------------------------------------------------------
@@ -302,6 +306,10 @@ class Peripheral:
 
     # -- link -------------------------------------------------------------------------------------
 
+    def _event(self, line: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.console.json(line)
+
     def connect(self) -> None:
         if self.down:
             raise _error("Failed", "le-connection-abort-by-remote")
@@ -314,7 +322,7 @@ class Peripheral:
         self._device_props({"ServicesResolved": dbus.Boolean(True)})
         if self.emulator is not None:
             self.emulator.link_reset()
-        self.console.json({"event": "link_up", "address": self.address})
+        self._event({"event": "link_up", "address": self.address})
 
     def disconnect(self, by: str) -> None:
         if not self.connected:
@@ -326,7 +334,7 @@ class Peripheral:
         self._device_props({"Connected": dbus.Boolean(False)})
         if self.emulator is not None:
             self.emulator.link_reset()
-        self.console.json({"event": "link_down", "address": self.address, "by": by})
+        self._event({"event": "link_down", "address": self.address, "by": by})
 
     def drop(self, seconds: float) -> None:
         """The reader goes out of range: disconnect, refuse and stay silent for ``seconds``."""
@@ -365,11 +373,70 @@ class Peripheral:
             tx.EmitSignal(PROPS, "PropertiesChanged", "sa{sv}as", [CHAR_IFACE, {"Value": value}, dbus.Array([], "s")])
 
 
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+class PrivateSystemBus:
+    """A dbus-daemon of our own, acting as the system bus; it dies with this process, even on SIGKILL."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="offterm-ble-bus-")
+        self._socket = os.path.join(self._dir, "system_bus_socket")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.address = f"unix:path={self._socket}"
+
+    def start(self) -> None:
+        config = os.path.join(self._dir, "bus.conf")
+        with open(config, "w") as fh:
+            fh.write(_BUS_CONFIG.format(socket=self._socket))
+        self._proc = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
+        )
+        assert self._proc.stdout is not None
+        if not self._proc.stdout.readline():  # printed once it listens
+            raise RuntimeError("dbus-daemon did not start")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        if self._proc is not None and self._proc.stdout is not None:
+            self._proc.stdout.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def run_ble(options: EmulatorOptions | None = None, name: str | None = None, mtu: int = 185) -> int:
     """Serve the reader over a fake BlueZ; prints the private system bus address first."""
     options = options or EmulatorOptions()
     console = Console(sys.stdout)
-    bus_daemon = PrivateDBus(BusType.SYSTEM)
+    bus_daemon = PrivateSystemBus()
     bus_daemon.start()
     loop = GLibLoop()
     try:
@@ -390,17 +457,18 @@ def run_ble(options: EmulatorOptions | None = None, name: str | None = None, mtu
             card_key=options.card_key,
             default=options.default,
             drop_link=peripheral.drop,
-            on_event=lambda event, fields: console.json({"event": event, **fields}),
+            on_event=None if options.quiet else partial(_print_event, console),
         )
         for presentation in options.script:
             emulator.present(presentation)
         peripheral.emulator = emulator
+        peripheral.quiet = options.quiet
         peripheral.add_device(serial)
         console.line(bus_daemon.address)
 
         def read_control() -> None:
             for line in sys.stdin:
-                loop.call_soon_threadsafe(lambda line=line: _control(line, emulator, peripheral, console, loop))
+                loop.call_soon_threadsafe(partial(_control, line, emulator, peripheral, console, loop))
 
         threading.Thread(target=read_control, name="emulator-control", daemon=True).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -409,6 +477,10 @@ def run_ble(options: EmulatorOptions | None = None, name: str | None = None, mtu
     finally:
         bus_daemon.stop()
     return 0
+
+
+def _print_event(console: Console, name: str, fields: dict[str, Any]) -> None:
+    console.json({"event": name, **fields})
 
 
 def _control(line: str, emulator: ReaderEmulator, peripheral: Peripheral, console: Console, loop: GLibLoop) -> None:

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-card", default="visa insert pin", help="what a customer does when nothing is queued")
     parser.add_argument("--wait", action="store_true", help="no default card: collections wait for a present line")
     parser.add_argument("--present", action="append", default=[], metavar="SCRIPT", help="queue a presentation")
+    parser.add_argument("--quiet", action="store_true", help="print no event lines (control answers still)")
     parser.add_argument("--ble-name", default=None, help="(--ble) advertised name (default: OFFTERM-<serial>)")
     parser.add_argument("--ble-mtu", type=int, default=185, help="(--ble) ATT MTU the fake link negotiates")
     return parser
@@ -64,15 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScriptError as exc:
         parser.error(str(exc))
     identity = Identity(args.serial_number, args.reader_type, args.firmware_version, args.location_id)
-    options = EmulatorOptions(identity=identity, card_key=card_key, default=default, script=script)
+    options = EmulatorOptions(identity=identity, card_key=card_key, default=default, script=script, quiet=args.quiet)
     if args.serial:
         return run_serial(options, link=args.link)
     if args.tcp is not None:
         if not 0 <= args.tcp <= 65535:
             parser.error("--tcp PORT must be from 0 to 65535")
         return run_tcp(args.tcp, options)
-    from .ble import run_ble
-
+    try:
+        from .ble import run_ble
+    except ImportError as exc:
+        parser.error(f"--ble needs python-dbusmock and dbus-python (pip install 'offterm[test]'): {exc}")
     return run_ble(options, name=args.ble_name, mtu=args.ble_mtu)
 
 

@@ -143,10 +143,11 @@ class ReaderEmulator:
         if self._on_event is not None:
             self._on_event(name, fields)
 
-    def _reply(self, *messages: m.Message) -> bytes:
-        data = b"".join(m.encode(msg) for msg in messages)
-        self._send(data)
-        return data
+    def _reply(self, *messages: m.Message) -> list[bytes]:
+        """Send the messages in one write; returns their frames."""
+        frames = [m.encode(msg) for msg in messages]
+        self._send(b"".join(frames))
+        return frames
 
     def _handle(self, message: m.Message) -> None:
         if isinstance(message, m.Hello):
@@ -295,9 +296,9 @@ class ReaderEmulator:
         for timer in active.timers:
             timer.cancel()
         self._active = None
-        self._reply(*messages)
+        frames = self._reply(*messages)
         self._last_txn = active.request.txn
-        self._last_frame = m.encode(messages[-1])
+        self._last_frame = frames[-1]
 
     def _abort(self, reason: str) -> None:
         active, self._active = self._active, None

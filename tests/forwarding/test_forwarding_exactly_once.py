@@ -105,6 +105,7 @@ async def test_killed_process_in_the_middle_of_forwarding(tmp_path, data_dir, si
     before = set(worker.of("forwarded"))
     assert len(before) < 300
     stuck = [p for p in read_store(data_dir).values() if p.state is PaymentState.FORWARDING]
+    assert stuck, "the kill left claims behind (they must expire and be recovered)"
 
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder)) as terminal:
         await wait_until(

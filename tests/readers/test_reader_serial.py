@@ -210,3 +210,32 @@ def test_registered_under_serial_with_documented_options(tmp_path: Path) -> None
     config = load_config({"reader": {"transport": "serial", "serial": {"port": "socket://127.0.0.1:9", "vid": 1}}})
     built = reg.factory(ComponentContext("serial", config.component("reader", reg), tmp_path))
     assert isinstance(built, SerialReaderTransport) and built.settings.port == "socket://127.0.0.1:9"
+
+
+async def test_usb_discovery_and_a_reader_that_re_enumerates(
+    tmp_path: Path, spawn_emulator: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found via list_ports (vid/pid filter); after a replug under a new name, reconnection finds it again."""
+    emu = spawn_emulator("--serial", "--wait")
+    first, second = tmp_path / "ttyACM0", tmp_path / "ttyACM1"
+    first.symlink_to(emu.address)
+    ports = [SimpleNamespace(device=str(first), vid=0x0403, pid=0x6015)]
+    monkeypatch.setattr(serial_plugin.serial.tools.list_ports, "comports", lambda: list(ports))
+    t = SerialReaderTransport(
+        parse_options({"vid": "0x0403", "pid": 0x6015, "timeout": 1.0, "reconnect_initial_delay": 0.05})
+    )
+    [reader] = await t.discover(timeout=1.0)
+    assert reader.address == str(first)
+    conn = await t.connect(reader)
+    events = record(conn)
+    emu.command("disconnect 0.2")  # unplugged...
+    first.unlink()
+    new_pty = emu.wait_event("link_up")["address"]
+    second.symlink_to(new_pty)  # ...and back under another name
+    ports[:] = [SimpleNamespace(device=str(second), vid=0x0403, pid=0x6015)]
+    await until(lambda: bool(events))
+    await until(lambda: conn.is_connected)
+    assert conn.info.address == str(second) and events[-1][0] == "reconnected"
+    emu.command("present visa tap")
+    assert (await conn.collect(REQUEST)).details.last4 == "4242"
+    await t.close()

@@ -25,6 +25,7 @@ from offterm.core.errors import (
     OfflinePinRequired,
     OfftermError,
     ReaderDisconnected,
+    ReaderOfflineLocationMismatch,
     ReaderTimeout,
 )
 from offterm.core.manager import BUNDLED_PLUGINS
@@ -238,3 +239,38 @@ async def test_reader_disconnect_during_collection_stores_nothing(
         intent = await term.confirm_payment_intent(await term.collect_payment_method(intent))
         assert intent.requires_upload
         assert term.offline_status.sdk.offline_payments_count == 1
+
+
+async def test_cold_start_offline_uses_the_cached_reader_record(
+    tmp_path: Path, network: FaultProxy, simulator: SimHandle, emulator: Any
+) -> None:
+    config = make_config(tmp_path, network, emulator.address)
+    async with terminal(config) as term:
+        await connect(term)  # online once: the account and the reader's online connection are recorded
+        _, intent = await collect(term, emulator, "present visa tap")
+        assert (await term.confirm_payment_intent(intent)).status is IntentStatus.SUCCEEDED
+    network.set_mode("down")
+    async with terminal(config) as term:  # a reboot with no network at all
+        await connect(term)
+        await term.network.check()
+        assert term.network_status is NetworkStatus.OFFLINE
+        _, intent = await collect(term, emulator, "present mastercard insert")
+        intent = await term.confirm_payment_intent(intent)
+        assert intent.requires_upload
+        network.set_mode("pass")
+        assert await term.forward_now() == 0
+    assert simulator.successful_charges()[intent.offline_id] == 1
+
+
+async def test_a_reader_bound_to_another_location_is_refused_offline(
+    tmp_path: Path, network: FaultProxy, emulator: Any
+) -> None:
+    config = make_config(tmp_path, network, emulator.address)
+    config["terminal"]["location_id"] = "tml_other_store"
+    async with terminal(config) as term:
+        await connect(term)  # the reader reports location tml_store_1
+        network.set_mode("down")
+        await term.network.check()
+        with pytest.raises(ReaderOfflineLocationMismatch):
+            await collect(term, emulator, "present visa insert")
+        assert term.offline_status.sdk.offline_payments_count == 0

@@ -104,7 +104,7 @@ def test_claims_of_a_killed_forwarder_are_recovered_at_start_up(tmp_path: Path, 
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.startswith("ready "), proc.stderr.read() if proc.stderr else line
+        assert line.startswith("ready "), line
         info = json.loads(line.split(" ", 1)[1])
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import structlog  # noqa: E402
 from storage_testkit import make_store, new_payment  # noqa: E402
 
 from offterm.core.contracts.storage import PaymentState  # noqa: E402
@@ -28,6 +29,7 @@ def say(*parts: object) -> None:
 
 
 def main(argv: list[str]) -> int:
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is the protocol
     command, directory, keyhex = argv[0], Path(argv[1]), argv[2]
     options = json.loads(argv[3]) if command == "fill-disk" else {}
     store = make_store(directory, **options)

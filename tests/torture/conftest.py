@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from torture_payments import pos_config
+
 from offterm.sim.netproxy import FaultProxy
 from offterm.sim.processor import SimHandle, start_simulator
 
@@ -29,35 +31,6 @@ def proxy(simulator: SimHandle) -> Iterator[FaultProxy]:
         yield net
     finally:
         net.stop()
-
-
-def pos_config(data_dir: Path, url: str, **sections: dict[str, Any]) -> dict[str, Any]:
-    """A Terminal config with short timeouts, pointed at ``url`` (a proxy, the simulator, or a hostile server)."""
-    config: dict[str, Any] = {
-        "terminal": {
-            "data_dir": str(data_dir),
-            "offline_enabled": True,
-            "offline_timeout": 1.0,
-            "probe_min_interval": 0.05,
-            "probe_max_interval": 0.3,
-        },
-        "plugins": {"autoload": False, "strict": True},
-        "reader": {"transport": "simulated"},
-        "storage": {"backend": "sqlcipher", "key_provider": "file", "sqlcipher": {"reserve_bytes": 65536}},
-        "tokens": {"providers": ["http"], "http": {"url": url + "/backend/connection_token", "timeout": 1.0}},
-        "forwarding": {
-            "transport": "stripe",
-            "interval": 60.0,
-            "lease_seconds": 2.0,
-            "close_timeout": 0.5,
-            "stripe": {"api_base": url, "timeout": 1.0, "connect_timeout": 0.5, "probe_timeout": 0.5},
-        },
-        "forwarding_policy": {"default": {"base_delay": 0.01, "max_delay": 0.05, "max_attempts": 0, "seed": 7}},
-        "acceptance": {"limits": {"max_amount": {"usd": 1_000_000}, "max_age_hours": 0}},
-    }
-    for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
-    return config
 
 
 @pytest.fixture

@@ -56,9 +56,9 @@ class Settings:
     kills: int = 20
     payments: int = 200
     lives_per_station: int = 12
-    migration_every: int = 3
+    migration_every: int = 2
     payments_per_life: tuple[int, int] = (6, 18)
-    legacy_payments: int = 25
+    legacy_payments: int = 40
     max_life_seconds: float = 90.0
     log: Callable[[str], None] = lambda line: None
 
@@ -153,6 +153,7 @@ class Station:
         self.side = self.dir / "side.jsonl"
         self.lives = 0
         self.legacy_ids: list[str] = []
+        self.migrated = False
 
     def records(self) -> list[dict[str, Any]]:
         out = []
@@ -373,8 +374,8 @@ def kill_point_of(plan_point: str, result: LifeResult) -> str:
 
 def choose_kill(rng: random.Random, station: Station, payments: int) -> tuple[dict[str, Any], float | None]:
     """A kill plan for the next life, and the outside kill delay (for ``timer``)."""
-    backstop = rng.uniform(1.5, 4.0)  # when the exact point is never reached, kill from outside anyway
-    if station.legacy_ids and station.lives == 0:
+    backstop = rng.uniform(0.8, 2.5)  # when the exact point is never reached, kill from outside anyway
+    if station.legacy_ids and not station.migrated:
         # An upgrade of a small database takes a few milliseconds; the timer lands inside it or just after.
         point = rng.choice(MIGRATION_POINTS)
         return {"point": point, "delay": rng.uniform(0.0, 0.006)}, backstop
@@ -500,6 +501,7 @@ def run(settings: Settings, workdir: Path) -> Stats:
     log = settings.log
     try:
         station: Station | None = None
+        reported_failures = 0
         while True:
             if station is None or station.lives >= settings.lives_per_station:
                 if station is not None:
@@ -517,6 +519,9 @@ def run(settings: Settings, workdir: Path) -> Stats:
                 if not station.legacy_ids:
                     life(station, rig, rng, stats, settings, calm_first=True)
             life(station, rig, rng, stats, settings)
+            while reported_failures < len(stats.failures):
+                log("FAILURE " + stats.failures[reported_failures])
+                reported_failures += 1
             if stats.lives % 25 == 0:
                 log(
                     f"lives={stats.lives} kills={stats.kills} payments={stats.payments} stations={stats.stations} "
@@ -583,6 +588,7 @@ def account(result: LifeResult, point: str, station: Station, stats: Stats) -> N
             stats.opens += 1
         elif kind == "phase" and rec.get("p") == "migration_done":
             stats.migrations_completed += 1
+            station.migrated = True
         elif kind == "open_failed":
             stats.open_failures += 1
             stats.failures.append(f"station {station.number}: the database did not open: {rec.get('message')}")

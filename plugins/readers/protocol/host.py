@@ -118,7 +118,7 @@ def link_settings(opts: Mapping[str, Any], prefix: str) -> LinkSettings:
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
     """Delay after failed attempt ``attempt`` (1-based): doubling from ``initial``, capped."""
-    return min(maximum, initial * (2 ** min(attempt - 1, 30)))
+    return float(min(maximum, initial * 2.0 ** min(attempt - 1, 30)))
 
 
 _ERRORS: dict[str, tuple[type[ReaderError], str]] = {
@@ -451,15 +451,17 @@ class ProtocolReaderConnection(ReaderConnection):
                     )
                 )
             except ReaderDisconnected:
-                if future.done() and not future.cancelled():
-                    raise future.exception() from None  # the link-loss error says it all
+                lost = future.exception() if future.done() and not future.cancelled() else None
+                if lost is not None:
+                    raise lost from None  # the link-loss error says it all
                 raise ReaderDisconnected(
                     f"the link to reader {self.info.serial_number} failed while starting the collection; "
                     "nothing was stored, collect again"
                 ) from None
             try:
                 # The reader enforces the timeout; the margin covers a reader that went silent.
-                return await asyncio.wait_for(asyncio.shield(future), timeout + self.settings.response_timeout)
+                async with asyncio.timeout(timeout + self.settings.response_timeout):
+                    return await future
             except TimeoutError:
                 self._send_soon(m.Cancel(txn))
                 raise ReaderTimeout(f"no card was presented within {timeout:g} s") from None

@@ -2,19 +2,37 @@
 
 Configured under ``[storage.sqlcipher]``; see docs/storage.md for the design
 and docs/operations.md for keys and backups.
+
+This hook module stays light: SQLAlchemy and sqlcipher3 are imported by the
+factory (and by ``.store``), so listing plugins never pays for them.  The
+store's names are still importable from here, loaded on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, OptionSpec, StorageBackendRegistration
 
-from .connection import Durability
-from .store import SqlCipherStore, StoreConfig, new_idempotency_key
+if TYPE_CHECKING:
+    from .store import SqlCipherStore, StoreConfig, new_idempotency_key
+
+#: Names re-exported from ``.store`` on first access (it imports SQLAlchemy).
+_LAZY = frozenset({"SqlCipherStore", "StoreConfig", "new_idempotency_key"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(".store", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["OPTIONS", "SqlCipherStore", "StoreConfig", "build_store", "new_idempotency_key", "offterm_storage_backends"]
 
@@ -52,6 +70,9 @@ def _option_error(key: str, message: str, value: object) -> ConfigError:
 
 def build_store(ctx: ComponentContext) -> SqlCipherStore:
     """Factory: validated options -> an unopened store."""
+    from .connection import Durability
+    from .store import SqlCipherStore, StoreConfig
+
     opts = ctx.options
     raw_path = str(opts.get("path") or "")
     path = Path(raw_path).expanduser() if raw_path else Path("payments.db")

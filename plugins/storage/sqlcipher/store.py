@@ -179,10 +179,17 @@ class SqlCipherStore(PaymentStore):
             self._open_schema(driver, key)
         self._driver = driver
         self._engine = self._make_engine(driver, key)
-        if not self._reserve.ensure():
-            log.warning("storage_disk_full", path=str(self.path), effect="new offline payments are refused")
-        self.purge_expired(_now())
-        log.info("storage_opened", path=str(self.path), schema_version=self._schema_version())
+        try:
+            if not self._reserve.ensure():
+                log.warning("storage_disk_full", path=str(self.path), effect="new offline payments are refused")
+            try:
+                self.purge_expired(_now())
+            except OfflineStorageFull:  # housekeeping must never keep the backlog from draining
+                log.warning("storage_purge_skipped", reason="disk full")
+            log.info("storage_opened", path=str(self.path), schema_version=self._schema_version())
+        except BaseException:
+            self.close()
+            raise
 
     def _exists(self) -> bool:
         main = _size(self.path)
@@ -236,8 +243,8 @@ class SqlCipherStore(PaymentStore):
         """One transaction on a pooled DBAPI connection; driver errors become typed errors.
 
         The engine provides pooling and keyed connections; statements go to
-        the driver directly, which keeps ``store`` within a few percent of a
-        bare insert and keeps parameters out of every error message.
+        the driver directly, which keeps the path to COMMIT short and keeps
+        bound values out of every error message.
         """
         if self._engine is None or self._driver is None:
             raise StorageError("the payment store is not open")

@@ -2,18 +2,37 @@
 
 Public names: :class:`StripeTransport`, :data:`OPTIONS`, :func:`step_key`.
 The device-only steps live in :mod:`offterm.plugins.transport.stripe.device`.
+
+This hook module stays light: httpx comes in with ``.transport``, imported by
+the factory or on first use of ``StripeTransport`` / ``step_key`` from here.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, ForwardingTransportRegistration, OptionSpec
 
-from .http import check_base_url
-from .transport import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION, StripeTransport, step_key
+from .defaults import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION
+
+if TYPE_CHECKING:
+    from .transport import StripeTransport, step_key
+
+#: Names re-exported from ``.transport`` on first access (it imports httpx).
+_LAZY = frozenset({"StripeTransport", "step_key"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(".transport", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["OPTIONS", "StripeTransport", "build", "step_key"]
 
@@ -41,6 +60,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
 
 def build(context: ComponentContext) -> StripeTransport:
     """Factory: validated options -> transport (ConfigError names a bad option)."""
+    from .http import check_base_url
+    from .transport import StripeTransport
+
     opts = context.options
     for key in ("timeout", "connect_timeout", "probe_timeout"):
         if float(opts.get(key, 1.0)) <= 0:

@@ -26,12 +26,11 @@ from offterm.core.errors import OutcomeUnknown, PermanentProcessorError
 from offterm.core.models import CaptureMethod, IntentStatus
 
 from . import device
+from .defaults import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION
 from .http import StripeHttp, check_base_url
 
 OFFLINE_ID_KEY = "offterm_offline_id"
 STORED_AT_KEY = "offterm_stored_at"
-DEFAULT_API_BASE = "https://api.stripe.com"
-DEFAULT_STRIPE_VERSION = "2023-08-16"
 
 
 def step_key(idempotency_key: str, step: str) -> str:
