@@ -33,7 +33,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 def emulator(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "offterm.sim.reader_emulator", "--quiet", *args],
+        [sys.executable, "-m", "offterm.sim.reader_emulator", "--quiet", "--exit-with-parent", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -124,7 +124,7 @@ async def serial_rounds(collects: int, rounds: int) -> tuple[list[float], list[f
     try:
         transport = SerialReaderTransport(parse_options({"port": emu_path}))
         conn = await transport.connect((await transport.discover())[0])
-        collect = CollectRequest(1000, "usd")
+        collect = CollectRequest(1000, "usd", timeout=5.0)
         echo_port = serial.Serial(echo_path, timeout=5)
         emu_port = serial.Serial(emu2_path, timeout=5)
 
@@ -163,7 +163,7 @@ async def ble_rounds(collects: int, rounds: int) -> tuple[list[float], list[floa
     try:
         transport = BleReaderTransport(parse_options({}))
         reader = (await transport.discover(timeout=0.5))[0]
-        collect = CollectRequest(1000, "usd")
+        collect = CollectRequest(1000, "usd", timeout=5.0)
         for _ in range(rounds):
             conn = await transport.connect(reader)
             ours.append(await rate(collects, lambda: conn.collect(collect)))  # noqa: B023
@@ -246,6 +246,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-ble", action="store_true")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--max-seconds", type=float, default=300, help="give up (and clean up) after this long")
     parser.add_argument("--echo-server", metavar="REPLY_HEX", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server:
@@ -256,7 +257,7 @@ def main() -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    text = asyncio.run(main_async(args))
+    text = asyncio.run(asyncio.wait_for(main_async(args), args.max_seconds))
     print(text)
     if args.write_docs:
         write_docs(text)

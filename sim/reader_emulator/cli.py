@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,9 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", action="store_true", help="no default card: collections wait for a present line")
     parser.add_argument("--present", action="append", default=[], metavar="SCRIPT", help="queue a presentation")
     parser.add_argument("--quiet", action="store_true", help="print no event lines (control answers still)")
+    parser.add_argument(
+        "--exit-with-parent", action="store_true", help="(Linux) end when the process that started this one ends"
+    )
     parser.add_argument("--ble-name", default=None, help="(--ble) advertised name (default: OFFTERM-<serial>)")
     parser.add_argument("--ble-mtu", type=int, default=185, help="(--ble) ATT MTU the fake link negotiates")
     return parser
+
+
+def _exit_with_parent() -> None:
+    """Ask Linux to SIGTERM us when our parent dies (prctl PR_SET_PDEATHSIG), so a killed test run leaves nothing."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        _exit_with_parent()
     key_hex = args.card_key or os.environ.get(ENV_CARD_KEY) or card_encryption.TEST_BASE_KEY_HEX
     try:
         card_key = bytes.fromhex(key_hex)

@@ -132,7 +132,10 @@ class ReaderEmulator:
                 message = m.decode(frame)
             except ReaderProtocolError as exc:
                 self._event("frame_error", reason=exc.details.get("reason", ""))
-                if exc.details.get("reason") in ("payload", "type"):
+                reason = exc.details.get("reason")
+                if reason == "type":
+                    self._reply(m.Error(None, m.ErrorCode.UNSUPPORTED, exc.message))
+                elif reason == "payload":
                     self._reply(m.Error(None, m.ErrorCode.BAD_REQUEST, exc.message))
                 continue
             self._handle(message)

@@ -20,7 +20,7 @@ class EmulatorProcess:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "offterm.sim.reader_emulator", *args],
+            [sys.executable, "-m", "offterm.sim.reader_emulator", "--exit-with-parent", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

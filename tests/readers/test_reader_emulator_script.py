@@ -95,6 +95,8 @@ def test_the_emulator_keeps_to_the_protocol() -> None:
         assert isinstance(error, m.Error) and error.code == "unsupported"
         [error] = answers(m.encode_frame(m.MessageType.COLLECT, b'{"txn": 5}'))
         assert isinstance(error, m.Error) and error.code == "bad_request"
+        [error] = answers(m.encode_frame(0x7F, b"{}"))
+        assert isinstance(error, m.Error) and error.code == "unsupported"
         [pong] = answers(b"\x00garbage\xa5" + m.encode(m.Ping(7)))
         assert pong == m.Pong(7)
         [error] = answers(m.encode(m.Hello("s2", (9,))))
