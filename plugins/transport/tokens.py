@@ -14,8 +14,10 @@ by the http provider when it is built, so listing plugins stays cheap.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +26,16 @@ import structlog
 from offterm.core.contracts import ConnectionToken, ConnectionTokenProvider, TokenRequest
 from offterm.core.errors import ConfigError, ConnectionTokenError
 from offterm.core.hookspecs import hookimpl
+from offterm.core.logs import bind_request
 from offterm.core.registrations import ComponentContext, OptionSpec, TokenProviderRegistration
 
 if TYPE_CHECKING:
     import httpx
 
 log = structlog.get_logger("offterm.tokens")
+
+#: A token answer is a few hundred bytes; anything past this is not one.
+MAX_ANSWER_BYTES = 64 << 10
 
 
 def _is_loopback_http(url: httpx.URL) -> bool:
@@ -71,34 +77,57 @@ class HttpTokenProvider(ConnectionTokenProvider):
         return f"HttpTokenProvider(url={self.url!r}, auth={'yes' if self._auth_token else 'no'})"
 
     async def fetch(self, request: TokenRequest) -> ConnectionToken | None:
-        import httpx
-
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         if self._auth_token:
             headers["Authorization"] = f"Bearer {self._auth_token}"
         body: dict[str, str] = {"reason": request.reason}
         if self._send_location and request.location_id:
             body["location"] = request.location_id
+        with bind_request():
+            status, raw = await self._post(body, headers)
+        if not 200 <= status < 300:
+            raise ConnectionTokenError(f"token backend {self.url} answered HTTP {status}", url=self.url, status=status)
         try:
-            async with httpx.AsyncClient(timeout=self._timeout, verify=True, trust_env=False) as client:
-                resp = await client.post(self.url, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise ConnectionTokenError(
-                f"token backend {self.url} could not be reached ({type(exc).__name__})", url=self.url
-            ) from None
-        if not 200 <= resp.status_code < 300:
-            raise ConnectionTokenError(
-                f"token backend {self.url} answered HTTP {resp.status_code}", url=self.url, status=resp.status_code
-            )
-        try:
-            data = resp.json()
-        except ValueError:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
             raise ConnectionTokenError(f"token backend {self.url} did not answer JSON", url=self.url) from None
         secret = data.get("secret") if isinstance(data, dict) else None
         if not isinstance(secret, str) or not secret:
             raise ConnectionTokenError(f'token backend {self.url} answered without a "secret" string', url=self.url)
         location = data.get("location") if isinstance(data.get("location"), str) else request.location_id
         return ConnectionToken(secret=secret, location_id=location)
+
+    async def _post(self, body: dict[str, str], headers: dict[str, str]) -> tuple[int, bytes]:
+        """One exchange within ``timeout`` as a whole, its answer read up to MAX_ANSWER_BYTES."""
+        import httpx
+
+        try:
+            async with (
+                asyncio.timeout(self._timeout),
+                httpx.AsyncClient(timeout=self._timeout, verify=True, trust_env=False) as client,
+                client.stream("POST", self.url, json=body, headers=headers) as resp,
+            ):
+                encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+                raw = bytearray()
+                if encoding in ("", "identity"):
+                    async for chunk in resp.aiter_raw():
+                        raw += chunk
+                        if len(raw) > MAX_ANSWER_BYTES:
+                            break
+                if len(raw) > MAX_ANSWER_BYTES or encoding not in ("", "identity"):
+                    raise ConnectionTokenError(
+                        f"token backend {self.url} answered more than {MAX_ANSWER_BYTES} bytes, or compressed",
+                        url=self.url,
+                    )
+                return resp.status_code, bytes(raw)
+        except httpx.HTTPError as exc:
+            raise ConnectionTokenError(
+                f"token backend {self.url} could not be reached ({type(exc).__name__})", url=self.url
+            ) from None
+        except TimeoutError:
+            raise ConnectionTokenError(
+                f"token backend {self.url} gave no complete answer within {self._timeout:g} s", url=self.url
+            ) from None
 
 
 def _load_target(target: str) -> Callable[..., Any]:

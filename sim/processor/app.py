@@ -7,7 +7,8 @@ Routes:
   list, retrieve, confirm, capture, cancel), ``POST /v1/refunds``.
 * Device API (private at Stripe; simulated here): ``POST /device/v1/sessions``
   (Bearer: a connection token, single-use) and ``POST /device/v1/payment_methods``
-  (Bearer: the device session; the reader's encrypted card data).
+  (Bearer: the device session; the reader's encrypted card data; for a
+  payment collected offline, ``Offterm-Stored-At``).
 * "Your backend": ``POST /backend/connection_token`` -> ``{"secret": ...}``.
 * ``GET /healthcheck`` (no auth), and admin under ``/_sim`` (never faulted).
 """
@@ -15,11 +16,13 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -36,6 +39,8 @@ from .forms import FormError, decode
 from .idempotency import IdempotencyStore, Saved, fingerprint
 
 DEFAULT_STRIPE_VERSION = "2023-08-16"
+#: Device API header: when a payment collected offline was stored (outside the idempotency-compared params).
+STORED_AT_HEADER = "Offterm-Stored-At"
 
 Handler = Callable[[Request, dict[str, Any]], dict[str, Any]]
 
@@ -106,11 +111,16 @@ def _endpoint(handler: Handler, *, auth: str, public: bool = True) -> Callable[[
             "params": {},
             "status": None,
             "replayed": False,
+            "body_sha256": None,
+            "stored_at": request.headers.get(STORED_AT_HEADER),
         }
         sim.requests.append(record)
         try:
             if request.method == "POST":
-                raw = (await request.body()).decode("utf-8", errors="replace")
+                body_bytes = await request.body()
+                # A digest, not the body: tests compare retries byte for byte without keeping card data.
+                record["body_sha256"] = hashlib.sha256(body_bytes).hexdigest()
+                raw = body_bytes.decode("utf-8", errors="replace")
                 ctype = request.headers.get("content-type", "")
                 if raw and not ctype.startswith("application/x-www-form-urlencoded") and auth != "backend":
                     raise SimError(400, "Request bodies must be application/x-www-form-urlencoded.")
@@ -202,7 +212,23 @@ def _device_session(request: Request, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _device_payment_method(request: Request, params: dict[str, Any]) -> dict[str, Any]:
-    return request.app.state.sim.books.create_card_present_method(params)  # type: ignore[no-any-return]
+    books: Books = request.app.state.sim.books
+    return books.create_card_present_method(params, stored_at=_stored_at(request))
+
+
+def _stored_at(request: Request) -> int | None:
+    """``Offterm-Stored-At`` (ISO 8601, with a zone): when a payment collected offline was stored."""
+    raw = request.headers.get(STORED_AT_HEADER)
+    if raw is None:
+        return None
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        message = f"The {STORED_AT_HEADER} header must be an ISO 8601 time with a zone."
+        raise SimError(400, message, code="header_invalid")
+    return int(when.timestamp())
 
 
 def _intent_id(request: Request) -> str:

@@ -49,6 +49,7 @@ class _Session:
 class _PaymentMethod:
     obj: dict[str, Any]
     decision: Decision
+    stored_at: int | None = None  # collected offline, stored then (unix seconds)
 
 
 def _int(params: dict[str, Any], name: str, *, required: bool = False, minimum: int = 0) -> int | None:
@@ -169,7 +170,7 @@ class Books:
 
     # -- payment methods ------------------------------------------------------------
 
-    def create_card_present_method(self, params: dict[str, Any]) -> dict[str, Any]:
+    def create_card_present_method(self, params: dict[str, Any], *, stored_at: int | None = None) -> dict[str, Any]:
         if params.get("type") != "card_present":
             raise bad_param("type", "Only type=card_present is supported by the device API.")
         card = params.get("card_present")
@@ -217,7 +218,7 @@ class Books:
             "type": "card_present",
         }
         with self.lock:
-            self.payment_methods[pm_id] = _PaymentMethod(obj=obj, decision=decision)
+            self.payment_methods[pm_id] = _PaymentMethod(obj=obj, decision=decision, stored_at=stored_at)
         return obj
 
     # -- payment intents --------------------------------------------------------------
@@ -439,6 +440,7 @@ class Books:
                     "incremental_authorization_supported": False,
                     "last4": card["last4"],
                     "network": card["brand"],
+                    "offline": None if pm.stored_at is None else {"stored_at": pm.stored_at, "type": "deferred"},
                     "overcapture_supported": False,
                     "read_method": card["read_method"],
                 },
@@ -570,6 +572,7 @@ class Books:
                             "captured": ch["captured"],
                             "amount_refunded": ch["amount_refunded"],
                             "decline_code": ch["outcome"]["reason"],
+                            "offline": ch["payment_method_details"]["card_present"]["offline"],
                         }
                     )
                 out[offline_id] = entries

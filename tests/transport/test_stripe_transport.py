@@ -6,10 +6,13 @@ import asyncio
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from offterm.core.contracts import ConnectionToken, ProcessorSession, Submission
 from offterm.core.errors import (
@@ -98,13 +101,13 @@ async def test_submit_speaks_stripes_wire_conventions(spec_sim: SimHandle, strip
         if r["path"].startswith(PUBLIC_PREFIX):
             assert stripe_spec.check_request(r["method"], r["path"], r["params"]) == []
     create = requests[0]["params"]
-    assert create["metadata"] == {
-        "order": "A-17",
-        "offterm_offline_id": sub.offline_id,
-        "offterm_stored_at": stored_at.isoformat(),
-    }
+    assert create["metadata"] == {"order": "A-17", "offterm_offline_id": sub.offline_id}
     assert create["payment_method_types"] == ["card_present"]
     assert create["amount"] == "2599" and create["capture_method"] == "automatic"
+    # When it was stored travels with the device step, as a header (outside the parameters a key compares).
+    assert [r["stored_at"] for r in requests] == [None, stored_at.isoformat(), None]
+    [charge] = spec_sim.ledger()[sub.offline_id]
+    assert charge["offline"] == {"stored_at": int(stored_at.timestamp()), "type": "deferred"}
     assert spec_sim.successful_charges() == {sub.offline_id: 1}
 
 
@@ -348,6 +351,67 @@ async def test_connection_cut_after_sending_is_unknown(sim: SimHandle) -> None:
             assert (await t.submit(session, _submission())).status is IntentStatus.SUCCEEDED
         finally:
             await t.close()
+
+
+def _bodies_by_key(sim: SimHandle, key: str) -> dict[str, set[str]]:
+    """Idempotency key -> the digests of every body sent under it, for one payment's keys."""
+    out: dict[str, set[str]] = {}
+    for r in sim.requests():
+        if r["idempotency_key"] and r["idempotency_key"].startswith(key + "-"):
+            out.setdefault(r["idempotency_key"], set()).add(r["body_sha256"])
+    return out
+
+
+async def test_online_and_stored_attempts_send_byte_identical_steps(sim: SimHandle, transport: StripeTransport) -> None:
+    """An online attempt that fell back offline is finished from the store under the same keys: every step
+    (create, payment_method, confirm, capture) must send the very same bytes, or Stripe refuses the key."""
+    session = await _session(transport, sim)
+    online = _submission(metadata={"order": "A-17", "lane": "3"}, capture_method=CaptureMethod.MANUAL)
+    # As the store gives it back: metadata in another order, and when it was stored.
+    stored = replace(online, metadata={"lane": "3", "order": "A-17"}, stored_at=datetime.now(UTC))
+    sim.set_faults(commit_drop_rate=1.0, paths=("/device/v1/payment_methods",))
+    with pytest.raises(OutcomeUnknown):  # create ran; the card step ran, its answer was lost
+        await transport.submit(session, online)
+    sim.set_faults(commit_drop_rate=1.0, paths=("/v1/payment_intents/",))
+    with pytest.raises(OutcomeUnknown):  # both replayed; confirm ran, its answer was lost
+        await transport.submit(session, online)
+    sim.set_faults()
+    result = await transport.submit(session, stored)
+    assert result.status is IntentStatus.REQUIRES_CAPTURE and result.replayed is True
+    sim.set_faults(commit_drop_rate=1.0, paths=("/v1/payment_intents/",))
+    with pytest.raises(OutcomeUnknown):
+        await transport.capture_intent(session, result.intent_id, idempotency_key=online.idempotency_key)
+    sim.set_faults()
+    assert await transport.capture_intent(session, result.intent_id, idempotency_key=stored.idempotency_key) == (
+        IntentStatus.SUCCEEDED
+    )
+
+    bodies = _bodies_by_key(sim, online.idempotency_key)
+    steps = ("create", "payment_method", "confirm", "capture")
+    assert set(bodies) == {step_key(online.idempotency_key, s) for s in steps}
+    assert all(len(digests) == 1 for digests in bodies.values()), bodies
+    assert not [r for r in sim.requests() if r["status"] == 400]
+    assert sim.successful_charges() == {online.offline_id: 1}
+
+
+async def test_every_exchange_logs_under_its_own_request_id(sim: SimHandle, transport: StripeTransport) -> None:
+    session = await _session(transport, sim)
+    sim.set_faults(error_rates={503: 1.0})
+    capture = structlog.testing.LogCapture()
+    saved = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        for _ in range(2):
+            with pytest.raises(TransientProcessorError):
+                await transport.submit(session, _submission())
+    finally:
+        structlog.configure(**saved)
+    errors = [e for e in capture.entries if e["event"] == "stripe_error"]
+    assert len(errors) == 2
+    ours = [e["request_id"] for e in errors]
+    assert all(rid.startswith("req_") for rid in ours) and len(set(ours)) == 2
+    assert all(e["stripe_request_id"] and e["stripe_request_id"] != e["request_id"] for e in errors)
+    assert structlog.contextvars.get_contextvars().get("request_id") is None  # unbound after each exchange
 
 
 async def test_a_differently_keyed_confirm_of_a_done_intent_counts_as_done(

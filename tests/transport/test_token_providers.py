@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from stripe_hostile import HostileFront
 from structlog.testing import capture_logs
 
 from offterm.core.contracts import ConnectionToken, TokenRequest
@@ -124,6 +125,18 @@ async def test_http_provider_unreachable() -> None:
         url = sim.backend_url
     with pytest.raises(ConnectionTokenError, match="could not be reached"):
         await HttpTokenProvider(url, timeout=1).fetch(REQUEST)
+
+
+@pytest.mark.parametrize(("act", "problem"), [("endless", "more than"), ("drip", "within 0.5 s"), ("redirect", "302")])
+async def test_http_provider_gives_up_on_hostile_answers(hostile: HostileFront, act: str, problem: str) -> None:
+    provider = HttpTokenProvider(hostile.url + "/backend/connection_token", timeout=0.5)
+    hostile.arm(act, paths=("/backend/",))
+    async with asyncio.timeout(20):  # liveness only: a dripped answer would otherwise take half a minute
+        with pytest.raises(ConnectionTokenError) as info:
+            await provider.fetch(REQUEST)
+    assert problem in str(info.value)
+    assert hostile.sent[act] < 16 << 20  # socket buffers included; an unlimited read takes the 64 MiB
+    assert await provider.fetch(REQUEST) is not None, "the next ask is answered"
 
 
 @pytest.mark.parametrize("url", ["http://backend.example.com/token", "ftp://127.0.0.1/x", "nonsense"])

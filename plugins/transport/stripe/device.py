@@ -15,13 +15,16 @@ protocol spoken here is the one of offterm's processor simulator:
   <connection token>`` -> ``{"secret", "account", "livemode", "expires_at"}``;
 * ``POST {device_base}/device/v1/payment_methods`` (session bearer, form:
   ``type=card_present``, ``card_present[encrypted_data]`` base64,
-  ``card_present[key_serial]``, ``card_present[encryption_scheme]``) -> a
-  Stripe ``payment_method`` object.
+  ``card_present[key_serial]``, ``card_present[encryption_scheme]``; for a
+  payment collected offline, the header ``Offterm-Stored-At: <ISO 8601>``)
+  -> a Stripe ``payment_method`` object.  The simulator records the time as
+  the charge's ``card_present.offline.stored_at``, as Stripe does.
 """
 
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
 from offterm.core.contracts import CardResult, ConnectionToken, ProcessorSession
 from offterm.core.errors import AuthenticationFailed, OutcomeUnknown
@@ -29,6 +32,8 @@ from offterm.core.errors import AuthenticationFailed, OutcomeUnknown
 from .http import StripeHttp
 
 DEVICE_PATHS = {"session": "/device/v1/sessions", "payment_method": "/device/v1/payment_methods"}
+#: When a stored payment was collected; a header, so it is not among the parameters a key compares.
+STORED_AT_HEADER = "Offterm-Stored-At"
 
 
 async def open_session(http: StripeHttp, device_base: str, token: ConnectionToken) -> ProcessorSession:
@@ -44,15 +49,27 @@ async def open_session(http: StripeHttp, device_base: str, token: ConnectionToke
 
 
 async def create_card_present_method(
-    http: StripeHttp, device_base: str, session: ProcessorSession, card: CardResult, idempotency_key: str
+    http: StripeHttp,
+    device_base: str,
+    session: ProcessorSession,
+    card: CardResult,
+    idempotency_key: str,
+    *,
+    stored_at: datetime | None = None,
 ) -> str:
-    """Hand the encrypted card data to the processor; returns the PaymentMethod id."""
+    """Hand the encrypted card data to the processor; returns the PaymentMethod id.
+
+    ``stored_at`` (a payment collected offline) goes in the ``Offterm-Stored-At``
+    header, not the form: the parameters stay those of an online attempt under
+    the same key, so a retry from the store always matches it.
+    """
     answer = await http.request(
         "POST",
         device_base + DEVICE_PATHS["payment_method"],
         step="payment_method",
         bearer=session.secret,
         idempotency_key=idempotency_key,
+        headers={STORED_AT_HEADER: stored_at.astimezone(UTC).isoformat()} if stored_at is not None else None,
         params={
             "type": "card_present",
             "card_present": {

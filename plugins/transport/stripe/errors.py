@@ -79,6 +79,8 @@ def _classify(status: int, body: Any, headers: Mapping[str, str], *, step: str) 
     text = f"{step}: {message}"
     common: dict[str, Any] = {"request_id": request_id, "http_status": status, "should_retry": should_retry}
 
+    if 300 <= status < 400:
+        return redirect_error(status, step=step, request_id=request_id)
     if status == 401 or (code in AUTH_CODES):
         return AuthenticationFailed(text, code=None, **common)
     if should_retry is True or status in (409, 429) or status >= 500 or code in RETRY_CODES:
@@ -90,6 +92,42 @@ def _classify(status: int, body: Any, headers: Mapping[str, str], *, step: str) 
     if kind == "idempotency_error":
         return PermanentProcessorError(text, code="idempotency_error", **common)
     return PermanentProcessorError(text, code=code, **common)
+
+
+def redirect_error(status: int, *, step: str, request_id: str | None) -> TransientProcessorError:
+    """A 3xx: not the processor's answer but a captive portal's or a proxy's.
+
+    The processor never redirects, so the request did not reach it: retry
+    later with the same key.  The redirect is never followed.  ``http_status``
+    stays None (as for a network failure): the processor itself did not answer.
+    """
+    return TransientProcessorError(
+        f"{step}: the processor's address answered a redirect (HTTP {status}), not followed: "
+        "a captive portal or a proxy is in the way",
+        code="unexpected_redirect",
+        request_id=request_id,
+    )
+
+
+def unreadable_error(reason: str, *, step: str, method: str, status: int, request_id: str | None) -> ProcessorError:
+    """An answer that came back but was not read (too large, compressed unasked).
+
+    The request was sent: a POST's outcome is unknown (retry with the same key).
+    """
+    if 300 <= status < 400:
+        return redirect_error(status, step=step, request_id=request_id)
+    text = f"{step}: unreadable answer from the processor (HTTP {status}): {reason}"
+    if method == "POST":
+        return OutcomeUnknown(text + "; retry with the same idempotency key", request_id=request_id, http_status=status)
+    return TransientProcessorError(text, code="unreadable_answer", request_id=request_id, http_status=status)
+
+
+def deadline_error(*, step: str, timeout: float, sent_may_commit: bool) -> ProcessorError:
+    """The whole exchange outlived the transport's ``timeout``."""
+    text = f"{step}: no complete answer within {timeout:g} s"
+    if sent_may_commit:
+        return OutcomeUnknown(text + "; retry with the same idempotency key")
+    return TransientProcessorError(text + " (nothing was sent)", code="connection_error")
 
 
 def from_transport_error(exc: httpx.HTTPError, *, step: str, sent_may_commit: bool) -> ProcessorError:

@@ -2,11 +2,15 @@
 
 TLS certificates are always verified; plain ``http://`` is accepted only
 for loopback hosts (a local simulator), anything else is a ConfigError.
+Redirects are never followed, answers are read up to a cap, and every
+exchange is bounded by one total deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +19,10 @@ import httpx
 import structlog
 
 from offterm.core.errors import ConfigError, OutcomeUnknown
+from offterm.core.logs import bind_request
 
 from . import forms
-from .errors import from_response, from_transport_error
+from .errors import deadline_error, from_response, from_transport_error, unreadable_error
 
 log = structlog.get_logger("offterm.transport.stripe")
 
@@ -49,6 +54,11 @@ def check_base_url(key: str, url: str) -> str:
     return url.rstrip("/")
 
 
+#: The largest answer read from the processor.  Its answers are a few KB; anything
+#: past this is not a processor answer (a portal page, a flood) and is cut off.
+MAX_ANSWER_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -57,10 +67,57 @@ class Answer:
     replayed: bool
 
 
+class _Unreadable(Exception):
+    """An answer came back but cannot be read: too large, or compressed against our asking."""
+
+    def __init__(self, reason: str, resp: httpx.Response) -> None:
+        super().__init__(reason)
+        self.status = resp.status_code
+        self.request_id = resp.headers.get("request-id")
+
+
+class _SendTracker:
+    """httpcore's ``trace`` extension: notes when the request's bytes start going out.
+
+    Before that point a failure means nothing was sent (transient); after
+    it, a POST may have taken effect (outcome unknown).
+    """
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    async def __call__(self, event: str, info: Mapping[str, Any]) -> None:
+        if event.endswith(".send_request_headers.started"):
+            self.sent = True
+
+
+async def read_capped(resp: httpx.Response, limit: int) -> bytes:
+    """The answer's body, or ``_Unreadable`` past ``limit`` bytes (checked as it streams in).
+
+    Only identity-encoded bodies are read: we ask for no compression, so a
+    compressed answer (a decompression bomb, say) is refused unopened.
+    """
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _Unreadable(f"the answer is {encoding}-encoded although identity was asked for", resp)
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _Unreadable(f"the answer announces {declared} bytes, more than the {limit} accepted", resp)
+    body = bytearray()
+    async for chunk in resp.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise _Unreadable(f"the answer is longer than the {limit} bytes accepted", resp)
+    return bytes(body)
+
+
 class StripeHttp:
     """Sends one request at a time per call; shares a connection pool.
 
-    The httpx client is made on first use, inside the caller's event loop.
+    ``timeout`` bounds each whole exchange (connect, send, every byte of the
+    answer), not each read: an answer dripped byte by byte still ends on
+    time.  Answers are read up to ``max_answer_bytes``.  The httpx client is
+    made on first use, inside the caller's event loop.
     """
 
     def __init__(
@@ -71,10 +128,13 @@ class StripeHttp:
         timeout: float,
         connect_timeout: float,
         max_connections: int = 20,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.api_base = check_base_url("api_base", api_base)
         self.stripe_version = stripe_version
-        self._timeout = httpx.Timeout(timeout, connect=connect_timeout, pool=timeout)
+        self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
+        self._timeout = httpx.Timeout(timeout, connect=min(connect_timeout, timeout), pool=timeout)
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client: httpx.AsyncClient | None = None
 
@@ -85,9 +145,9 @@ class StripeHttp:
                 timeout=self._timeout,
                 limits=self._limits,
                 verify=True,
-                follow_redirects=False,
+                follow_redirects=False,  # a payment request is never re-sent to another host
                 trust_env=False,
-                headers={"User-Agent": USER_AGENT},
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             )
         return self._client
 
@@ -105,32 +165,73 @@ class StripeHttp:
         bearer: str,
         params: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Answer:
-        """Send one request; return the 2xx answer or raise the typed error."""
-        headers = {"Authorization": f"Bearer {bearer}", "Stripe-Version": self.stripe_version}
+        """Send one request; return the 2xx answer or raise the typed error.
+
+        ``headers`` are extra headers; they are not part of what an
+        idempotency key compares (Stripe compares parameters only).
+        """
+        with bind_request():
+            return await self._request(method, url, step, bearer, params, idempotency_key, headers)
+
+    async def _exchange(self, request: httpx.Request) -> tuple[httpx.Response, bytes]:
+        """Send, then read the answer up to the cap; the connection is released either way."""
+        resp = await self.client.send(request, stream=True)
+        try:
+            return resp, await read_capped(resp, self.max_answer_bytes)
+        finally:
+            await resp.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        step: str,
+        bearer: str,
+        params: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        extra_headers: Mapping[str, str] | None,
+    ) -> Answer:
+        headers = {**(extra_headers or {}), "Authorization": f"Bearer {bearer}", "Stripe-Version": self.stripe_version}
         content: str | None = None
         query: httpx.QueryParams | None = None
-        if method == "POST":
+        is_post = method == "POST"
+        if is_post:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             content = forms.encode(params or {})
             if idempotency_key:
                 headers["Idempotency-Key"] = idempotency_key
         elif params:
             query = httpx.QueryParams(forms.encode(params))
+        tracker = _SendTracker()
+        request = self.client.build_request(
+            method, url, content=content, params=query, headers=headers, extensions={"trace": tracker}
+        )
         try:
-            resp = await self.client.request(method, url, content=content, params=query, headers=headers)
+            async with asyncio.timeout(self.timeout):
+                resp, raw = await self._exchange(request)
         except httpx.HTTPError as exc:
-            err = from_transport_error(exc, step=step, sent_may_commit=method == "POST")
+            err = from_transport_error(exc, step=step, sent_may_commit=is_post and tracker.sent)
             log.info("stripe_no_answer", step=step, error=type(exc).__name__, outcome=err.code)
             raise err from None
+        except TimeoutError:
+            err = deadline_error(step=step, timeout=self.timeout, sent_may_commit=is_post and tracker.sent)
+            log.info("stripe_no_answer", step=step, error="deadline", outcome=err.code)
+            raise err from None
+        except _Unreadable as exc:
+            log.info("stripe_unreadable_answer", step=step, status=exc.status, stripe_request_id=exc.request_id)
+            raise unreadable_error(
+                str(exc), step=step, method=method, status=exc.status, request_id=exc.request_id
+            ) from None
         request_id = resp.headers.get("request-id")
         try:
-            body = resp.json()
-        except ValueError:
+            body = json.loads(raw) if raw else None
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
             body = None
         if not 200 <= resp.status_code < 300:
             error = from_response(resp.status_code, body, resp.headers, step=step)
-            log.info("stripe_error", step=step, status=resp.status_code, code=error.code, request_id=request_id)
+            log.info("stripe_error", step=step, status=resp.status_code, code=error.code, stripe_request_id=request_id)
             raise error
         if not isinstance(body, dict):
             # A 2xx we cannot read: it happened, but we do not know the result.

@@ -7,10 +7,17 @@ a timeout, a crash, a restart) without a second charge:
 1. ``POST /v1/payment_intents`` (``{key}-create``) when the intent has no id yet;
 2. the device step making a card_present PaymentMethod (``{key}-payment_method``);
 3. ``POST /v1/payment_intents/{id}/confirm`` (``{key}-confirm``).
+
+Each step's parameters depend only on the payment, never on whether it
+runs online or from the store: an online attempt that fell back offline is
+finished by the forwarder under the same keys, and Stripe refuses a key
+re-used with other parameters.  (When a payment was stored travels with the
+device step as a header, outside the compared parameters.)
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -23,6 +30,7 @@ from offterm.core.contracts import (
     SubmissionResult,
 )
 from offterm.core.errors import OutcomeUnknown, PermanentProcessorError
+from offterm.core.logs import bind_request
 from offterm.core.models import CaptureMethod, IntentStatus
 
 from . import device
@@ -30,7 +38,6 @@ from .defaults import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION
 from .http import StripeHttp, check_base_url
 
 OFFLINE_ID_KEY = "offterm_offline_id"
-STORED_AT_KEY = "offterm_stored_at"
 
 
 def step_key(idempotency_key: str, step: str) -> str:
@@ -63,6 +70,7 @@ class StripeTransport(ForwardingTransport):
         self.api_base = self.http.api_base
         self.device_base = check_base_url("device_api_base", device_api_base) if device_api_base else self.api_base
         self.probe_path = probe_path if probe_path.startswith("/") else "/" + probe_path
+        self._probe_deadline = probe_timeout
         self.probe_timeout = httpx.Timeout(probe_timeout, connect=min(probe_timeout, connect_timeout))
         self._probe_client: httpx.AsyncClient | None = None
 
@@ -103,7 +111,8 @@ class StripeTransport(ForwardingTransport):
             "currency": currency.lower(),
             "capture_method": CaptureMethod(capture_method).value,
             "payment_method_types": ["card_present"],
-            "metadata": {**metadata, OFFLINE_ID_KEY: offline_id},
+            # Sorted: the same payment always encodes to the same bytes, whatever order its metadata came in.
+            "metadata": dict(sorted({**metadata, OFFLINE_ID_KEY: offline_id}.items())),
             "description": description,
         }
         answer = await self.http.request(
@@ -120,21 +129,23 @@ class StripeTransport(ForwardingTransport):
         key = submission.idempotency_key
         intent_id = submission.intent_id
         if intent_id is None:
-            metadata = dict(submission.metadata)
-            if submission.stored_at is not None:
-                metadata[STORED_AT_KEY] = submission.stored_at.isoformat()
             intent_id = await self.create_intent(
                 session,
                 offline_id=submission.offline_id,
                 amount=submission.amount,
                 currency=submission.currency,
                 capture_method=submission.capture_method,
-                metadata=metadata,
+                metadata=dict(submission.metadata),
                 description=submission.description,
                 idempotency_key=step_key(key, "create"),
             )
         pm_id = await device.create_card_present_method(
-            self.http, self.device_base, session, submission.card, step_key(key, "payment_method")
+            self.http,
+            self.device_base,
+            session,
+            submission.card,
+            step_key(key, "payment_method"),
+            stored_at=submission.stored_at,
         )
         try:
             answer = await self.http.request(
@@ -209,10 +220,12 @@ class StripeTransport(ForwardingTransport):
         return refund_id
 
     async def probe(self) -> bool:
-        """Any HTTP answer at all means the processor is reachable.
+        """Any HTTP answer but a redirect means the processor is reachable.
 
-        Probes use their own connection, so a pool busy with forwarding
-        never makes the processor look down.
+        A redirect is what a captive portal answers in the processor's
+        place.  Only the status line and headers are read, all within
+        ``probe_timeout``.  Probes use their own connection, so a pool busy
+        with forwarding never makes the processor look down.
         """
         if self._probe_client is None or self._probe_client.is_closed:
             self._probe_client = httpx.AsyncClient(
@@ -222,11 +235,15 @@ class StripeTransport(ForwardingTransport):
                 trust_env=False,
                 follow_redirects=False,
             )
-        try:
-            await self._probe_client.get(self._url(self.probe_path))
-        except httpx.HTTPError:
-            return False
-        return True
+        with bind_request():
+            try:
+                async with (
+                    asyncio.timeout(self._probe_deadline),
+                    self._probe_client.stream("GET", self._url(self.probe_path)) as resp,
+                ):
+                    return not 300 <= resp.status_code < 400
+            except (httpx.HTTPError, TimeoutError):
+                return False
 
 
 def _intent_id(body: dict[str, Any], request_id: str | None, step: str) -> str:
