@@ -83,6 +83,7 @@ class _Round:
 
     def __init__(self) -> None:
         self.session: ProcessorSession | None = None
+        self.queued: set[str] = set()  # offline_ids handed to workers and not finished yet
         self.finished = 0
         self.stopped = False
         self.failure: BaseException | None = None
@@ -118,6 +119,9 @@ class Forwarder:
         rate = max(1.0, float(settings.rate_limit))
         self._limiter = AsyncLimiter(rate, 1.0)
         self._weight = min(float(REQUESTS_PER_PAYMENT), rate)
+        # Claim no more than the rate limit lets us send within half a lease, so claims do not expire queued.
+        per_half_lease = int(rate / self._weight * settings.lease_seconds / 2)
+        self._claim_size = max(1, min(settings.batch_size, per_half_lease))
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -238,14 +242,15 @@ class Forwarder:
                         state.stop(exc)
                         break
                     self._network.record_success()
-                batch = await self._store.claim(
-                    self.owner, self._settings.batch_size, self._settings.lease_seconds, utcnow()
-                )
+                batch = await self._store.claim(self.owner, self._claim_size, self._settings.lease_seconds, utcnow())
                 if not batch:
                     break
                 for payment in self._policy.order(batch):
                     if state.stopped:
                         break
+                    if payment.offline_id in state.queued:
+                        continue  # our own lease ran out and we claimed it again: one worker has it already
+                    state.queued.add(payment.offline_id)
                     await queue.put(payment)
         except Exception as exc:  # the store failed: stop, leave everything claimable
             log.error("forwarding_claim_failed", error_type=type(exc).__name__, error=str(exc))
@@ -266,6 +271,8 @@ class Forwarder:
             except Exception as exc:  # a bug or a broken store: keep the payment, stop this round
                 log.error("forwarding_worker_failed", error_type=type(exc).__name__, error=str(exc))
                 state.stop()
+            finally:
+                state.queued.discard(payment.offline_id)
             self._progress()
 
     def _progress(self) -> None:

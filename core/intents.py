@@ -28,7 +28,7 @@ def _status(payment: StoredPayment) -> IntentStatus:
 
 
 def intent_from_stored(payment: StoredPayment) -> PaymentIntent:
-    """``requires_upload`` stays True until the processor has authorised it."""
+    """``requires_upload`` stays True until the processor has the payment (authorised or declined)."""
     return PaymentIntent(
         offline_id=payment.offline_id,
         id=payment.intent_id,
@@ -40,7 +40,7 @@ def intent_from_stored(payment: StoredPayment) -> PaymentIntent:
         description=payment.description,
         offline_details=OfflineDetails(
             stored_at=payment.stored_at,
-            requires_upload=payment.state is not PaymentState.FORWARDED,
+            requires_upload=payment.state not in (PaymentState.FORWARDED, PaymentState.DECLINED),
             card_present_details=card_present_details(payment.card_details),
         ),
     )

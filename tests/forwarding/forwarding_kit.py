@@ -323,7 +323,8 @@ class KitPlugin:
     @hookimpl
     def offterm_forwarding_policies(self) -> Iterator[ForwardingPolicyRegistration]:
         def build(ctx: ComponentContext) -> SpyPolicy:
-            policy = SpyPolicy(backoff.BackoffPolicy(backoff.parse_options(ctx.options, prefix="forwarding_policy.spy")))
+            settings = backoff.parse_options(ctx.options, prefix="forwarding_policy.spy")
+            policy = SpyPolicy(backoff.BackoffPolicy(settings))
             self.policies.append(policy)
             return policy
 

@@ -49,7 +49,7 @@ async def main(config: dict[str, Any], store: int) -> None:
                 intent = await pay(terminal, 900 + i, behavior=OfflineBehavior.FORCE_OFFLINE)
                 say(stored=intent.offline_id)
                 await asyncio.sleep(0.02)
-        while (await terminal.refresh_offline_status()).sdk.offline_payments_count:
+        while (await terminal.refresh_offline_status()).sdk.offline_payments_count:  # noqa: ASYNC110 - polls the store
             await asyncio.sleep(0.05)
         report = await terminal.close()
     say(done=True, remaining=report.remaining)

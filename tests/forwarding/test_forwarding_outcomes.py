@@ -132,7 +132,7 @@ async def test_one_stuck_and_one_invalid_payment_never_block_the_rest(data_dir, 
         assert transport.in_flight == 1, "the stuck payment still holds its one worker"
         release.set()
         await wait_until(lambda: stuck.offline_id in forwarded_events(recorder), timeout=10, what="the stuck one")
-        assert terminal.offline_status.sdk.offline_payments_count == 0
+        assert (await terminal.refresh_offline_status()).sdk.offline_payments_count == 0
     stored = read_store(data_dir)
     assert stored[invalid.offline_id].state is PaymentState.NEEDS_ATTENTION
     assert check_exactly_once(sim, stored) == {PaymentState.FORWARDED: 21, PaymentState.NEEDS_ATTENTION: 1}
@@ -158,7 +158,7 @@ async def test_transient_failures_back_off_exponentially_and_reuse_the_key(data_
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder, kit)) as terminal:
         kit.transports[0].hold[flaky.offline_id] = fail_three_times
         await wait_until(lambda: flaky.offline_id in forwarded_events(recorder), timeout=20, what="the retries")
-        assert terminal.offline_status.sdk.offline_payments_count == 0
+        assert (await terminal.refresh_offline_status()).sdk.offline_payments_count == 0
     [policy] = kit.policies
     ceiling = BackoffPolicy(BackoffSettings(base_delay=0.05, max_delay=10.0)).ceiling
     assert [a for a, _ in policy.delays] == [1, 2, 3], "one retry delay per failure, growing with the attempts"

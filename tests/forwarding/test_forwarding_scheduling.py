@@ -37,6 +37,15 @@ async def test_network_coming_back_starts_forwarding_without_any_app_call(data_d
         proxy.set_mode("pass")  # nothing else: no forward_now, the timer is 10 minutes away
         await wait_until(lambda: len(forwarded_events(recorder)) == 3, timeout=20, what="forwarding after reconnect")
         assert terminal.network_status is NetworkStatus.ONLINE
+
+        def last_status():
+            calls = recorder.getcalls("offline_status_changed")
+            return calls[-1].status.sdk if calls else None
+
+        await wait_until(lambda: last_status().offline_payments_count == 0, what="an offline status update")
+        assert last_status().network_status is NetworkStatus.ONLINE
+        counts = [c.status.sdk.offline_payments_count for c in recorder.getcalls("offline_status_changed")]
+        assert 3 in counts, "the app saw the backlog while offline"
     payments = read_store(data_dir)
     assert check_exactly_once(sim, payments) == {PaymentState.FORWARDED: 3}
 

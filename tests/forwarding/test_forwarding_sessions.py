@@ -5,7 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from forwarding_kit import check_exactly_once, config, forwarded_events, new_payment, plugin_manager, populate, read_store
+from forwarding_kit import (
+    check_exactly_once,
+    config,
+    forwarded_events,
+    new_payment,
+    plugin_manager,
+    populate,
+    read_store,
+)
 
 from offterm.core import Terminal
 from offterm.core.contracts import PaymentState

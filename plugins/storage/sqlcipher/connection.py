@@ -35,7 +35,7 @@ CIPHER_PINS: tuple[tuple[str, str], ...] = (
 
 _SYNCHRONOUS = {"off": 0, "normal": 1, "full": 2, "extra": 3}
 #: Page cache per connection (KiB): keeps the unique indexes of a large backlog in memory.
-CACHE_KIB = 16 * 1024
+CACHE_KIB = 2 * 1024
 _KEYING = threading.Lock()
 
 
