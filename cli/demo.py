@@ -154,7 +154,7 @@ async def run_demo(console: Console, quiet: bool = False) -> dict[str, int]:
                 stored.append(intent)
                 say(
                     f"    {format_amount(amount, 'usd')} {_card_text(intent)} → [yellow]stored, not yet "
-                    f"authorised[/] ({intent.offline_id})"
+                    f"authorised[/] ({_short(intent.offline_id)})"
                 )
             for amount, card, kwargs, why in (
                 (1800, "visa", {"read_method": "magnetic_stripe"}, "a swiped card"),

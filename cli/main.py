@@ -146,6 +146,9 @@ def demo(ctx: Context, as_json: bool) -> None:
     """Run the whole offline story on embedded defaults (no configuration needed)."""
     from .demo import demo_main
 
+    if ctx.log_level == "warning" and not ctx.log_json:
+        _configure_logging(False, "error")  # the story says it all; keep routine warnings out of it
+
     summary = ctx.guard(lambda: demo_main(ctx.console, quiet=as_json))
     if as_json:
         _emit_json(summary)

@@ -188,6 +188,14 @@ class FaultProxy:
         await asyncio.gather(*others, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio's stream server logs a traceback for a handler that ends cancelled (it does at
+        # shutdown): finish normally instead.
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            return
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections_total += 1
         if self.mode in ("reset", "down"):
             _rst(writer)
