@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +32,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-TORTURE = Path(__file__).resolve().parent.parent / "tests" / "torture"
+ROOT = Path(__file__).resolve().parent.parent
+TORTURE = ROOT / "tests" / "torture"
 sys.path.insert(0, str(TORTURE))
+SNAPSHOT_ENV = "OFFTERM_TORTURE_CODE"
+#: What a code snapshot holds: the installed namespace's folders, plus the storage team's legacy builders.
+SNAPSHOT_PATHS = ("core", "plugins", "sim", "cli", "testing", "tests/storage")
 
 import torture_crash  # noqa: E402
 import torture_report  # noqa: E402
@@ -63,17 +69,71 @@ def run_section(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     return torture_battery.run(name, seed=args.seed, quick=args.quick, workdir=workdir / name, log=log)
 
 
+def snapshot(rev: str, workdir: Path, argv: list[str]) -> None:
+    """Re-run this command against ``git archive <rev>`` of the library, so edits made to the working tree
+    during a long run cannot change the code under test half-way."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", rev + "^{commit}"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    code = workdir / "code"
+    (code / "offterm").mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit, *SNAPSHOT_PATHS], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    for name in ("core", "plugins", "sim", "cli", "testing"):
+        (code / name).rename(code / "offterm" / name)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
+    env[SNAPSHOT_ENV] = commit
+    env["OFFTERM_TORTURE_STORAGE_TESTS"] = str(code / "tests" / "storage")
+    log(f"running against commit {commit[:12]} (git archive into {code})")
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+
+
+def _public(argv: list[str]) -> list[str]:
+    """The arguments that decide the results (not where scratch files or the JSON went)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--workdir", "--json"):
+            skip = True
+        elif not arg.startswith(("--workdir=", "--json=")):
+            out.append(arg)
+    return out
+
+
+def code_under_test() -> str:
+    if os.environ.get(SNAPSHOT_ENV):
+        return f"commit {os.environ[SNAPSHOT_ENV][:12]} (git archive)"
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True)
+    rev = head.stdout.strip() or "unknown"
+    return f"working tree at {rev}" + (" with uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kills", type=int, default=None, help="SIGKILLs to reach (default 1000; 20 with --quick)")
     parser.add_argument("--payments", type=int, default=None, help="reported payments to reach (default 10000)")
     parser.add_argument("--quick", action="store_true", help="a small run (CI-sized)")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS))
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS)
+    )
     parser.add_argument("--write-docs", metavar="PATH", help="write the results page (docs/reliability.md)")
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--workdir", metavar="DIR", help="keep the stations here (default: a temporary directory)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--code",
+        default="worktree",
+        metavar="REV",
+        help="'worktree' (default), or a git revision to run against (git archive, immune to edits during the run)",
+    )
+    raw_argv = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args(raw_argv)
     args.kills = args.kills if args.kills is not None else (20 if args.quick else 1000)
     args.payments = args.payments if args.payments is not None else (200 if args.quick else 10_000)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -81,16 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
 
-    command = "python bench/torture.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python bench/torture.py " + " ".join(_public(raw_argv))
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="offterm-torture-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.code != "worktree" and not os.environ.get(SNAPSHOT_ENV):
+        snapshot(args.code, workdir, [*raw_argv, *([] if args.workdir else ["--workdir", str(workdir)])])
     log(f"torture run: seed={args.seed} kills={args.kills} payments={args.payments} workdir={workdir}")
     started = time.monotonic()
     results: dict[str, Any] = {
         "command": command,
         "seed": args.seed,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+        "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs",
+        "code": code_under_test(),
         "sections": {},
     }
     for name in sections:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from torture_payments import pos_config
 
 from offterm.sim.netproxy import FaultProxy

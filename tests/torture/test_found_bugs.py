@@ -6,6 +6,7 @@ and the suite turns red the moment it is fixed, so the mark gets removed.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,13 @@ def test_close_does_not_raise_when_the_disk_is_full(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("site", "key", "value"),
     [
-        pytest.param(site, key, value, id=f"{site}.{key}={value!r:.12}", marks=pytest.mark.xfail(strict=True, reason=f"BUG: {why}"))
+        pytest.param(
+            site,
+            key,
+            value,
+            id=f"{site}.{key}={value!r:.12}",
+            marks=pytest.mark.xfail(strict=True, reason=f"BUG: {why}"),
+        )
         for site, key, value, why in KNOWN_CONFIG_BUGS
     ],
 )
@@ -103,7 +110,7 @@ def test_bad_config_value_is_refused_or_works(
 ) -> None:
     """A bad value must be a ConfigError (or any typed error), or be harmless: never an untyped exception,
     a hang or exhausted memory.  Each runs in a child process with a memory and a time limit."""
-    [verdict] = run_config_trials([(site, key, value)], simulator.url, tmp_path, seconds=20, memory=768 << 20)
+    [verdict] = run_config_trials([(site, key, value)], simulator.url, tmp_path, seconds=15, memory=384 << 20)
     assert verdict.startswith(("typed", "ok")), verdict
 
 
@@ -118,3 +125,27 @@ def test_a_key_file_that_is_a_directory_is_a_typed_error(tmp_path: Path) -> None
     (tmp_path / "storage.key").mkdir()
     with pytest.raises(OfftermError):
         FileKeyProvider(tmp_path / "storage.key").get_key("store", create=False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Forwarder.stop() cancels the background task, but when a trigger() lands in the same loop "
+    "iteration, asyncio.wait_for (Python 3.11) returns the finished Event.wait() and swallows the cancellation: "
+    "the task keeps running and stop() — and Terminal.close() — wait forever (seen under a full disk, where "
+    "rounds fail and retry every few ms; core/forwarder.py _run's wait_for(self._wake.wait(), ...))",
+)
+async def test_stopping_the_forwarder_is_not_lost_when_a_trigger_coincides(config: dict[str, Any]) -> None:
+    terminal = Terminal.from_config(config)
+    await terminal.open()
+    forwarder = terminal.forwarder
+    try:
+        await asyncio.sleep(0.3)  # the background forwarder waits for work
+        forwarder.trigger()  # a payment was just stored...
+        stopping = asyncio.ensure_future(forwarder.stop())  # ...as the app shuts down
+        done, _ = await asyncio.wait({stopping}, timeout=3)
+        assert done, "Forwarder.stop() never returned"
+    finally:
+        if forwarder._task is not None:  # a second cancel gets through: let the test end cleanly
+            forwarder._task.cancel()
+        await asyncio.sleep(0.05)
+        await terminal.close(timeout=0)

@@ -79,7 +79,7 @@ class Acts:
         await _send(w, _json_response("200 OK", body))
 
     async def truncated_json(self, w: Writer, honest: bytes | None, rng: random.Random) -> None:
-        body = (honest or b'{"object": "payment_intent", "id": "pi_x", "status": "succeeded"}')
+        body = honest or b'{"object": "payment_intent", "id": "pi_x", "status": "succeeded"}'
         cut = body[: max(1, len(body) // 3)]
         head = _head("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         await _send(w, head + cut)
@@ -93,9 +93,7 @@ class Acts:
 
     async def huge_body(self, w: Writer, honest: bytes | None, rng: random.Random) -> None:
         chunk = b'{"filler": "' + b"A" * 65_000 + b'"},'
-        head = _head(
-            "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(self.huge_bytes + 2))]
-        )
+        head = _head("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(self.huge_bytes + 2))])
         w.write(head + b"[")
         sent = 0
         while sent < self.huge_bytes:
