@@ -173,7 +173,10 @@ class Forwarder:
             if self._due:
                 timeout = min(timeout, max(0.0, self._due[0] - loop.time()))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+                # together with a wake-up, and then stop() (and close()) would wait forever.
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
