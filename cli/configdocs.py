@@ -21,8 +21,10 @@ offterm reads one TOML file: `--config PATH`, else `$OFFTERM_CONFIG`, else
 `~/.config/offterm/config.toml`). No file means all defaults. Apps may pass a
 dict with the same shape to `Terminal.from_config`.
 
-Every key is validated when the configuration loads: a wrong type, a negative
-number or an unknown key fails with an error naming the key and the value.
+Every key is validated when the configuration loads: a wrong type, a number
+outside its range (shown next to its type; NaN and infinity are never
+accepted), a control character in a string, or an unknown key fails with an
+error naming the key and the value.
 Core sections hold plain keys; a component's options live in a sub-table
 named after it, `[<section>.<component>]`, e.g. `[storage.sqlcipher]`.
 Options marked *secret* may instead come from the environment variable
@@ -67,7 +69,11 @@ def _default(spec: OptionSpec) -> str:
 
 def _types(spec: OptionSpec) -> str:
     types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
-    return " or ".join(t.__name__ for t in types)
+    text = " or ".join(t.__name__ for t in types)
+    if any(t in (int, float) for t in types):
+        low = 0 if spec.minimum is None else spec.minimum
+        text += f" ({low:g}–{spec.maximum:g})" if spec.maximum is not None else f" (≥ {low:g})"
+    return text
 
 
 def _table(prefix: str, specs: tuple[OptionSpec, ...]) -> list[str]:

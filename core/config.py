@@ -11,7 +11,9 @@ from ``OFFTERM_<KIND>_<NAME>_<KEY>`` instead of the file.
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,9 +54,24 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
             (int, float),
             3.0,
             "Seconds a PREFER_ONLINE request waits for the processor before the payment is stored offline instead.",
+            maximum=600,
         ),
-        OptionSpec("probe_min_interval", (int, float), 0.5, "First delay between reachability probes while offline."),
-        OptionSpec("probe_max_interval", (int, float), 30.0, "Longest delay between probes while offline (backoff)."),
+        OptionSpec(
+            "probe_min_interval",
+            (int, float),
+            0.5,
+            "First delay between reachability probes while offline.",
+            minimum=0.01,
+            maximum=3600,
+        ),
+        OptionSpec(
+            "probe_max_interval",
+            (int, float),
+            30.0,
+            "Longest delay between probes while offline (backoff).",
+            minimum=0.01,
+            maximum=86400,
+        ),
     ),
     "plugins": (
         OptionSpec("disable", list, [], "Plugin names never to load (also OFFTERM_DISABLE_PLUGINS, comma-separated)."),
@@ -91,17 +108,30 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
     "forwarding": (
         OptionSpec("transport", str, "stripe", "Processor transport component."),
         OptionSpec("policy", str, "default", "Forwarding policy component (ordering, retry pacing, giving up)."),
-        OptionSpec("interval", (int, float), 30.0, "Seconds between forwarding rounds while payments wait."),
-        OptionSpec("concurrency", int, 4, "Payments forwarded at the same time."),
-        OptionSpec("rate_limit", (int, float), 20.0, "Most requests per second to the processor (Stripe allows 100)."),
-        OptionSpec("batch_size", int, 50, "Payments claimed from the store at a time."),
+        OptionSpec(
+            "interval", (int, float), 30.0, "Seconds between forwarding rounds while payments wait.", maximum=86400
+        ),
+        OptionSpec("concurrency", int, 4, "Payments forwarded at the same time.", minimum=1, maximum=256),
+        OptionSpec(
+            "rate_limit",
+            (int, float),
+            20.0,
+            "Most requests per second to the processor (Stripe allows 100).",
+            minimum=0.01,
+            maximum=100_000,
+        ),
+        OptionSpec("batch_size", int, 50, "Payments claimed from the store at a time.", minimum=1, maximum=10000),
         OptionSpec(
             "lease_seconds",
             (int, float),
             120.0,
             "How long a claim lasts before another forwarder may recover it (a crashed process).",
+            minimum=1,
+            maximum=86400,
         ),
-        OptionSpec("close_timeout", (int, float), 10.0, "Seconds close() spends trying to forward what remains."),
+        OptionSpec(
+            "close_timeout", (int, float), 10.0, "Seconds close() spends trying to forward what remains.", maximum=3600
+        ),
     ),
     "acceptance": (),
     "forwarding_policy": (),
@@ -111,15 +141,34 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
 COMPONENT_SECTIONS = ("reader", "storage", "storage_key", "tokens", "forwarding", "acceptance", "forwarding_policy")
 
 
+#: control characters (C0, DEL, C1) and the bidirectional overrides that make text read differently
+#: from what it is: never meaningful in a configuration value, and harmful in headers, paths and logs
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def _check_type(where: str, spec: OptionSpec, value: Any) -> Any:
     allowed = spec.type if isinstance(spec.type, tuple) else (spec.type,)
     if isinstance(value, bool) and bool not in allowed:
         raise ConfigError(where, f"must be {_type_names(allowed)}", value)
     if not isinstance(value, allowed):
         raise ConfigError(where, f"must be {_type_names(allowed)}", value)
-    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-        raise ConfigError(where, "must not be negative", value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        _check_number(where, spec, value)
+    for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+        if isinstance(text, str) and _CONTROL.search(text):
+            raise ConfigError(where, "must not contain control or bidirectional-override characters")
     return value
+
+
+def _check_number(where: str, spec: OptionSpec, value: float) -> None:
+    """Finite and within the spec's bounds: NaN or infinity would reach timers, timedeltas and SQL."""
+    if not math.isfinite(value):
+        raise ConfigError(where, "must be a finite number", value)
+    minimum = 0 if spec.minimum is None else spec.minimum
+    if value < minimum:
+        raise ConfigError(where, "must not be negative" if minimum == 0 else f"must be at least {minimum:g}", value)
+    if spec.maximum is not None and value > spec.maximum:
+        raise ConfigError(where, f"must be at most {spec.maximum:g}", value)
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -237,11 +286,6 @@ def _check_core(sections: dict[str, dict[str, Any]]) -> None:
     if len(country) != 2 or not country.isalpha():
         raise ConfigError("terminal.merchant_country", "must be an ISO 3166 alpha-2 code", country)
     sections["terminal"]["merchant_country"] = country.upper()
-    for key in ("concurrency", "batch_size"):
-        if sections["forwarding"][key] < 1:
-            raise ConfigError(f"forwarding.{key}", "must be at least 1", sections["forwarding"][key])
-    if sections["forwarding"]["rate_limit"] <= 0:
-        raise ConfigError("forwarding.rate_limit", "must be positive", sections["forwarding"]["rate_limit"])
     for key in ("disable",):
         if not all(isinstance(n, str) for n in sections["plugins"][key]):
             raise ConfigError(f"plugins.{key}", "must be a list of plugin names", sections["plugins"][key])

@@ -146,7 +146,12 @@ class Forwarder:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        await self._store.release(self.owner, utcnow())
+        try:
+            await self._store.release(self.owner, utcnow())
+        except OfftermError as exc:
+            # A full or read-only disk: the claims stay until their lease runs out, then any forwarder
+            # (this one after a restart) recovers them.  Nothing is lost by not releasing them now.
+            log.warning("release_claims_failed", error_type=type(exc).__name__, code=exc.code)
 
     def trigger(self) -> None:
         """Ask for a forwarding round soon (network back, payment stored, forward_now)."""

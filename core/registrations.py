@@ -43,6 +43,10 @@ class OptionSpec:
     help: str
     secret: bool = False
     required: bool = False
+    #: inclusive bounds for numbers (a number is also always finite and, unless ``minimum`` says
+    #: otherwise, not negative); a value outside them is a ConfigError naming the key
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +73,7 @@ from .models import (
     new_offline_id,
 )
 from .network import NetworkMonitor
+from .paths import make_private_dir
 from .registrations import ComponentContext, Registration
 from .session import SessionManager
 from .store_runner import AsyncStore
@@ -164,7 +165,7 @@ class Terminal:
         """Build components, open the store, recover crashed claims, start forwarding."""
         cfg = self.config.sections
         pm = self.plugins
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.data_dir, lambda m: ConfigError("terminal.data_dir", m), "directory")
         self._check_component_tables()
         store_reg = pm.storage_backend(cfg["storage"]["backend"])
         key_reg = pm.storage_key_provider(cfg["storage"]["key_provider"])
@@ -252,14 +253,29 @@ class Terminal:
                 await asyncio.wait_for(self.forwarder.run_round(), timeout=budget)
             except (TimeoutError, OfftermError) as exc:
                 log.warning("close_flush_incomplete", error_type=type(exc).__name__)
-        await self.forwarder.stop()
-        await self.network.stop()
-        await self.disconnect_reader()
+        # Every step runs even if an earlier one fails (a full or read-only disk, a reader gone): a close that
+        # stopped half-way would leave the store and the connections open.  Failures are logged, not raised.
+        summary = self._summary
+        steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("forwarder", self.forwarder.stop),
+            ("network", self.network.stop),
+            ("reader", self.disconnect_reader),
+        ]
         if self._reader_transport is not None:
-            await self._reader_transport.close()
-        await self.transport.close()
-        summary = await self.store.summary()
-        await self.store.close()
+            steps.append(("reader_transport", self._reader_transport.close))
+        steps.append(("transport", self.transport.close))
+
+        async def final_summary() -> None:
+            nonlocal summary
+            summary = await self.store.summary()
+
+        steps += [("summary", final_summary), ("store", self.store.close)]
+        for what, step in steps:
+            try:
+                await step()
+            except Exception as exc:  # noqa: BLE001 - logged with its type; close must go on
+                code = getattr(exc, "code", None)
+                log.warning("close_step_failed", step=what, error_type=type(exc).__name__, code=code)
         report = CloseReport(summary.pending_count, dict(summary.amounts_by_currency), summary.needs_attention_count)
         log.info("terminal_closed", remaining=report.remaining, needs_attention=report.needs_attention)
         return report
@@ -501,13 +517,25 @@ class Terminal:
             intent.status = IntentStatus.REQUIRES_PAYMENT_METHOD
             raise
         except (TransientProcessorError, ConnectionTokenError, AuthenticationFailed, TimeoutError) as exc:
+            # OutcomeUnknown: the confirm reached the processor and the answer was lost; a timeout may have
+            # cut a request in flight.  The card may be charged: the app must never hear "unreachable" or
+            # "refused" then, only "unknown, confirm again" (same key, so no second charge).
+            maybe_charged = isinstance(exc, OutcomeUnknown | TimeoutError)
             if behavior is OfflineBehavior.REQUIRE_ONLINE:
+                if maybe_charged:
+                    raise _unknown_outcome(exc) from exc
                 raise RequireOnlineWhileOffline("the processor is unreachable and REQUIRE_ONLINE is set") from exc
             if isinstance(exc, AuthenticationFailed):
                 self.sessions.invalidate()
-            self._require_offline_enabled(forced=False)
-            log.info("confirm_fell_back_offline", offline_id=intent.offline_id, reason=type(exc).__name__)
-            return await self._store_offline(intent, pending)
+            try:
+                self._require_offline_enabled(forced=False)
+                log.info("confirm_fell_back_offline", offline_id=intent.offline_id, reason=type(exc).__name__)
+                # Stored with the key the online attempt used: forwarding it cannot charge twice.
+                return await self._store_offline(intent, pending)
+            except OfftermError as refused:
+                if maybe_charged:
+                    raise _unknown_outcome(exc) from refused
+                raise
 
     async def _confirm_online(self, intent: PaymentIntent, pending: _Pending) -> PaymentIntent:
         assert pending.card is not None and pending.idempotency_key is not None
@@ -677,6 +705,13 @@ class Terminal:
 
     async def refresh_offline_status(self) -> OfflineStatus:
         return await self._refresh_status()
+
+
+def _unknown_outcome(cause: BaseException) -> OutcomeUnknown:
+    return OutcomeUnknown(
+        "the confirm may have reached the processor but no answer came back "
+        f"({type(cause).__name__}); call confirm_payment_intent again: it reuses the same idempotency key"
+    )
 
 
 def _plus(summary: StoreSummary, payment: StoredPayment) -> StoreSummary:

@@ -36,11 +36,21 @@ class BackoffSettings:
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("base_delay", (int, float), 1.0, "Ceiling of the first retry's wait, in seconds; doubles per failure."),
-    OptionSpec("max_delay", (int, float), 300.0, "Largest wait between two tries, in seconds."),
-    OptionSpec("max_attempts", int, 20, "Tries before a payment needs attention (0: no limit)."),
     OptionSpec(
-        "max_age_hours", (int, float), 168.0, "A payment stored longer than this needs attention (0: no limit)."
+        "base_delay",
+        (int, float),
+        1.0,
+        "Ceiling of the first retry's wait, in seconds; doubles per failure.",
+        maximum=86400,
+    ),
+    OptionSpec("max_delay", (int, float), 300.0, "Largest wait between two tries, in seconds.", maximum=7 * 86400),
+    OptionSpec("max_attempts", int, 20, "Tries before a payment needs attention (0: no limit).", maximum=1_000_000),
+    OptionSpec(
+        "max_age_hours",
+        (int, float),
+        168.0,
+        "A payment stored longer than this needs attention (0: no limit).",
+        maximum=24 * 3650,
     ),
     OptionSpec("seed", (int, type(None)), None, "Seed for the jitter's random generator (tests); None: random."),
 )

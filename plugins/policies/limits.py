@@ -85,12 +85,19 @@ OPTIONS: tuple[OptionSpec, ...] = (
         {},
         "Largest total stored per currency, this payment included (minor units). A currency not listed: no limit.",
     ),
-    OptionSpec("max_count", int, 10_000, "Most payments stored and waiting for the processor, this one included."),
+    OptionSpec(
+        "max_count",
+        int,
+        10_000,
+        "Most payments stored and waiting for the processor, this one included.",
+        maximum=10_000_000,
+    ),
     OptionSpec(
         "max_age_hours",
         (int, float),
         72,
         "Refuse new offline payments while the oldest stored one is older than this (0: no limit).",
+        maximum=24 * 3650,
     ),
     OptionSpec("allowed_brands", list, list(DEFAULT_ALLOWED_BRANDS), "Card brands accepted offline."),
     OptionSpec(
@@ -104,6 +111,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         (int, float),
         30,
         "The reader must have connected online within this many days, at this location (0: no check).",
+        maximum=3650,
     ),
 )
 

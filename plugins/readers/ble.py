@@ -73,7 +73,9 @@ class BleSettings:
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("service_uuid", str, gatt.SERVICE_UUID, "GATT service UUID readers advertise."),
     OptionSpec("name_prefix", str, "OFFTERM", "Only readers whose advertised name starts with this ('' for any)."),
-    OptionSpec("scan_timeout", (int, float), 5.0, "Seconds to look for a reader when connecting or reconnecting."),
+    OptionSpec(
+        "scan_timeout", (int, float), 5.0, "Seconds to look for a reader when connecting or reconnecting.", maximum=600
+    ),
     OptionSpec("adapter", (str, type(None)), None, "Bluetooth adapter (Linux: hci0); default: the system's."),
     *LINK_OPTIONS,
 )

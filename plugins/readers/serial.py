@@ -73,7 +73,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec("vid", (int, str, type(None)), None, "Only discover USB ports with this vendor id (1027 or '0x0403')."),
     OptionSpec("pid", (int, str, type(None)), None, "Only discover USB ports with this product id."),
-    OptionSpec("baudrate", int, 115200, "Line speed (ignored by pseudo-terminals and sockets)."),
+    OptionSpec(
+        "baudrate", int, 115200, "Line speed (ignored by pseudo-terminals and sockets).", minimum=50, maximum=4_000_000
+    ),
     *LINK_OPTIONS,
 )
 

@@ -402,7 +402,7 @@ class SimulatedReaderTransport(ReaderTransport):
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("count", int, 1, "How many simulated readers discovery finds (1-100)."),
+    OptionSpec("count", int, 1, "How many simulated readers discovery finds (1-100).", minimum=1, maximum=100),
     OptionSpec("reader_type", str, "simulated_wisepad3", "Device type the simulated readers report."),
     OptionSpec("location_id", (str, type(None)), None, "Location the readers are registered to (None: none)."),
     OptionSpec(
@@ -417,7 +417,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "read_method", str, "contact_emv", "Default read method: contact_emv, contactless_emv or magnetic_stripe."
     ),
     OptionSpec("pin_verified", bool, True, "Whether an inserted card's PIN is verified by default."),
-    OptionSpec("read_delay", (int, float), 0.0, "Seconds the simulated customer takes to present a card."),
+    OptionSpec(
+        "read_delay", (int, float), 0.0, "Seconds the simulated customer takes to present a card.", maximum=3600
+    ),
 )
 
 

@@ -21,6 +21,7 @@ import structlog
 from offterm.core.contracts.storage import StorageKeyProvider
 from offterm.core.errors import ConfigError, StorageKeyUnavailable
 from offterm.core.hookspecs import hookimpl
+from offterm.core.paths import make_private_dir
 from offterm.core.registrations import ComponentContext, OptionSpec, StorageKeyProviderRegistration
 
 log = structlog.get_logger("offterm.storage.keys")
@@ -90,10 +91,11 @@ class FileKeyProvider(StorageKeyProvider):
             raise
         except OSError as exc:
             raise StorageKeyUnavailable(f"key file {self.path} cannot be opened: {exc.strerror}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # checked before fdopen, which refuses a directory with its own error
+            os.close(fd)
+            raise StorageKeyUnavailable(f"key file {self.path} is not a regular file")
         with os.fdopen(fd, "r", encoding="ascii", errors="replace") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise StorageKeyUnavailable(f"key file {self.path} is not a regular file")
             if mode & 0o077:
                 raise StorageKeyUnavailable(
                     f"key file {self.path} is accessible to other users (mode {stat.S_IMODE(mode):04o}); "
@@ -104,7 +106,7 @@ class FileKeyProvider(StorageKeyProvider):
 
     def _create(self) -> bytes:
         """Write a new key atomically: a 0600 temp file, fsynced, then linked into place."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.path.parent, StorageKeyUnavailable, "key file directory")
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
         key = secrets.token_bytes(KEY_BYTES)
         try:

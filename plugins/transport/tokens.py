@@ -202,7 +202,7 @@ class StaticTokenProvider(ConnectionTokenProvider):
 HTTP_OPTIONS = (
     OptionSpec("url", str, "", 'Your backend\'s endpoint that returns {"secret": ...}.', required=True),
     OptionSpec("auth_token", str, "", "Bearer token sent to your backend (empty: none).", secret=True),
-    OptionSpec("timeout", (int, float), 10.0, "Seconds to wait for your backend."),
+    OptionSpec("timeout", (int, float), 10.0, "Seconds to wait for your backend.", minimum=0.01, maximum=600),
 )
 CALLABLE_OPTIONS = (
     OptionSpec(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from offterm.core.config import CORE_OPTIONS, load_config, validate_options
 from offterm.core.errors import ConfigError
@@ -66,6 +69,11 @@ def test_invalid_toml_names_the_file(tmp_path):
         ({"forwarding": {"concurrency": True}}, "forwarding.concurrency", "True"),
         ({"tokens": {"providers": []}}, "tokens.providers", "[]"),
         ({"plugins": {"disable": "stripe"}}, "plugins.disable", "'stripe'"),
+        ({"forwarding": {"lease_seconds": float("nan")}}, "forwarding.lease_seconds", "nan"),
+        ({"forwarding": {"rate_limit": float("inf")}}, "forwarding.rate_limit", "inf"),
+        ({"forwarding": {"concurrency": 10**30}}, "forwarding.concurrency", "1000000000000000000000000000000"),
+        ({"terminal": {"offline_timeout": float("-inf")}}, "terminal.offline_timeout", "-inf"),
+        ({"forwarding": {"lease_seconds": 0}}, "forwarding.lease_seconds", "0"),
     ],
 )
 def test_bad_values_name_the_key_and_the_value(data, key, value):
@@ -73,6 +81,45 @@ def test_bad_values_name_the_key_and_the_value(data, key, value):
         load_config(data, env={})
     assert info.value.key == key
     assert value in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["US\x00", "a\u202eb", "line\nbreak", "\x9b31m"])
+def test_control_and_bidi_override_characters_are_refused(text):
+    with pytest.raises(ConfigError, match="control or bidirectional") as info:
+        load_config({"terminal": {"location_id": text}}, env={})
+    assert info.value.key == "terminal.location_id"
+    with pytest.raises(ConfigError, match="control or bidirectional"):
+        load_config({"plugins": {"disable": ["ok", text]}}, env={})
+
+
+_NUMERIC = [
+    (section, spec)
+    for section, specs in CORE_OPTIONS.items()
+    for spec in specs
+    if isinstance(spec.type, tuple) and float in spec.type or spec.type is int
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    choice=st.sampled_from(_NUMERIC),
+    value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-(10**40), max_value=10**40)),
+)
+def test_every_numeric_core_option_is_finite_and_in_range_or_refused_by_name(choice, value):
+    """Whatever number a config file holds, loading either refuses it naming the key, or yields a finite value
+    within the option's documented range: NaN, infinity and absurd sizes never reach timers, SQL or memory."""
+    section, spec = choice
+    if spec.type is int and isinstance(value, float):
+        value = int(value) if math.isfinite(value) else value
+    try:
+        cfg = load_config({section: {spec.key: value}}, env={})
+    except ConfigError as exc:
+        assert exc.key == f"{section}.{spec.key}"
+        return
+    got = cfg.get(section, spec.key)
+    assert math.isfinite(got)
+    assert got >= (spec.minimum or 0)
+    assert spec.maximum is None or got <= spec.maximum
 
 
 def test_unknown_key_and_section_are_named():

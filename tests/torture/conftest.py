@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,3 +37,13 @@ def proxy(simulator: SimHandle) -> Iterator[FaultProxy]:
 @pytest.fixture
 def config(tmp_path: Path, proxy: FaultProxy) -> dict[str, Any]:
     return pos_config(tmp_path / "pos", proxy.url)
+
+
+@pytest.fixture(autouse=True)
+def stack_dump_if_stuck() -> Iterator[None]:
+    """A torture test that hangs leaves every thread's stack in the CI log (after 240 s) instead of nothing."""
+    faulthandler.dump_traceback_later(240, exit=False, file=sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

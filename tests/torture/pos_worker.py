@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from offterm.core import OfflineBehavior, Terminal
-from offterm.core.errors import CardDeclined, OfflineRefused, OfftermError, RequireOnlineWhileOffline
+from offterm.core.errors import (
+    CardDeclined,
+    OfflineRefused,
+    OfftermError,
+    OutcomeUnknown,
+    RequireOnlineWhileOffline,
+)
 from offterm.core.logs import configure_logging
 
 BEHAVIORS = {
@@ -157,6 +163,9 @@ def install_forward_hooks(terminal: Terminal, kill: KillPlan) -> None:
     transport.submit = submit  # type: ignore[method-assign]
 
 
+UNKNOWN_RETRIES = 3
+
+
 async def take_payment(terminal: Terminal, rng: random.Random, side: SideFile, kill: KillPlan, life: int) -> str:
     behavior = rng.choices(list(BEHAVIORS), weights=(80, 17, 3))[0]
     card = rng.choice(CARDS)
@@ -175,7 +184,17 @@ async def take_payment(terminal: Terminal, rng: random.Random, side: SideFile, k
         return "not_taken"
     side.write({"e": "try", "id": intent.offline_id, "amount": amount, "card": card, "b": behavior})
     try:
-        intent = await terminal.confirm_payment_intent(intent)
+        # What a careful POS does with "outcome unknown": confirm again (the same intent, so the same
+        # idempotency key), a few times; then the payment is the merchant's to reconcile.
+        for attempt in range(UNKNOWN_RETRIES + 1):
+            try:
+                intent = await terminal.confirm_payment_intent(intent)
+                break
+            except OutcomeUnknown as exc:
+                if attempt == UNKNOWN_RETRIES:
+                    side.write({"e": "unknown", "id": intent.offline_id, "code": exc.code}, durable=True)
+                    return "unknown"
+                await asyncio.sleep(0.2)
     except CardDeclined as exc:
         side.write({"e": "declined", "id": intent.offline_id, "code": exc.decline_code}, durable=True)
         return "declined"

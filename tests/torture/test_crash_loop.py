@@ -21,8 +21,9 @@ def test_twenty_sigkills_lose_and_double_nothing(tmp_path: Path) -> None:
     assert stats.failures == []
     assert stats.lost == 0, "every payment the POS reported is on the ledger or in a named final state"
     assert stats.duplicated == 0, "no payment was charged twice"
-    assert stats.open_failures == 0 and stats.opens >= stats.lives - stats.stations, "the database always opens"
+    assert stats.open_failures == 0 and stats.opens > 0, "the database always opens"
     assert stats.hung_lives == 0
+    assert stats.migrations_completed >= 1, "an old-schema database was migrated (and killed during it)"
     # The kills really landed where they were aimed, and the faults really happened.
     points = set(stats.kills_by_point)
     assert {"inside store()", "right after confirm returned"} & points

@@ -1,7 +1,7 @@
-"""Minimal reproductions of bugs the torture found in code owned by other issues.
+"""Minimal reproductions of bugs the torture found, in code owned by other issues.
 
-Each is marked ``xfail(strict=True)``: it fails today for the reason given,
-and the suite turns red the moment it is fixed, so the mark gets removed.
+An open bug is marked ``xfail(strict=True)`` with the reason: it fails today, and the suite turns red
+the moment it is fixed, so the mark goes.  A fixed one keeps its test, unmarked, as a regression test.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from torture_inputs import KNOWN_CONFIG_BUGS, run_config_trials
+from torture_inputs import CONFIG_REGRESSIONS, KNOWN_CONFIG_BUGS, run_config_trials
 
 from offterm.core import OfflineBehavior, Terminal
 from offterm.core.errors import OfftermError, OutcomeUnknown, RequireOnlineWhileOffline
@@ -24,12 +24,6 @@ async def _intent(terminal: Terminal, amount: int, behavior: OfflineBehavior = O
     return await terminal.collect_payment_method(intent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with REQUIRE_ONLINE, a confirm whose request reached the processor but got no answer raises "
-    "RequireOnlineWhileOffline ('the processor is unreachable') although the card may have been charged; it "
-    "should say the outcome is unknown (OutcomeUnknown: retry confirm with the same key)",
-)
 async def test_require_online_confirm_with_an_unknown_outcome_says_so(
     simulator: SimHandle, config: dict[str, Any]
 ) -> None:
@@ -46,12 +40,6 @@ async def test_require_online_confirm_with_an_unknown_outcome_says_so(
     assert isinstance(raised.value, OutcomeUnknown), f"the app was told: {raised.value}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after the database files are deleted under a running Terminal, confirm still reports payments "
-    "as stored (SQLite keeps writing to the unlinked inode); they vanish at the next start, which silently "
-    "creates an empty database",
-)
 async def test_payments_stored_after_the_database_file_was_removed_survive_a_restart(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -73,12 +61,6 @@ async def test_payments_stored_after_the_database_file_was_removed_survive_a_res
     assert [oid for oid in reported if oid not in present] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Terminal.close() raises OfflineStorageFull when the disk is full (StorageError when the "
-    "filesystem has turned read-only): Forwarder.stop() releases its claims with a write that fails, and "
-    "close() stops there, leaving the transport and the store open",
-)
 def test_close_does_not_raise_when_the_disk_is_full(tmp_path: Path) -> None:
     from torture_disk import run_scenario
 
@@ -96,14 +78,20 @@ def test_close_does_not_raise_when_the_disk_is_full(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("site", "key", "value"),
     [
-        pytest.param(
-            site,
-            key,
-            value,
-            id=f"{site}.{key}={value!r:.12}",
-            marks=pytest.mark.xfail(strict=True, reason=f"BUG: {why}"),
-        )
-        for site, key, value, why in KNOWN_CONFIG_BUGS
+        *(
+            pytest.param(site, key, value, id=f"{site}.{key}={value!r:.12}")
+            for site, key, value, _ in CONFIG_REGRESSIONS
+        ),
+        *(
+            pytest.param(
+                site,
+                key,
+                value,
+                id=f"{site}.{key}={value!r:.12}",
+                marks=pytest.mark.xfail(strict=True, reason=f"BUG: {why}"),
+            )
+            for site, key, value, why in KNOWN_CONFIG_BUGS
+        ),
     ],
 )
 def test_bad_config_value_is_refused_or_works(
@@ -115,11 +103,6 @@ def test_bad_config_value_is_refused_or_works(
     assert verdict.startswith(("typed", "ok")), verdict
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a storage key file that is a directory raises IsADirectoryError (FileKeyProvider._read opens it "
-    "with fdopen before checking it is a regular file) instead of StorageKeyUnavailable",
-)
 def test_a_key_file_that_is_a_directory_is_a_typed_error(tmp_path: Path) -> None:
     from offterm.plugins.storage.keys import FileKeyProvider
 
@@ -145,12 +128,6 @@ async def test_stopping_the_forwarder_is_not_lost_when_a_trigger_coincides(confi
         await terminal.close(timeout=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a PREFER_ONLINE confirm whose request reached the processor but got no answer falls back to "
-    "storing the payment; when the offline rules then refuse it (here: over the offline maximum), the app is "
-    "told 'refused' although the card may have been charged (it should hear that the outcome is unknown)",
-)
 async def test_an_unknown_online_outcome_is_not_reported_as_an_offline_refusal(
     simulator: SimHandle, config: dict[str, Any]
 ) -> None:

@@ -167,7 +167,7 @@ async def _forward_all(terminal: Terminal, outcome: Outcome, rounds: int = 20) -
 async def _close(terminal: Terminal, outcome: Outcome) -> str:
     """Close, recording how: "ok", "typed <code>" or "untyped ..." (also noted in ``outcome``)."""
     try:
-        # Bounded: close() can hang (test_found_bugs.py::test_stopping_the_forwarder_is_not_lost_when_a_trigger_coincides).
+        # Bounded: close() used to hang here (test_stopping_the_forwarder_is_not_lost_when_a_trigger_coincides).
         await asyncio.wait_for(terminal.close(timeout=0.5), timeout=15)
     except TimeoutError:
         return "hung"

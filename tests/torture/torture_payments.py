@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,37 @@ class Outcome:
     duplicated: int = 0
     needs_attention: int = 0
     problems: list[str] = field(default_factory=list)
+    #: what a known bug explains (an xfail test in test_found_bugs.py), kept apart from ``problems``
+    known: list[str] = field(default_factory=list)
 
     @property
     def typed_total(self) -> int:
         return sum(self.typed.values())
+
+
+#: Fixed in abb2738 (Forwarder.stop() used to lose its cancel to a coinciding wake-up); still bounded here, so a
+#: regression shows up as a finding instead of a hung run.
+CLOSE_HANG_BUG = "test_found_bugs.py::test_stopping_the_forwarder_is_not_lost_when_a_trigger_coincides"
+
+
+@contextlib.asynccontextmanager
+async def running(config: dict[str, Any], outcome: Outcome, close_within: float = 20.0) -> AsyncIterator[Terminal]:
+    """``async with Terminal`` whose close is bounded: a close that hangs (a forwarder bug, since fixed) is
+    recorded in ``outcome.known`` and the stuck forwarder cancelled again, instead of hanging the run."""
+    terminal = Terminal.from_config(config)
+    await terminal.open()
+    try:
+        yield terminal
+    finally:
+        try:
+            await asyncio.wait_for(terminal.close(timeout=0.5), timeout=close_within)
+        except TimeoutError:
+            outcome.known.append(f"close() hung for {close_within:.0f} s ({CLOSE_HANG_BUG})")
+            task = getattr(terminal.forwarder, "_task", None)
+            if task is not None:
+                task.cancel()  # no trigger coincides this time: the cancellation gets through
+                await asyncio.gather(task, return_exceptions=True)
+            await terminal.close(timeout=0)
 
 
 async def connect(terminal: Terminal) -> None:
@@ -173,6 +202,7 @@ def successful(ledger: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
 def row(case: str, outcome: Outcome, tried: int, note: str = "") -> dict[str, Any]:
     ok = not outcome.untyped and not outcome.lost and not outcome.duplicated and not outcome.problems
     detail = "; ".join(outcome.untyped + outcome.problems)[:400]
+    extra: dict[str, Any] = {"known": list(outcome.known), "known_bug": CLOSE_HANG_BUG} if outcome.known else {}
     return {
         "case": case,
         "tried": tried,
@@ -183,4 +213,5 @@ def row(case: str, outcome: Outcome, tried: int, note: str = "") -> dict[str, An
         "codes": dict(outcome.typed),
         "ok": ok,
         "note": (note + (" — " + detail if detail else "")).strip(" —"),
+        **extra,
     }

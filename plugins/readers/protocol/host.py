@@ -80,12 +80,26 @@ class LinkSettings:
 
 #: Timing options every link plugin offers, checked by ``link_settings``.
 LINK_OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("timeout", (int, float), 2.0, "Seconds to wait for the reader to answer a request."),
+    OptionSpec("timeout", (int, float), 2.0, "Seconds to wait for the reader to answer a request.", maximum=600),
     OptionSpec("reconnect", bool, True, "Reopen a lost link automatically, with backoff."),
-    OptionSpec("reconnect_attempts", int, 10, "Reconnect attempts before giving up (0: never give up)."),
-    OptionSpec("reconnect_initial_delay", (int, float), 0.2, "Seconds before the second attempt; doubles after each."),
-    OptionSpec("reconnect_max_delay", (int, float), 5.0, "Longest wait between reconnect attempts."),
-    OptionSpec("keepalive", (int, float), 0.0, "Seconds between liveness pings (0: off; a read error still counts)."),
+    OptionSpec(
+        "reconnect_attempts", int, 10, "Reconnect attempts before giving up (0: never give up).", maximum=1_000_000
+    ),
+    OptionSpec(
+        "reconnect_initial_delay",
+        (int, float),
+        0.2,
+        "Seconds before the second attempt; doubles after each.",
+        maximum=3600,
+    ),
+    OptionSpec("reconnect_max_delay", (int, float), 5.0, "Longest wait between reconnect attempts.", maximum=3600),
+    OptionSpec(
+        "keepalive",
+        (int, float),
+        0.0,
+        "Seconds between liveness pings (0: off; a read error still counts).",
+        maximum=3600,
+    ),
 )
 
 

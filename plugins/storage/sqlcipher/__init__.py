@@ -38,7 +38,13 @@ __all__ = ["OPTIONS", "SqlCipherStore", "StoreConfig", "build_store", "new_idemp
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("path", str, "", "Database file; empty means <data_dir>/payments.db; relative to data_dir."),
-    OptionSpec("busy_timeout_ms", int, 5000, "How long to wait for another process's write lock, in milliseconds."),
+    OptionSpec(
+        "busy_timeout_ms",
+        int,
+        5000,
+        "How long to wait for another process's write lock, in milliseconds.",
+        maximum=600_000,
+    ),
     OptionSpec(
         "allow_weak_durability",
         bool,
@@ -46,7 +52,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Accept a journal mode other than WAL or synchronous below FULL (logged; payments may be lost on power loss).",
     ),
     OptionSpec(
-        "retention_days", int, 30, "Days the reconciliation summary of a forwarded or declined payment is kept."
+        "retention_days",
+        int,
+        30,
+        "Days the reconciliation summary of a forwarded or declined payment is kept.",
+        maximum=36500,
     ),
     OptionSpec("journal_mode", str, "wal", "SQLite journal mode; anything but wal needs allow_weak_durability."),
     OptionSpec("synchronous", str, "full", "SQLite synchronous level: full or extra (normal/off need the override)."),
@@ -56,6 +66,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         4 * 1024 * 1024,
         "Disk space held in <path>.reserve and released when the disk fills, so stored payments can still be "
         "forwarded; 0 disables.",
+        maximum=1 << 30,
     ),
     OptionSpec("store_id", str, "", "Name under which the key provider keeps this store's key; empty means the path."),
 )

@@ -51,6 +51,7 @@ from offterm.core.errors import (
     StorageKeyUnavailable,
 )
 from offterm.core.models import CaptureMethod
+from offterm.core.paths import make_private_dir
 
 from . import codec
 from .codec import PAYMENT_COLUMNS, SELECT_PAYMENT, DecodeProblem, from_micros, to_micros
@@ -149,6 +150,7 @@ class SqlCipherStore(PaymentStore):
         self.path = config.path
         self._engine: Engine | None = None
         self._driver: ModuleType | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._reserve = SpaceReserve(Path(f"{config.path}.reserve"), config.reserve_bytes)
         self.opened_from_version: int | None = None
 
@@ -158,7 +160,7 @@ class SqlCipherStore(PaymentStore):
         if self._engine is not None:
             return
         driver = load_driver()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.path.parent, StorageError, "database directory")
         with _creation_lock(self.path):
             exists = self._exists()
             key = keys.get_key(self.config.store_id, create=not exists)
@@ -179,6 +181,7 @@ class SqlCipherStore(PaymentStore):
             self._open_schema(driver, key)
         self._driver = driver
         self._engine = self._make_engine(driver, key)
+        self._identity = _identity(self.path)
         try:
             if not self._reserve.ensure():
                 log.warning("storage_disk_full", path=str(self.path), effect="new offline payments are refused")
@@ -296,6 +299,7 @@ class SqlCipherStore(PaymentStore):
                 "are intact and are still forwarded",
                 path=str(self.path),
             )
+        self._check_file_in_place()
         try:
             with self._tx(write=True) as conn:
                 inserted = conn.execute(INSERT_SQL, params).rowcount == 1
@@ -304,6 +308,7 @@ class SqlCipherStore(PaymentStore):
         except OfflineStorageFull:
             self._on_disk_full()
             raise
+        self._check_file_in_place()  # removed during the commit: it went to a file no one will open again
         if not inserted:
             return self._decode_or_view(row)
         return StoredPayment(
@@ -324,6 +329,19 @@ class SqlCipherStore(PaymentStore):
             description=payment.description,
             updated_at=_when(now_us),
         )
+
+    def _check_file_in_place(self) -> None:
+        """Refuse to report a payment stored into a database file that was deleted or replaced.
+
+        SQLite keeps writing to a file unlinked under it (the open handle outlives the name): those
+        payments would be gone at the next start.  One ``stat`` per store, before and after the commit.
+        """
+        if self._identity is not None and _identity(self.path) != self._identity:
+            raise StorageError(
+                f"the database file {self.path} was removed or replaced while offterm was running: the payment "
+                "was NOT stored. Stop offterm and restore the file (and its -wal) before taking payments offline",
+                path=str(self.path),
+            )
 
     def _on_disk_full(self) -> None:
         """Free the reserve and fold the WAL back into the database (best effort)."""
@@ -650,6 +668,15 @@ def _when(value: int) -> datetime:
     result = from_micros(value)
     assert result is not None
     return result
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _size(path: Path) -> int:

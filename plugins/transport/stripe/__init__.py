@@ -10,6 +10,7 @@ the factory or on first use of ``StripeTransport`` / ``step_key`` from here.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +51,37 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Base URL of the device API (session, card_present payment methods); empty means api_base.",
     ),
     OptionSpec("stripe_version", str, DEFAULT_STRIPE_VERSION, "Stripe-Version header sent with every request."),
-    OptionSpec("timeout", (int, float), 30.0, "Seconds to wait for an answer before the outcome counts as unknown."),
-    OptionSpec("connect_timeout", (int, float), 5.0, "Seconds to wait for a connection to the processor."),
-    OptionSpec("max_connections", int, 20, "Largest number of simultaneous connections to the processor."),
+    OptionSpec(
+        "timeout",
+        (int, float),
+        30.0,
+        "Seconds to wait for an answer before the outcome counts as unknown.",
+        minimum=0.01,
+        maximum=600,
+    ),
+    OptionSpec(
+        "connect_timeout",
+        (int, float),
+        5.0,
+        "Seconds to wait for a connection to the processor.",
+        minimum=0.01,
+        maximum=600,
+    ),
+    OptionSpec(
+        "max_connections",
+        int,
+        20,
+        "Largest number of simultaneous connections to the processor.",
+        minimum=1,
+        maximum=1000,
+    ),
     OptionSpec("probe_path", str, "/healthcheck", "Path requested (unauthenticated) to test reachability."),
-    OptionSpec("probe_timeout", (int, float), 5.0, "Seconds a reachability probe may take."),
+    OptionSpec("probe_timeout", (int, float), 5.0, "Seconds a reachability probe may take.", minimum=0.01, maximum=600),
 )
+
+#: a dated version, optionally with a release name and beta flags ("2025-03-31.basil; feature_beta=v1")
+_STRIPE_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[A-Za-z0-9_]+)?(; ?[A-Za-z0-9_]+=[A-Za-z0-9_.]+)*")
+_PROBE_PATH = re.compile(r"/[!-~]*")
 
 
 def build(context: ComponentContext) -> StripeTransport:
@@ -69,17 +95,26 @@ def build(context: ComponentContext) -> StripeTransport:
             raise ConfigError(key, "must be a positive number of seconds", opts.get(key))
     if int(opts.get("max_connections", 20)) < 1:
         raise ConfigError("max_connections", "must be at least 1", opts.get("max_connections"))
+    version = opts.get("stripe_version", DEFAULT_STRIPE_VERSION)
+    if not _STRIPE_VERSION.fullmatch(version):
+        # It goes into a header on every request: a bad one would fail them all, at forwarding time.
+        raise ConfigError(
+            "forwarding.stripe.stripe_version", "must be a Stripe API version such as 2023-08-16", version
+        )
+    probe_path = opts.get("probe_path", "/healthcheck")
+    if not _PROBE_PATH.fullmatch(probe_path):
+        raise ConfigError("forwarding.stripe.probe_path", "must be a URL path starting with /", probe_path)
     device_base = opts.get("device_api_base") or None
     if device_base:
         check_base_url("device_api_base", device_base)
     return StripeTransport(
         opts.get("api_base", DEFAULT_API_BASE),
-        stripe_version=opts.get("stripe_version", DEFAULT_STRIPE_VERSION),
+        stripe_version=version,
         timeout=float(opts.get("timeout", 30.0)),
         connect_timeout=float(opts.get("connect_timeout", 5.0)),
         max_connections=int(opts.get("max_connections", 20)),
         device_api_base=device_base,
-        probe_path=opts.get("probe_path", "/healthcheck"),
+        probe_path=probe_path,
         probe_timeout=float(opts.get("probe_timeout", 5.0)),
     )
 

@@ -51,13 +51,26 @@ def _should_retry(headers: Mapping[str, str]) -> bool | None:
     return value.strip().lower() == "true"
 
 
-def from_response(status: int, body: Any, headers: Mapping[str, str], *, step: str) -> ProcessorError:
+def from_response(
+    status: int, body: Any, headers: Mapping[str, str], *, step: str, method: str | None = None
+) -> ProcessorError:
     """The typed error for a non-2xx answer from the processor.
+
+    A 5xx to a POST is OutcomeUnknown: Stripe documents a 500's result as indeterminate (the change may
+    have been made), so only a retry with the same idempotency key may follow, and an app must not be told
+    the payment was not taken.
 
     The error's PaymentIntent, when Stripe includes one, is kept as
     ``exc.payment_intent`` = ``{"id", "status"}`` (nothing else of it).
     """
     error = _classify(status, body, headers, step=step)
+    if status >= 500 and method == "POST" and not isinstance(error, OutcomeUnknown):
+        error = OutcomeUnknown(
+            f"{error.args[0]}; the processor failed while handling it: retry with the same idempotency key",
+            request_id=error.request_id,
+            http_status=status,
+            should_retry=error.should_retry,
+        )
     err = body.get("error") if isinstance(body, dict) else None
     intent = err.get("payment_intent") if isinstance(err, dict) else None
     error.payment_intent = (

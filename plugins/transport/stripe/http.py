@@ -230,7 +230,7 @@ class StripeHttp:
         except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
             body = None
         if not 200 <= resp.status_code < 300:
-            error = from_response(resp.status_code, body, resp.headers, step=step)
+            error = from_response(resp.status_code, body, resp.headers, step=step, method=method)
             log.info("stripe_error", step=step, status=resp.status_code, code=error.code, stripe_request_id=request_id)
             raise error
         if not isinstance(body, dict):
