@@ -40,7 +40,7 @@ TORTURE = ROOT / "tests" / "torture"
 sys.path.insert(0, str(TORTURE))
 SNAPSHOT_ENV = "OFFTERM_TORTURE_CODE"
 #: What a code snapshot holds: the installed namespace's folders, plus the storage team's legacy builders.
-SNAPSHOT_PATHS = ("core", "plugins", "sim", "cli", "testing", "tests/storage")
+SNAPSHOT_PATHS = ("core", "plugins", "sim", "cli", "testing", "tests/storage", "tests/torture", "bench")
 
 import torture_crash  # noqa: E402
 import torture_report  # noqa: E402
@@ -91,7 +91,8 @@ def snapshot(rev: str, workdir: Path, argv: list[str]) -> None:
     env[SNAPSHOT_ENV] = commit
     env["OFFTERM_TORTURE_STORAGE_TESTS"] = str(code / "tests" / "storage")
     log(f"running against commit {commit[:12]} (git archive into {code})")
-    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+    # The harness too (this script, the POS worker, the batteries) comes from the snapshot.
+    os.execve(sys.executable, [sys.executable, str(code / "bench" / "torture.py"), *argv], env)
 
 
 def _public(argv: list[str]) -> list[str]:

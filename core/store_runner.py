@@ -42,8 +42,8 @@ class AsyncStore:
         finally:
             self._executor.shutdown(wait=True)
 
-    async def store(self, payment: NewPayment) -> StoredPayment:
-        return await self._run(self.backend.store, payment)
+    async def store(self, payment: NewPayment, check: Callable[[StoreSummary], None] | None = None) -> StoredPayment:
+        return await self._run(self.backend.store, payment, check)
 
     async def get(self, offline_id: str) -> StoredPayment:
         return await self._run(self.backend.get, offline_id)

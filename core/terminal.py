@@ -640,15 +640,16 @@ class Terminal:
             description=intent.description,
         )
 
-        def check_and_store() -> tuple[StoredPayment, StoreSummary]:
-            # One trip to the store's thread: the limits see the store as it is at the moment of
-            # the insert, and no other confirm of this Terminal can slip in between.
-            backend = self.store.backend
-            summary = backend.summary()
-            self._evaluate(intent, replace(request, summary=summary, now=utcnow()))
-            return backend.store(payment), summary
+        seen: list[StoreSummary] = []
 
-        stored, before = await self.store.call(check_and_store)
+        def check(summary: StoreSummary) -> None:
+            # Inside the store's write transaction: the limits see the store as it is at the moment of
+            # the insert, and no other confirm, of this process or another, can slip in between.
+            seen.append(summary)
+            self._evaluate(intent, replace(request, summary=summary, now=utcnow()))
+
+        stored = await self.store.store(payment, check)
+        before = seen[0] if seen else await self.store.summary()  # empty: it was already stored
         # Durable from here on.
         self._pending.pop(intent.offline_id, None)
         result = intent_from_stored(stored)

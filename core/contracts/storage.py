@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -145,12 +145,18 @@ class PaymentStore(abc.ABC):
     def close(self) -> None: ...
 
     @abc.abstractmethod
-    def store(self, payment: NewPayment) -> StoredPayment:
+    def store(self, payment: NewPayment, check: Callable[[StoreSummary], None] | None = None) -> StoredPayment:
         """Persist a new payment in state ``stored``.
 
         Returns only after a durable commit.  Raises OfflineStorageFull when
         the disk is full (nothing stored).  Storing the same offline_id twice
         returns the existing record unchanged.
+
+        :param check: called with the store's summary as it is inside the
+            storing transaction, before the insert; whatever it raises aborts
+            the store (nothing written) and propagates.  The Terminal's offline
+            limits run here, so they hold even with several processes on one
+            store.  Not called when the payment is already stored.
         """
 
     @abc.abstractmethod

@@ -56,6 +56,38 @@ def test_storing_the_same_offline_id_twice_returns_the_first_record_unchanged(st
     assert store.summary().pending_count == 1
 
 
+class Refused(Exception):
+    pass
+
+
+def test_check_sees_the_summary_inside_the_transaction_and_a_refusal_stores_nothing(store) -> None:
+    store.store(new_payment(1, amount=500))
+    seen: list[StoreSummary] = []
+
+    def refuse_over_one(summary: StoreSummary) -> None:
+        seen.append(summary)
+        if summary.pending_count >= 1:
+            raise Refused("over the limit")
+
+    with pytest.raises(Refused):
+        store.store(new_payment(2), check=refuse_over_one)
+    assert seen[0].pending_count == 1 and seen[0].amounts_by_currency == {"usd": 500}
+    assert store.summary().pending_count == 1, "the refused payment was not written"
+    assert store.store(new_payment(3), check=lambda summary: None).state is PaymentState.STORED
+    assert store.summary().pending_count == 2
+
+
+def test_a_refusing_check_does_not_hide_a_payment_already_stored(store) -> None:
+    """A retried store of a payment that made it the first time returns it, whatever the limits say now."""
+    p = new_payment(1)
+    first = store.store(p)
+
+    def refuse(summary: StoreSummary) -> None:
+        raise Refused("full")
+
+    assert store.store(p, check=refuse).offline_id == first.offline_id
+
+
 def test_an_idempotency_key_cannot_belong_to_two_payments(store) -> None:
     p = store.store(new_payment(1))
     with pytest.raises(InvalidRequest, match="idempotency key"):

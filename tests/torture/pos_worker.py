@@ -129,14 +129,14 @@ def install_store_hooks(terminal: Terminal, kill: KillPlan) -> None:
     backend = terminal.store.backend
     real_store = backend.store
 
-    def store(payment: Any) -> Any:
+    def store(payment: Any, check: Any = None) -> Any:
         if kill.hit("store"):
             if kill.delay is None:
-                result = real_store(payment)
+                result = real_store(payment, check)
                 die()  # committed, not yet returned to the Terminal
                 return result
             die_after(kill.delay)
-        return real_store(payment)
+        return real_store(payment, check)
 
     backend.store = store  # type: ignore[method-assign]
 

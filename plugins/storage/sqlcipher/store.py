@@ -87,6 +87,11 @@ INSERT_SQL = (
     f"INSERT INTO payments ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)}) "
     "ON CONFLICT (offline_id) DO NOTHING"
 )
+_PENDING = sorted(s.value for s in PENDING_STATES)
+_PENDING_TOTALS = (
+    f"SELECT currency, sum(count), sum(amount) FROM state_totals WHERE state IN ({', '.join('?' * len(_PENDING))}) "
+    "GROUP BY currency"
+)
 _CLAIM_SELECT = (
     SELECT_PAYMENT + f" INDEXED BY payments_claimable WHERE {CLAIMABLE_WHERE} "
     "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY stored_at, seq LIMIT ?"
@@ -231,6 +236,10 @@ class SqlCipherStore(PaymentStore):
             poolclass=QueuePool,
             pool_size=self.config.pool_size,
             max_overflow=4,
+            # LIFO: the store's one thread keeps getting the connection it just used, whose page cache is
+            # current; FIFO rotated through the pool, and each connection re-read (and decrypted) the pages
+            # the others had written.
+            pool_use_lifo=True,
             hide_parameters=True,
         )
 
@@ -290,7 +299,7 @@ class SqlCipherStore(PaymentStore):
 
     # -- storing and reading -------------------------------------------------------
 
-    def store(self, payment: NewPayment) -> StoredPayment:
+    def store(self, payment: NewPayment, check: Callable[[StoreSummary], None] | None = None) -> StoredPayment:
         now_us = to_micros(_now())
         params = codec.payment_row(payment, now_us)
         if not self._reserve.ensure():
@@ -300,10 +309,19 @@ class SqlCipherStore(PaymentStore):
                 path=str(self.path),
             )
         self._check_file_in_place()
+        row = None
         try:
             with self._tx(write=True) as conn:
-                inserted = conn.execute(INSERT_SQL, params).rowcount == 1
-                if not inserted:
+                if check is not None:
+                    # Under the write lock: no other process can store between this look and the insert.
+                    try:
+                        check(self._summary_in(conn))
+                    except Exception:
+                        row = conn.execute(SELECT_PAYMENT + " WHERE offline_id = ?", (payment.offline_id,)).fetchone()
+                        if row is None:
+                            raise  # refused: nothing written
+                inserted = row is None and conn.execute(INSERT_SQL, params).rowcount == 1
+                if not inserted and row is None:
                     row = conn.execute(SELECT_PAYMENT + " WHERE offline_id = ?", (payment.offline_id,)).fetchone()
         except OfflineStorageFull:
             self._on_disk_full()
@@ -428,18 +446,17 @@ class SqlCipherStore(PaymentStore):
             log.warning("payment_quarantined", offline_id=r["offline_id"], reason=reason)
 
     def summary(self) -> StoreSummary:
-        pending = sorted(s.value for s in PENDING_STATES)
-        marks = ", ".join("?" * len(pending))
         with self._tx(write=False) as conn:
-            totals = conn.execute(
-                f"SELECT currency, sum(count), sum(amount) FROM state_totals WHERE state IN ({marks}) "
-                "GROUP BY currency",
-                pending,
-            ).fetchall()
-            attention = conn.execute(
-                "SELECT coalesce(sum(count), 0) FROM state_totals WHERE state = 'needs_attention'"
-            ).fetchone()[0]
-            oldest = conn.execute(_OLDEST_PENDING).fetchone()[0]
+            return self._summary_in(conn)
+
+    @staticmethod
+    def _summary_in(conn: Any) -> StoreSummary:
+        """The summary as seen by ``conn``'s open transaction (totals kept by triggers: no rows loaded)."""
+        totals = conn.execute(_PENDING_TOTALS, _PENDING).fetchall()
+        attention = conn.execute(
+            "SELECT coalesce(sum(count), 0) FROM state_totals WHERE state = 'needs_attention'"
+        ).fetchone()[0]
+        oldest = conn.execute(_OLDEST_PENDING).fetchone()[0]
         return StoreSummary(
             pending_count=sum(int(count) for _, count, _ in totals),
             amounts_by_currency={cur: int(amount) for cur, count, amount in totals if count},
