@@ -242,7 +242,7 @@ def terminal_config(url: str, data_dir: Path, concurrency: int) -> dict[str, Any
         "forwarding": {
             "transport": "stripe",
             "concurrency": concurrency,
-            "rate_limit": 1_000_000.0,
+            "rate_limit": 100_000.0,  # the highest accepted: effectively none
             "batch_size": max(50, 4 * concurrency),
             "stripe": {"api_base": url, "timeout": 60.0, "max_connections": concurrency},
         },

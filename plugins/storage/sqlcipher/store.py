@@ -101,6 +101,11 @@ _OLDEST_PENDING = (
     f"SELECT min(m) FROM (SELECT min(stored_at) AS m FROM payments WHERE {CLAIMABLE_WHERE} "
     f"UNION ALL SELECT min(stored_at) FROM payments WHERE {UNCLAIMABLE_WHERE} AND state = 'forwarding')"
 )
+_SUMMARY = (
+    f"SELECT NULL, ({_OLDEST_PENDING}), "
+    "(SELECT coalesce(sum(count), 0) FROM state_totals WHERE state = 'needs_attention') "
+    f"UNION ALL SELECT * FROM ({_PENDING_TOTALS})"
+)
 #: Card data goes once a payment is final; brand/last4/expiry stay for reconciliation.
 _PURGE_CARD = (
     "card_data = NULL, key_serial = NULL, card_purged_at = :now, card_details = CASE WHEN json_valid(card_details) "
@@ -452,11 +457,10 @@ class SqlCipherStore(PaymentStore):
     @staticmethod
     def _summary_in(conn: Any) -> StoreSummary:
         """The summary as seen by ``conn``'s open transaction (totals kept by triggers: no rows loaded)."""
-        totals = conn.execute(_PENDING_TOTALS, _PENDING).fetchall()
-        attention = conn.execute(
-            "SELECT coalesce(sum(count), 0) FROM state_totals WHERE state = 'needs_attention'"
-        ).fetchone()[0]
-        oldest = conn.execute(_OLDEST_PENDING).fetchone()[0]
+        # One statement (it runs inside every offline confirm): the oldest pending time and the
+        # needs-attention count first, then one row per currency waiting.
+        rows = conn.execute(_SUMMARY, _PENDING).fetchall()
+        (_, oldest, attention), totals = rows[0], rows[1:]
         return StoreSummary(
             pending_count=sum(int(count) for _, count, _ in totals),
             amounts_by_currency={cur: int(amount) for cur, count, amount in totals if count},
