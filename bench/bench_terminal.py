@@ -86,9 +86,13 @@ async def _interleaved(empty_dir: Path, full_dir: Path, sim_url: str, n: int) ->
     return {k: v / n for k, v in spent.items()}
 
 
-def confirm_throughput(n: int, backlog: int, sim_url: str) -> dict[str, float]:
+def confirm_throughput(n: int, backlog: int, sim_url: str, where: str | None = None) -> dict[str, float]:
+    """``where``: the directory (so the filesystem and disk) the stores and the baseline live on."""
     os.environ[KEY_VAR] = BENCH_KEY.hex()
-    with tempfile.TemporaryDirectory() as empty_dir, tempfile.TemporaryDirectory() as full_dir:
+    with (
+        tempfile.TemporaryDirectory(dir=where) as empty_dir,
+        tempfile.TemporaryDirectory(dir=where) as full_dir,
+    ):
         with opened_store(Path(full_dir)) as store:
             prefill(store, backlog)
         per = asyncio.run(_interleaved(Path(empty_dir), Path(full_dir), sim_url, n))
@@ -124,12 +128,17 @@ def import_cost(runs: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--dir",
+        help="put the stores and the baseline here: the disk under test (default: the system temp dir). "
+        "docs/benchmarks.md shows runs on the VM disk and on slower, POS-like storage",
+    )
     args = parser.parse_args(argv)
     n, backlog, runs = (200, 5_000, 5) if args.quick else (1_000, 100_000, 20)
     configure_logging(level="warning")  # as a deployment would; info lines to a console cost more than a commit
     sim = start_simulator()
     try:
-        c = confirm_throughput(n, backlog, sim.url)
+        c = confirm_throughput(n, backlog, sim.url, args.dir)
     finally:
         sim.stop()
     imp = import_cost(runs)
