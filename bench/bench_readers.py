@@ -9,9 +9,11 @@ BlueZ, vs bare bleak writing the same request to RX and waiting for the same
 reply bytes as TX notifications, on the same fake BlueZ and emulator.
 
 Reports rounds/s and the ratio (ours / bare; target >= 0.8), as a markdown
-table; ``--write-docs`` puts it into docs/reader-protocol.md.
+table; ``--write-docs`` puts it into docs/reader-protocol.md.  ``--cpu`` adds
+(Linux) the CPU time each side of the serial measurements spent per round trip,
+which shows where a collect's time goes.
 
-    python bench/bench_readers.py [--collects 500] [--rounds 5] [--no-ble] [--write-docs]
+    python bench/bench_readers.py [--collects 500] [--rounds 5] [--no-ble] [--cpu] [--write-docs]
 """
 
 from __future__ import annotations
@@ -107,8 +109,49 @@ async def rate(n: int, one: Callable[[], Awaitable[object]]) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def serial_rounds(collects: int, rounds: int) -> tuple[list[float], list[float], list[float]]:
-    """Rates per round: our collect, bare echo, and a bare client driving an emulator (same bytes)."""
+def process_cpu(pid: int | None = None) -> float | None:
+    """CPU seconds (user + system) used so far by this process, or by ``pid`` (Linux /proc); None if unknown."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class CpuLog:
+    """CPU seconds per side, summed over the rounds of one measurement (reporting only)."""
+
+    def __init__(self) -> None:
+        self.client = 0.0
+        self.server: float | None = 0.0
+        self.trips = 0
+
+    async def measure(self, n: int, one: Callable[[], Awaitable[object]], server_pid: int) -> float:
+        c0, s0 = process_cpu(), process_cpu(server_pid)
+        result = await rate(n, one)
+        c1, s1 = process_cpu(), process_cpu(server_pid)
+        assert c0 is not None and c1 is not None
+        self.client += c1 - c0
+        self.server = None if self.server is None or s0 is None or s1 is None else self.server + s1 - s0
+        self.trips += n + 20  # rate() warms up with 20
+        return result
+
+    def per_trip(self) -> tuple[float, float | None]:
+        """(client, server) microseconds of CPU per round trip."""
+        trips = max(self.trips, 1)
+        return self.client / trips * 1e6, None if self.server is None else self.server / trips * 1e6
+
+
+async def serial_rounds(
+    collects: int, rounds: int, cpu: dict[str, CpuLog] | None = None
+) -> tuple[list[float], list[float], list[float]]:
+    """Rates per round: our collect, bare echo, and a bare client driving an emulator (same bytes).
+
+    ``cpu`` (reporting only) receives the CPU time of both sides of each measurement.
+    """
     import serial
 
     from offterm.core.contracts import CollectRequest
@@ -136,10 +179,13 @@ async def serial_rounds(collects: int, rounds: int) -> tuple[list[float], list[f
 
             return one_round
 
+        logs = cpu if cpu is not None else {}
+        for name in ("ours", "bare_echo", "bare_emu"):
+            logs.setdefault(name, CpuLog())
         for _ in range(rounds):
-            bare_echo.append(await rate(collects, bare(echo_port)))
-            bare_emu.append(await rate(collects, bare(emu_port)))
-            ours.append(await rate(collects, lambda: conn.collect(collect)))
+            bare_echo.append(await logs["bare_echo"].measure(collects, bare(echo_port), echo.pid))
+            bare_emu.append(await logs["bare_emu"].measure(collects, bare(emu_port), emu2.pid))
+            ours.append(await logs["ours"].measure(collects, lambda: conn.collect(collect), emu.pid))
         echo_port.close()
         emu_port.close()
         await transport.close()
@@ -220,6 +266,24 @@ def table(rows: list[tuple[str, list[float], list[float]]], collects: int, round
     return "\n".join(lines)
 
 
+def cpu_table(cpu: dict[str, CpuLog]) -> str:
+    lines = [
+        "CPU per round trip (user + system, µs; from /proc, 10 ms ticks summed over all rounds):",
+        "",
+        "| serial measurement | client process | server process |",
+        "| --- | ---: | ---: |",
+    ]
+    names = {
+        "ours": ("offterm collect", "emulator"),
+        "bare_echo": ("bare pyserial client", "framed echo server"),
+        "bare_emu": ("bare pyserial client", "emulator"),
+    }
+    for key, (client, server) in names.items():
+        c, s = cpu[key].per_trip()
+        lines.append(f"| {client} / {server} | {c:,.0f} | {'n/a' if s is None else f'{s:,.0f}'} |")
+    return "\n".join(lines)
+
+
 def write_docs(text: str) -> None:
     doc = DOC.read_text()
     if START not in doc or END not in doc:
@@ -231,13 +295,17 @@ def write_docs(text: str) -> None:
 
 async def main_async(args: argparse.Namespace) -> str:
     rows = []
-    ours, bare_echo, bare_emu = await serial_rounds(args.collects, args.rounds)
+    cpu: dict[str, CpuLog] = {}
+    ours, bare_echo, bare_emu = await serial_rounds(args.collects, args.rounds, cpu)
     rows.append(("serial over a pty vs bare pyserial framed echo", ours, bare_echo))
     rows.append(("serial over a pty vs bare pyserial client, same emulator", ours, bare_emu))
     if not args.no_ble:
         ours, bare = await ble_rounds(max(args.collects // 2, 10), args.rounds)
         rows.append(("BLE via fake BlueZ vs bare bleak write/notify, same emulator", ours, bare))
-    return table(rows, args.collects, args.rounds)
+    text = table(rows, args.collects, args.rounds)
+    if args.cpu:
+        text += "\n\n" + cpu_table(cpu)
+    return text
 
 
 def main() -> None:
@@ -245,6 +313,7 @@ def main() -> None:
     parser.add_argument("--collects", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-ble", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="also report CPU per round trip of each side (Linux)")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--max-seconds", type=float, default=300, help="give up (and clean up) after this long")
     parser.add_argument("--echo-server", metavar="REPLY_HEX", help=argparse.SUPPRESS)

@@ -73,7 +73,10 @@ class NetworkMonitor:
         """Probe once now and record the outcome."""
         self.probes += 1
         try:
-            ok = await asyncio.wait_for(self._probe(), timeout=self._probe_timeout)
+            # Not wait_for: on 3.11 it can swallow a cancel that lands as the probe finishes, and then
+            # stop() would wait forever for a probe loop that went back to sleep.
+            async with asyncio.timeout(self._probe_timeout):
+                ok = await self._probe()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a probe must never crash the monitor

@@ -250,7 +250,8 @@ class Terminal:
         self._summary = await self.store.summary()  # another process may have stored payments meanwhile
         if budget > 0 and self._summary.pending_count and self.network.status is not NetworkStatus.OFFLINE:
             try:
-                await asyncio.wait_for(self.forwarder.run_round(), timeout=budget)
+                async with asyncio.timeout(budget):
+                    await self.forwarder.run_round()
             except (TimeoutError, OfftermError) as exc:
                 log.warning("close_flush_incomplete", error_type=type(exc).__name__)
         # Every step runs even if an earlier one fails (a full or read-only disk, a reader gone): a close that
@@ -460,7 +461,10 @@ class Terminal:
         if behavior is OfflineBehavior.REQUIRE_ONLINE:
             return await coro
         try:
-            return await asyncio.wait_for(coro, timeout=self._offline_timeout)
+            # asyncio.timeout, never wait_for: on Python 3.11 wait_for can swallow a cancel that lands as the
+            # inner call finishes, and a task that was told to stop would go on (CONTRIBUTING.md).
+            async with asyncio.timeout(self._offline_timeout):
+                return await coro
         except TimeoutError:
             self.network.record_failure()
             raise
@@ -690,7 +694,8 @@ class Terminal:
         if self.network.status is not NetworkStatus.ONLINE:
             await self.network.check()
         try:
-            await asyncio.wait_for(self.forwarder.run_round(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await self.forwarder.run_round()
         except TimeoutError:
             log.warning("forward_now_timed_out", timeout=timeout)
         status = await self._refresh_status()

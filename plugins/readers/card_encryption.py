@@ -13,6 +13,10 @@ It is simpler than ANSI X9.24-3 AES DUKPT (no transaction counter tree,
 no key registers) because both ends here are software; a hardware reader
 plugin may use DUKPT and name its own ``encryption_scheme``.
 
+A reader may derive the next transaction's key while it is idle
+(:class:`TransactionKey`, as DUKPT devices keep future keys ready): each one
+has its own fresh KSN and seals exactly one card, then refuses.
+
 The processor simulator imports this module to decrypt; readers (and the
 reader emulator) import it to encrypt.  Nothing else should.
 """
@@ -63,24 +67,51 @@ def new_ksn() -> str:
     return os.urandom(12).hex()
 
 
+class TransactionKey:
+    """The key of one transaction, derived ahead of use: seals one card, then refuses.
+
+    A reader makes the next one while idle, so deriving it is not part of a
+    collection's latency.  It holds the KSN (fresh and random unless given),
+    the AES-GCM key derived for it, and the nonce; nothing shows in ``repr``.
+    """
+
+    __slots__ = ("_aead", "_ksn_bytes", "_nonce", "ksn")
+
+    def __init__(self, base_key: bytes, ksn: str | None = None) -> None:
+        self.ksn = ksn or new_ksn()
+        self._ksn_bytes = bytes.fromhex(self.ksn)
+        self._aead: AESGCM | None = AESGCM(_transaction_key(base_key, self._ksn_bytes))
+        self._nonce = os.urandom(_NONCE_BYTES)
+
+    def __repr__(self) -> str:
+        return f"TransactionKey(used={self.used})"
+
+    @property
+    def used(self) -> bool:
+        return self._aead is None
+
+    def seal(self, card: SensitiveCard) -> tuple[bytes, str]:
+        """Seal ``card``; returns (blob, ksn hex).  A second call raises RuntimeError."""
+        aead, self._aead = self._aead, None
+        if aead is None:
+            raise RuntimeError("a transaction key seals one card only")
+        payload = json.dumps(
+            {
+                "pan": card.pan,
+                "exp_month": card.exp_month,
+                "exp_year": card.exp_year,
+                "cardholder_name": card.cardholder_name,
+                "track2": card.track2,
+                "read_method": card.read_method,
+                "pin_verified": card.pin_verified,
+            }
+        ).encode()
+        return self._nonce + aead.encrypt(self._nonce, payload, self._ksn_bytes), self.ksn
+
+
 def encrypt(card: SensitiveCard, base_key: bytes, ksn: str | None = None) -> tuple[bytes, str]:
     """Seal ``card``; returns (blob, ksn hex)."""
-    ksn = ksn or new_ksn()
-    ksn_bytes = bytes.fromhex(ksn)
-    payload = json.dumps(
-        {
-            "pan": card.pan,
-            "exp_month": card.exp_month,
-            "exp_year": card.exp_year,
-            "cardholder_name": card.cardholder_name,
-            "track2": card.track2,
-            "read_method": card.read_method,
-            "pin_verified": card.pin_verified,
-        }
-    ).encode()
-    nonce = os.urandom(_NONCE_BYTES)
-    sealed = AESGCM(_transaction_key(base_key, ksn_bytes)).encrypt(nonce, payload, ksn_bytes)
-    return nonce + sealed, ksn
+    return TransactionKey(base_key, ksn).seal(card)
 
 
 def decrypt(blob: bytes, ksn: str, base_key: bytes) -> SensitiveCard:

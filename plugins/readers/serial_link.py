@@ -39,9 +39,12 @@ class SerialLink(ByteLink):
     """One open serial port.
 
     On POSIX device ports the event loop watches the file descriptor itself
-    (no thread hop per frame); any other pyserial backend (``socket://``,
-    Windows COM ports) is read by a daemon thread.  Writes go straight to the
-    port: frames are small and the OS buffer takes them at once.
+    (no thread hop per frame) and a read takes everything the port holds; any
+    other pyserial backend (``socket://``, Windows COM ports) is read by a
+    daemon thread.  Writes go straight to the port: frames are small and the OS
+    buffer takes them at once, so on a non-blocking POSIX port a frame is one
+    ``write`` call (pyserial would add a ``select`` per write); only what the
+    OS buffer did not take goes through pyserial's write, with its timeout.
     """
 
     def __init__(self, port: str, baudrate: int, write_timeout: float) -> None:
@@ -51,6 +54,8 @@ class SerialLink(ByteLink):
         self._serial: serial.SerialBase | None = None
         self._thread: threading.Thread | None = None
         self._watched_fd: int | None = None
+        #: A non-blocking POSIX port's descriptor, written directly.
+        self._write_fd: int | None = None
         self._stop = threading.Event()
 
     async def open(self, on_bytes: OnBytes, on_lost: OnLost) -> None:
@@ -68,6 +73,8 @@ class SerialLink(ByteLink):
                 fd = None
             else:
                 self._watched_fd = fd
+                if not os.get_blocking(fd):
+                    self._write_fd = fd
                 return
         self._start_thread(loop, port, on_bytes, on_lost)
 
@@ -88,6 +95,7 @@ class SerialLink(ByteLink):
             on_lost(reason)
 
     def _unwatch(self) -> None:
+        self._write_fd = None
         if self._watched_fd is not None:
             asyncio.get_running_loop().remove_reader(self._watched_fd)
             self._watched_fd = None
@@ -142,8 +150,17 @@ class SerialLink(ByteLink):
         if port is None or self._stop.is_set():
             raise ReaderDisconnected(f"serial port {self.address} is closed")
         try:
-            # One call that never yields to the loop, so frames cannot interleave; small frames
+            # Calls that never yield to the loop, so frames cannot interleave; small frames
             # fit the OS buffer at once, so no thread hop is needed.
+            fd = self._write_fd
+            if fd is not None:
+                try:
+                    written = os.write(fd, data)
+                except BlockingIOError:
+                    written = 0
+                if written == len(data):
+                    return
+                data = data[written:]
             port.write(data)
         except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
             raise ReaderDisconnected(f"write to serial port {self.address} failed: {exc}") from exc

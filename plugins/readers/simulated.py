@@ -251,7 +251,8 @@ class SimulatedReaderConnection(ReaderConnection):
 
     async def wait_until_collecting(self, timeout: float = 5.0) -> None:
         """Return once a collection is waiting for the customer (to cancel or disconnect it mid-way)."""
-        await asyncio.wait_for(self._collecting.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._collecting.wait()
 
     @property
     def collections(self) -> int:

@@ -104,7 +104,7 @@ class EmulatorApp:
             card_key=self.options.card_key,
             default=self.options.default,
             drop_link=drop,
-            on_event=self._notify,
+            on_event=None if self.options.quiet else self._notify,
         )
         for presentation in self.options.script:
             emulator.present(presentation)

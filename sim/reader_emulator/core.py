@@ -4,6 +4,11 @@ The same core runs behind a pseudo-terminal, a TCP socket, or a fake BlueZ
 GATT service; each runner only moves bytes and provides ``call_later``.  Card
 data is sealed for the processor with the card-data codec under a fresh key
 serial number per transaction; only receipt-safe details go out in clear.
+
+Like a DUKPT device keeping its future keys ready, the emulator derives the
+next transaction's key once a collection's answer is sent (while the host
+reads it), not while the host waits: each key has its own KSN and seals one
+card only.
 """
 
 from __future__ import annotations
@@ -93,6 +98,8 @@ class ReaderEmulator:
         #: The final frame of the last collection, repeated on Resend.
         self._last_txn = ""
         self._last_frame = b""
+        #: The key the next card is sealed under (its KSN is fresh; used once, then replaced).
+        self._next_key: card_encryption.TransactionKey | None = card_encryption.TransactionKey(card_key)
 
     # -- runner side --------------------------------------------------------------------------
 
@@ -123,13 +130,14 @@ class ReaderEmulator:
 
     def receive(self, data: bytes) -> None:
         """Bytes from the host."""
-        self._decoder.feed(data)
+        decoder = self._decoder
+        decoder.feed(data)
         while True:
             try:
-                frame = self._decoder.next_frame()
-                if frame is None:
+                raw = decoder.next_raw()
+                if raw is None:
                     return
-                message = m.decode(frame)
+                message = m.decode_payload(*raw)
             except ReaderProtocolError as exc:
                 self._event("frame_error", reason=exc.details.get("reason", ""))
                 reason = exc.details.get("reason")
@@ -153,7 +161,9 @@ class ReaderEmulator:
         return frames
 
     def _handle(self, message: m.Message) -> None:
-        if isinstance(message, m.Hello):
+        if isinstance(message, m.Collect):  # the common case first
+            self._collect(message)
+        elif isinstance(message, m.Hello):
             self._abort("new session")
             self.session = message.session
             if m.PROTOCOL_VERSION not in message.protocols:
@@ -177,8 +187,6 @@ class ReaderEmulator:
             self.display = message.lines
             self._reply(m.Ack(m.MessageType.DISPLAY))
             self._event("display", lines=list(message.lines))
-        elif isinstance(message, m.Collect):
-            self._collect(message)
         elif isinstance(message, m.Cancel):
             active = self._active
             if active is not None and active.request.txn == message.txn:
@@ -199,7 +207,8 @@ class ReaderEmulator:
         self.collections += 1
         active = _Collection(request)
         self._active = active
-        self._event("collect", amount=request.amount, currency=request.currency, methods=list(request.read_methods))
+        if self._on_event is not None:
+            self._event("collect", amount=request.amount, currency=request.currency, methods=list(request.read_methods))
         presentation = self.queue.popleft() if self.queue else self.default
         if presentation is None:
             # Wait for the control channel to present a card, up to the request's timeout.
@@ -261,7 +270,8 @@ class ReaderEmulator:
         result = self._seal(txn, p)
         self.results += 1
         self._finish(active, event, *pin, result)
-        self._event("result", card=p.card.name, brand=p.card.brand, last4=p.card.last4, method=p.read_method)
+        if self._on_event is not None:
+            self._event("result", card=p.card.name, brand=p.card.brand, last4=p.card.last4, method=p.read_method)
 
     def _seal(self, txn: str, p: Presentation) -> m.Result:
         month, year = test_cards.expiry(datetime.now(UTC).date(), expired=p.expired)
@@ -275,7 +285,10 @@ class ReaderEmulator:
             read_method=p.read_method,
             pin_verified=bool(p.pin),
         )
-        blob, ksn = card_encryption.encrypt(sensitive, self._card_key)
+        key, self._next_key = self._next_key, None
+        if key is None:  # none made ahead: an earlier seal failed before its collection finished
+            key = card_encryption.TransactionKey(self._card_key)
+        blob, ksn = key.seal(sensitive)
         return m.Result(
             txn=txn,
             card=m.CardSummary(
@@ -302,6 +315,9 @@ class ReaderEmulator:
         frames = self._reply(*messages)
         self._last_txn = active.request.txn
         self._last_frame = frames[-1]
+        if self._next_key is None:
+            # The answer is on its way: make the next transaction's key while the host reads it.
+            self._next_key = card_encryption.TransactionKey(self._card_key)
 
     def _abort(self, reason: str) -> None:
         active, self._active = self._active, None

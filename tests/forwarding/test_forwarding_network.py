@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from forwarding_kit import (
     check_exactly_once,
@@ -62,3 +64,28 @@ async def test_never_stuck_offline_once_connectivity_returns(data_dir, proxy, si
     assert check_exactly_once(sim, read_store(data_dir)) == {PaymentState.FORWARDED: 3}
     statuses = [c.status for c in recorder.getcalls("network_status_changed")]
     assert statuses[-2:] == [NetworkStatus.OFFLINE, NetworkStatus.ONLINE]
+
+
+async def test_stop_is_not_lost_when_it_lands_as_a_probe_finishes() -> None:
+    """The probe answers and stop() cancels the monitor in the same turn of the loop.
+
+    With ``asyncio.wait_for`` around the probe (Python 3.11), the cancellation was swallowed: the
+    loop went back to sleep and stop() — so Terminal.close() — waited forever.  The torture found
+    it as a close() that hung about one time in twenty.
+    """
+    from offterm.core.network import NetworkMonitor
+
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    probing = asyncio.Event()
+
+    async def probe() -> bool:
+        probing.set()
+        return await answer
+
+    monitor = NetworkMonitor(probe, lambda new, old: None, probe_timeout=30)
+    monitor.start()  # status UNKNOWN: the loop probes at once
+    await probing.wait()
+    answer.set_result(True)  # the probe finishes...
+    stopping = asyncio.ensure_future(monitor.stop())  # ...as the app shuts down
+    done, _ = await asyncio.wait({stopping}, timeout=3)
+    assert done, "NetworkMonitor.stop() never returned"

@@ -114,3 +114,18 @@ def test_the_emulator_keeps_to_the_protocol() -> None:
         assert emu.status()["results"] == 1 and emu.status()["frame_errors"] == 0  # garbage is skipped, not an error
     finally:
         loop.close()
+
+
+def test_a_transaction_key_seals_one_card_only() -> None:
+    key = bytes.fromhex(card_encryption.TEST_BASE_KEY_HEX)
+    card = card_encryption.SensitiveCard(pan="4242424242424242", exp_month=12, exp_year=2030)
+    txn_key = card_encryption.TransactionKey(key)
+    assert "4242" not in repr(txn_key) and txn_key.ksn not in repr(txn_key)
+    blob, ksn = txn_key.seal(card)
+    assert ksn == txn_key.ksn and card_encryption.decrypt(blob, ksn, key).pan == card.pan
+    with pytest.raises(RuntimeError, match="one card only"):
+        txn_key.seal(card)
+    assert len({card_encryption.TransactionKey(key).ksn for _ in range(100)}) == 100
+    # encrypt() is a fresh key per call, as before.
+    (blob1, ksn1), (blob2, ksn2) = card_encryption.encrypt(card, key), card_encryption.encrypt(card, key)
+    assert ksn1 != ksn2 and blob1 != blob2

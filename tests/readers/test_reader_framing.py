@@ -234,3 +234,58 @@ def test_json_objects_with_wrong_fields_give_typed_errors_only(msg_type: int, ob
     # Whatever decoded re-encodes to an equal message.
     again = m.decode(Frame(msg_type, m.encode(message)[HEADER_SIZE:-TRAILER_SIZE]))
     assert again == message
+
+
+# -- the decoder's in-place reading and the direct JSON writers -------------------------------------------
+
+
+def reference(stream: bytes) -> tuple[list[tuple[int, bytes]], list[str]]:
+    decoder = FrameDecoder()
+    decoder.feed(stream)
+    frames, errors = drain(decoder)
+    return [(f.type, f.payload) for f in frames], [e.details["reason"] for e in errors]
+
+
+stream_parts = st.lists(
+    st.one_of(
+        st.builds(encode_frame, st.integers(0, 255), st.binary(max_size=200)),
+        st.binary(max_size=40),  # line noise, possibly with sync bytes in it
+        st.builds(
+            lambda f, n: f[:n], st.builds(encode_frame, st.integers(0, 255), st.binary(max_size=50)), st.integers(0, 60)
+        ),
+    ),
+    max_size=12,
+)
+
+
+@FUZZ
+@given(stream_parts, st.data())
+def test_any_cut_of_a_stream_decodes_as_the_whole(parts: list[bytes], data: st.DataObject) -> None:
+    """Bytes, bytearray or memoryview pieces cut anywhere give the same frames and errors as one read."""
+    stream = b"".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    kinds = data.draw(st.lists(st.sampled_from([bytes, bytearray, memoryview]), min_size=len(cuts) + 1))
+    decoder = FrameDecoder()
+    frames: list[tuple[int, bytes]] = []
+    errors: list[str] = []
+    for kind, start, end in zip(kinds, [0, *cuts], [*cuts, len(stream)], strict=False):
+        decoder.feed(kind(stream[start:end]))
+        found, failed = drain(decoder)
+        frames += [(f.type, f.payload) for f in found]
+        errors += [e.details["reason"] for e in failed]
+        assert decoder.buffered < MAX_FRAME
+    assert (frames, errors) == reference(stream)
+
+
+def test_fed_buffers_are_not_kept_by_reference() -> None:
+    """A link may reuse its read buffer: what was fed is decoded as it was when fed."""
+    frame = encode_frame(5, b"payload")
+    decoder = FrameDecoder()
+    piece = bytearray(frame[:10])
+    decoder.feed(piece)
+    piece[:] = b"\x00" * 10
+    rest = bytearray(frame[10:])
+    decoder.feed(rest)
+    rest[:] = b"\x00" * len(rest)
+    frames, errors = drain(decoder)
+    assert [(f.type, f.payload) for f in frames] == [(5, b"payload")] and errors == []

@@ -294,6 +294,44 @@ async def test_cancel_stops_the_reader_and_raises_canceled() -> None:
     await conn.close()
 
 
+async def test_cancelling_the_collecting_task_stops_the_reader() -> None:
+    reader = Reader()  # no default card: the reader waits for a customer
+    conn = await connect(reader)
+    task = asyncio.create_task(conn.collect(request()))
+    await until(lambda: reader.emulator.status()["collecting"] is not None)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The reader is told to stop, so the next collection is not refused as busy.
+    await until(lambda: reader.emulator.status()["collecting"] is None)
+    assert m.MessageType.CANCEL in reader.sent_types
+    reader.present("visa tap")
+    assert (await conn.collect(request())).details.last4 == "4242"
+    await conn.close()
+
+
+async def test_every_collection_is_sealed_under_its_own_key() -> None:
+    """The emulator derives the next key ahead of time; each KSN still seals exactly one card."""
+    reader = Reader(default="visa tap")
+    conn = await connect(reader)
+    serials = []
+    for _ in range(5):
+        ahead = reader.emulator._next_key
+        assert ahead is not None and not ahead.used
+        result = await conn.collect(request())
+        assert result.key_serial == ahead.ksn and ahead.used  # the key made ahead, now spent
+        assert card_encryption.decrypt(result.encrypted_card_data, result.key_serial, KEY).pan == "4242424242424242"
+        serials.append(result.key_serial)
+    reader.present("visa insert pin-fail")  # ends without sealing anything: the key waits, unused
+    ahead = reader.emulator._next_key
+    with pytest.raises(CardReadError):
+        await conn.collect(request())
+    assert reader.emulator._next_key is ahead and ahead is not None and not ahead.used
+    serials.append((await conn.collect(request())).key_serial)
+    assert len(set(serials)) == len(serials)
+    await conn.close()
+
+
 async def test_a_card_presented_while_waiting_completes_the_collection() -> None:
     reader = Reader()
     conn = await connect(reader)

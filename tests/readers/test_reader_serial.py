@@ -153,6 +153,41 @@ async def test_a_port_nobody_answers_on_is_not_a_reader() -> None:
         os.close(slave)
 
 
+async def test_writes_larger_than_the_os_buffer_arrive_whole_and_in_order() -> None:
+    """A write goes straight to the port; what the OS buffer does not take at once still arrives."""
+    import threading
+    import time
+
+    from offterm.plugins.readers.serial_link import SerialLink
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    tty.setraw(master)
+    received = bytearray()
+    data = bytes(range(256)) * 1024  # 256 KiB: far more than a pty buffers
+    expected = data + b"tail"
+
+    def drain() -> None:  # a slow reader on the other end
+        while len(received) < len(expected):
+            time.sleep(0.001)
+            received.extend(os.read(master, 4096))
+
+    link = SerialLink(os.ttyname(slave), 115200, write_timeout=10.0)
+    try:
+        await link.open(lambda _data: None, lambda _reason: None)
+        assert link._write_fd is not None  # the direct path is the one under test
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        await link.write(data)
+        await link.write(b"tail")
+        reader.join(10)
+        assert bytes(received) == expected
+    finally:
+        await link.close()
+        os.close(master)
+        os.close(slave)
+
+
 async def test_over_tcp_with_a_pyserial_url(tcp_emulator: Any) -> None:
     assert tcp_emulator.address.startswith("socket://127.0.0.1:")
     t = transport(tcp_emulator.address)

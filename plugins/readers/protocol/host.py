@@ -5,6 +5,11 @@ does the rest: the Hello/Info handshake, collect and cancel, keepalive, and
 reconnecting with exponential backoff when the link drops.  A drop during a
 collection ends it at once with ``ReaderDisconnected`` (nothing was read, so
 nothing can be stored); the next collection works after the reconnect.
+
+A collect is one write and one wake-up per answer: the request frame goes out
+in a single write, the link hands over whatever one read returned, and the
+frames in it are decoded in place; the host's own deadline is a plain loop
+timer on the collection's future.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -154,6 +160,9 @@ def error_for(message: m.Error) -> ReaderError:
     return cls(f"{text} (reader code {message.code[:64]!r})", reader_code=message.code[:64])
 
 
+_READ_METHODS = {method.value: method for method in ReadMethod}
+
+
 def card_result(result: m.Result) -> CardResult:
     card = result.card
     return CardResult(
@@ -162,7 +171,7 @@ def card_result(result: m.Result) -> CardResult:
             last4=card.last4,
             exp_month=card.exp_month,
             exp_year=card.exp_year,
-            read_method=ReadMethod(card.read_method),
+            read_method=_READ_METHODS.get(card.read_method) or ReadMethod(card.read_method),
             cardholder_name=card.cardholder_name,
             pin_verified=card.pin_verified,
             issuer_country=card.issuer_country,
@@ -180,6 +189,25 @@ class _Collection:
     future: asyncio.Future[CardResult]
     allowed: frozenset[str]
     events: list[str]
+
+
+_COLLECTION_MESSAGES = (m.CardEvent, m.Result, m.PinResult, m.Error)
+
+#: (allowed read method values, the Collect's read_methods) per CollectRequest.allowed_read_methods.
+_METHODS: dict[tuple[ReadMethod, ...], tuple[frozenset[str], tuple[str, ...]]] = {}
+
+
+def _read_methods(methods: tuple[ReadMethod, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """What a request allows, as the reader protocol names it (remembered per tuple of methods)."""
+    try:
+        return _METHODS[methods]
+    except (KeyError, TypeError):  # TypeError: a list, not a tuple
+        pass
+    allowed = frozenset(rm.value for rm in methods)
+    found = (allowed, tuple(rm for rm in m.READ_METHODS if rm in allowed))
+    if type(methods) is tuple and len(_METHODS) < 64 and all(type(rm) is ReadMethod for rm in methods):
+        _METHODS[methods] = found
+    return found
 
 
 class ProtocolReaderConnection(ReaderConnection):
@@ -307,13 +335,14 @@ class ProtocolReaderConnection(ReaderConnection):
     def _on_bytes(self, generation: int, data: bytes) -> None:
         if generation != self._generation:
             return
-        self._decoder.feed(data)
+        decoder = self._decoder
+        decoder.feed(data)
         while True:
             try:
-                frame = self._decoder.next_frame()
-                if frame is None:
+                raw = decoder.next_raw()
+                if raw is None:
                     return
-                message = m.decode(frame)
+                message = m.decode_payload(*raw)
             except ReaderProtocolError as exc:
                 self._on_corrupt(exc)
                 continue
@@ -327,7 +356,9 @@ class ProtocolReaderConnection(ReaderConnection):
             self._send_soon(m.Resend(self._collection.txn))
 
     def _dispatch(self, message: m.Message) -> None:
-        if isinstance(message, m.Info):
+        if isinstance(message, _COLLECTION_MESSAGES):
+            self._on_collection_message(message)
+        elif isinstance(message, m.Info):
             self._resolve(("info", message.session), message)
         elif isinstance(message, m.Pong):
             self._resolve(("pong", message.nonce), message)
@@ -335,8 +366,6 @@ class ProtocolReaderConnection(ReaderConnection):
             self._resolve(("ack", message.of), message)
         elif isinstance(message, m.Ping):
             self._send_soon(m.Pong(message.nonce))
-        elif isinstance(message, m.CardEvent | m.PinResult | m.Result | m.Error):
-            self._on_collection_message(message)
 
     def _on_collection_message(self, message: m.CardEvent | m.PinResult | m.Result | m.Error) -> None:
         active = self._collection
@@ -423,7 +452,8 @@ class ProtocolReaderConnection(ReaderConnection):
         self._waiters[key] = waiter
         try:
             await self._send(message)
-            return await asyncio.wait_for(waiter, self.settings.response_timeout)
+            async with asyncio.timeout(self.settings.response_timeout):  # not wait_for: it can swallow a cancel
+                return await waiter
         except TimeoutError:
             raise ReaderTimeout(
                 f"the reader did not answer {type(message).__name__} within {self.settings.response_timeout:g} s"
@@ -446,13 +476,15 @@ class ProtocolReaderConnection(ReaderConnection):
         self._require_connected()
         if self._collection is not None:
             raise ReaderError("a collection is already in progress on this reader")
-        allowed = frozenset(rm.value for rm in request.allowed_read_methods)
+        allowed, read_methods = _read_methods(request.allowed_read_methods)
         if not allowed:
             raise CardReadError("no read method is allowed for this payment")
-        txn = uuid.uuid4().hex[:16]
-        future: asyncio.Future[CardResult] = asyncio.get_running_loop().create_future()
-        self._collection = _Collection(txn, future, allowed, [])
+        txn = os.urandom(8).hex()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[CardResult] = loop.create_future()
+        active = self._collection = _Collection(txn, future, allowed, [])
         timeout = max(0.0, float(request.timeout))
+        timer: asyncio.TimerHandle | None = None
         try:
             try:
                 await self._send(
@@ -460,7 +492,7 @@ class ProtocolReaderConnection(ReaderConnection):
                         txn=txn,
                         amount=request.amount,
                         currency=request.currency.lower(),
-                        read_methods=tuple(rm for rm in m.READ_METHODS if rm in allowed),
+                        read_methods=read_methods,
                         timeout_ms=int(timeout * 1000),
                     )
                 )
@@ -472,23 +504,31 @@ class ProtocolReaderConnection(ReaderConnection):
                     f"the link to reader {self.info.serial_number} failed while starting the collection; "
                     "nothing was stored, collect again"
                 ) from None
+            # The reader enforces the timeout; the margin covers a reader that went silent.
+            timer = loop.call_later(timeout + self.settings.response_timeout, self._collect_expired, active, timeout)
             try:
-                # The reader enforces the timeout; the margin covers a reader that went silent.
-                async with asyncio.timeout(timeout + self.settings.response_timeout):
-                    return await future
-            except TimeoutError:
-                self._send_soon(m.Cancel(txn))
-                raise ReaderTimeout(f"no card was presented within {timeout:g} s") from None
+                return await future
             except asyncio.CancelledError:
-                if not future.done():
+                # Cancelling this task cancels the future too; unless the reader already
+                # ended the collection, tell it to stop.
+                if not future.done() or future.cancelled():
                     self._send_soon(m.Cancel(txn))
                 raise
         finally:
+            if timer is not None:
+                timer.cancel()
             if not future.done():
                 future.cancel()
             elif not future.cancelled():
                 future.exception()  # retrieved: the error (if any) was raised above
             self._collection = None
+
+    def _collect_expired(self, active: _Collection, timeout: float) -> None:
+        """The host's deadline for a collection passed without an answer: stop the reader, fail it."""
+        if active.future.done():
+            return
+        self._send_soon(m.Cancel(active.txn))
+        active.future.set_exception(ReaderTimeout(f"no card was presented within {timeout:g} s"))
 
     async def cancel_collect(self) -> None:
         active = self._collection

@@ -23,6 +23,9 @@ from .framing import Frame, encode_frame
 
 PROTOCOL_VERSION = 1
 
+#: Compact JSON, as every payload is written (``ensure_ascii``: payloads are ASCII).
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
 
 class MessageType(enum.IntEnum):
     HELLO = 0x01
@@ -45,6 +48,10 @@ class CardEventKind(enum.StrEnum):
     REMOVED = "removed"
     TAPPED = "tapped"
     SWIPED = "swiped"
+
+
+_EVENT_KINDS = {kind.value: kind for kind in CardEventKind}
+_EVENT_VALUES = tuple(_EVENT_KINDS)
 
 
 class ErrorCode(enum.StrEnum):
@@ -131,6 +138,10 @@ class Message:
 
     def to_payload(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def to_json(self) -> str:
+        """The payload as compact JSON text (what ``encode`` frames)."""
+        return _JSON.encode(self.to_payload())
 
     @classmethod
     def from_payload(cls, obj: Mapping[str, Any]) -> Message:
@@ -275,8 +286,8 @@ class CardEvent(Message):
 
     @classmethod
     def from_payload(cls, obj: Mapping[str, Any]) -> CardEvent:
-        event = _choice(obj, "event", tuple(e.value for e in CardEventKind))
-        return cls(_txn(obj), CardEventKind(event))
+        event = _choice(obj, "event", _EVENT_VALUES)
+        return cls(_txn(obj), _EVENT_KINDS[event])
 
 
 @dataclass(frozen=True)
@@ -474,19 +485,23 @@ _DECODERS: dict[int, Callable[[Mapping[str, Any]], Message]] = {
 
 def encode(message: Message) -> bytes:
     """One complete frame for ``message``."""
-    payload = json.dumps(message.to_payload(), separators=(",", ":")).encode()
-    return encode_frame(message.TYPE, payload)
+    return encode_frame(message.TYPE, message.to_json().encode())
 
 
-def decode(frame: Frame) -> Message:
-    """The message a frame carries; raises ReaderProtocolError naming what is wrong."""
-    decoder = _DECODERS.get(frame.type)
+def decode_payload(msg_type: int, payload: bytes) -> Message:
+    """The message a frame of this type and payload carries; raises ReaderProtocolError naming what is wrong."""
+    decoder = _DECODERS.get(msg_type)
     if decoder is None:
-        raise ReaderProtocolError(f"unknown message type 0x{frame.type:02x}", reason="type")
+        raise ReaderProtocolError(f"unknown message type 0x{msg_type:02x}", reason="type")
     try:
-        obj = json.loads(frame.payload)
+        obj = json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ReaderProtocolError("message payload is not UTF-8 JSON", reason="payload") from None
     if not isinstance(obj, dict):
         raise ReaderProtocolError("message payload is not a JSON object", reason="payload")
     return decoder(obj)
+
+
+def decode(frame: Frame) -> Message:
+    """The message a frame carries; raises ReaderProtocolError naming what is wrong."""
+    return decode_payload(frame.type, frame.payload)
