@@ -8,7 +8,8 @@ encrypted card blob travels separately and is never part of ``repr``.
 from __future__ import annotations
 
 import enum
-import uuid
+import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,7 +50,17 @@ class ReadMethod(enum.StrEnum):
 
 def new_offline_id() -> str:
     """A local id, assigned at creation and stable forever."""
-    return "offpi_" + uuid.uuid4().hex
+    return "offpi_" + time_ordered_hex()
+
+
+def time_ordered_hex() -> str:
+    """32 hex digits: the time in milliseconds (12), then 80 random bits (20), as in UUIDv7.
+
+    Unique and unguessable like a random UUID, but ids made later sort later, so a store's unique
+    indexes on them grow at their right edge: each insert dirties one leaf page instead of a random
+    one, which keeps the writes per offline payment flat however many are already stored.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 @dataclass(frozen=True)

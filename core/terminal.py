@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -71,6 +70,7 @@ from .models import (
     PaymentIntent,
     PaymentIntentParams,
     new_offline_id,
+    time_ordered_hex,
 )
 from .network import NetworkMonitor
 from .paths import make_private_dir
@@ -506,7 +506,7 @@ class Terminal:
         intent.offline_behavior = behavior
         if pending.idempotency_key is None:
             # Made once; reused by the online attempt AND by the stored payment.
-            pending.idempotency_key = "offterm-" + uuid.uuid4().hex
+            pending.idempotency_key = "offterm-" + time_ordered_hex()
         if behavior is OfflineBehavior.FORCE_OFFLINE:
             self._require_offline_enabled(forced=True)
             return await self._store_offline(intent, pending)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from offterm.core.currency import exponent, format_amount, normalize_currency, validate_amount
@@ -39,3 +41,17 @@ def test_params_from_dict_reject_unknown_keys():
     assert p.metadata == {"order": "1"}
     with pytest.raises(InvalidRequest, match="amout"):
         PaymentIntentParams.coerce({"amout": 100, "currency": "usd"})
+
+
+def test_offline_ids_are_unique_and_sort_by_creation_time():
+    """Time-ordered (UUIDv7-like): a store's unique indexes grow at one edge instead of at random pages."""
+    import time
+
+    from offterm.core.models import new_offline_id
+
+    first = [new_offline_id() for _ in range(2000)]
+    time.sleep(0.002)
+    later = new_offline_id()
+    assert len(set(first)) == len(first)
+    assert all(re.fullmatch(r"offpi_[0-9a-f]{32}", oid) for oid in first)
+    assert later > max(first)
