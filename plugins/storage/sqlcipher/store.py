@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import secrets
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -50,7 +49,7 @@ from offterm.core.errors import (
     StorageError,
     StorageKeyUnavailable,
 )
-from offterm.core.models import CaptureMethod
+from offterm.core.models import CaptureMethod, time_ordered_hex
 from offterm.core.paths import make_private_dir
 
 from . import codec
@@ -745,4 +744,4 @@ def _creation_lock(path: Path) -> Iterator[None]:
 
 def new_idempotency_key() -> str:
     """A fresh idempotency key for a payment that is about to be stored."""
-    return "offterm-" + secrets.token_hex(16)
+    return "offterm-" + time_ordered_hex()  # time-ordered: see offterm.core.models.time_ordered_hex
