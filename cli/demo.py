@@ -101,7 +101,13 @@ def _config(proxy: FaultProxy, data_dir: Path) -> dict[str, Any]:
 
 
 def _short(identifier: str | None) -> str:
-    return "—" if not identifier else identifier if len(identifier) <= 16 else identifier[:15] + "…"
+    """Prefix and the last characters: offline ids start with their creation time, so heads look alike."""
+    if not identifier:
+        return "—"
+    if len(identifier) <= 16:
+        return identifier
+    prefix = identifier.split("_", 1)[0] + "_" if "_" in identifier[:8] else ""
+    return f"{prefix}…{identifier[-8:]}"
 
 
 def _card_text(intent: PaymentIntent) -> str:
