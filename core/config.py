@@ -154,9 +154,9 @@ def _check_type(where: str, spec: OptionSpec, value: Any) -> Any:
         raise ConfigError(where, f"must be {_type_names(allowed)}", value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         _check_number(where, spec, value)
-    for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
-        if isinstance(text, str) and _CONTROL.search(text):
-            raise ConfigError(where, "must not contain control or bidirectional-override characters")
+    texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    if any(isinstance(text, str) and _CONTROL.search(text) for text in texts):
+        raise ConfigError(where, "must not contain control or bidirectional-override characters")
     return value
 
 

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -160,9 +160,6 @@ def error_for(message: m.Error) -> ReaderError:
     return cls(f"{text} (reader code {message.code[:64]!r})", reader_code=message.code[:64])
 
 
-_READ_METHODS = {method.value: method for method in ReadMethod}
-
-
 def card_result(result: m.Result) -> CardResult:
     card = result.card
     return CardResult(
@@ -171,7 +168,7 @@ def card_result(result: m.Result) -> CardResult:
             last4=card.last4,
             exp_month=card.exp_month,
             exp_year=card.exp_year,
-            read_method=_READ_METHODS.get(card.read_method) or ReadMethod(card.read_method),
+            read_method=ReadMethod(card.read_method),
             cardholder_name=card.cardholder_name,
             pin_verified=card.pin_verified,
             issuer_country=card.issuer_country,
@@ -193,21 +190,11 @@ class _Collection:
 
 _COLLECTION_MESSAGES = (m.CardEvent, m.Result, m.PinResult, m.Error)
 
-#: (allowed read method values, the Collect's read_methods) per CollectRequest.allowed_read_methods.
-_METHODS: dict[tuple[ReadMethod, ...], tuple[frozenset[str], tuple[str, ...]]] = {}
 
-
-def _read_methods(methods: tuple[ReadMethod, ...]) -> tuple[frozenset[str], tuple[str, ...]]:
-    """What a request allows, as the reader protocol names it (remembered per tuple of methods)."""
-    try:
-        return _METHODS[methods]
-    except (KeyError, TypeError):  # TypeError: a list, not a tuple
-        pass
+def _read_methods(methods: Iterable[ReadMethod]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """What a request allows, as the reader protocol names it: the set, and the Collect's list in protocol order."""
     allowed = frozenset(rm.value for rm in methods)
-    found = (allowed, tuple(rm for rm in m.READ_METHODS if rm in allowed))
-    if type(methods) is tuple and len(_METHODS) < 64 and all(type(rm) is ReadMethod for rm in methods):
-        _METHODS[methods] = found
-    return found
+    return allowed, tuple(rm for rm in m.READ_METHODS if rm in allowed)
 
 
 class ProtocolReaderConnection(ReaderConnection):
