@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -119,6 +119,50 @@ class StoredPayment:
 
 
 @dataclass(frozen=True)
+class AttemptUpdate:
+    """``record_attempt(offline_id, owner, now)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
+
+    offline_id: str
+    owner: str
+    now: datetime
+
+    def apply_to(self, store: PaymentStore) -> StoredPayment:
+        return store.record_attempt(self.offline_id, self.owner, self.now)
+
+
+@dataclass(frozen=True)
+class OutcomeUpdate:
+    """``complete(offline_id, owner, to_state, now, ...)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
+
+    offline_id: str
+    owner: str
+    to_state: PaymentState
+    now: datetime
+    intent_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    decline_code: str | None = None
+    next_attempt_at: datetime | None = None
+
+    def apply_to(self, store: PaymentStore) -> StoredPayment:
+        return store.complete(
+            self.offline_id,
+            self.owner,
+            self.to_state,
+            self.now,
+            intent_id=self.intent_id,
+            error_code=self.error_code,
+            error_message=self.error_message,
+            decline_code=self.decline_code,
+            next_attempt_at=self.next_attempt_at,
+        )
+
+
+#: One write a forwarder makes to a payment it holds the claim on.
+ClaimUpdate = AttemptUpdate | OutcomeUpdate
+
+
+@dataclass(frozen=True)
 class StoreSummary:
     """Computed by the store without loading payment rows."""
 
@@ -208,6 +252,28 @@ class PaymentStore(abc.ABC):
         Appends to the history.  Raises InvalidTransition for a transition
         not in ALLOWED_TRANSITIONS or a claim ``owner`` does not hold.
         """
+
+    def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
+        """Apply several ``record_attempt`` / ``complete`` calls; one result per update, in order.
+
+        Each update behaves exactly as its single call: its result is the
+        StoredPayment that call returns, or the exception it raises (an
+        InvalidTransition for a lost claim fails that update only, and
+        changes nothing).  Every update in the list is durable when this
+        returns.  If the method raises, no update was applied.
+
+        The forwarder calls this with the updates its workers make at the
+        same time (group commit).  This default makes one single call, one
+        transaction, per update; a backend that can apply them in one
+        transaction should override it.
+        """
+        results: list[StoredPayment | Exception] = []
+        for update in updates:
+            try:
+                results.append(update.apply_to(self))
+            except Exception as exc:  # noqa: BLE001 - it is that update's result, raised to its caller
+                results.append(exc)
+        return results
 
     @abc.abstractmethod
     def release(self, owner: str, now: datetime) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,8 +31,11 @@ from offterm.core.contracts.storage import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
     PENDING_STATES,
+    AttemptUpdate,
+    ClaimUpdate,
     HistoryEntry,
     NewPayment,
+    OutcomeUpdate,
     PaymentState,
     PaymentStore,
     StorageKeyProvider,
@@ -289,6 +292,40 @@ class SqlCipherStore(PaymentStore):
         finally:
             fairy.close()
 
+    def _statement(self, sql: str, params: Any) -> list[Any]:
+        """One write statement as its own transaction; its rows (RETURNING).
+
+        For the per-payment bookkeeping of a drain.  The connection is in
+        autocommit mode, so SQLite wraps the statement in a write
+        transaction that it begins before reading and commits (with the
+        same fsync) once ``fetchall`` has stepped it to the end.  Same
+        atomicity and durability as ``_tx`` with two fewer round trips
+        through the driver, each of which must win the GIL back from a busy
+        event loop.
+        """
+        if self._engine is None or self._driver is None:
+            raise StorageError("the payment store is not open")
+        driver = self._driver
+        try:
+            fairy = self._engine.raw_connection()
+        except sa_exc.DBAPIError as exc:
+            raise self._translate(exc.orig or exc) from None
+        try:
+            conn: Any = fairy.driver_connection
+            try:
+                rows: list[Any] = conn.execute(sql, params).fetchall()
+            except driver.Error as exc:
+                error = self._translate(exc)
+                with contextlib.suppress(Exception):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                if isinstance(error, StorageDamaged):
+                    fairy.invalidate()
+                raise error from None
+            return rows
+        finally:
+            fairy.close()
+
     def _translate(self, exc: BaseException) -> OfftermError:
         message = str(exc)
         if "offterm:" in message:
@@ -501,19 +538,7 @@ class SqlCipherStore(PaymentStore):
 
     @_drains_when_full
     def record_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
-        _check_owner(owner)
-        now_us = to_micros(now, "now")
-        with self._tx(write=True) as conn:
-            row = conn.execute(
-                "UPDATE payments SET attempts = attempts + 1, claim_sent = 1, claimed_at = :now, "
-                "claim_expires_at = :now + (claim_expires_at - claimed_at), updated_at = :now "
-                "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_expires_at > :now"
-                + _RETURNING,
-                {"now": now_us, "id": offline_id, "owner": owner},
-            ).fetchone()
-            if row is None:
-                raise self._not_held(conn, offline_id, owner, now_us)
-        return self._decode_or_view(row)
+        return self._apply_one(AttemptUpdate(offline_id, owner, now))
 
     @_drains_when_full
     def complete(
@@ -529,39 +554,120 @@ class SqlCipherStore(PaymentStore):
         decline_code: str | None = None,
         next_attempt_at: datetime | None = None,
     ) -> StoredPayment:
-        _check_owner(owner)
+        return self._apply_one(
+            OutcomeUpdate(
+                offline_id,
+                owner,
+                to_state,
+                now,
+                intent_id=intent_id,
+                error_code=error_code,
+                error_message=error_message,
+                decline_code=decline_code,
+                next_attempt_at=next_attempt_at,
+            )
+        )
+
+    def _apply_one(self, update: ClaimUpdate) -> StoredPayment:
+        """One claim update as one statement, its own transaction (see ``_statement``)."""
+        sql, params, unsent_guard = self._claim_update_statement(update)
+        rows = self._statement(sql, params)
+        if not rows:
+            with self._tx(write=False) as conn:
+                raise self._not_held(conn, params["id"], params["owner"], params["now"], outcome_unknown=unsent_guard)
+        return self._decode_or_view(rows[0])
+
+    # -- group commit: several claim updates, one transaction ---------------------------------
+
+    @_drains_when_full
+    def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
+        """Every update in ONE write transaction (one commit, one fsync), each exactly as its single call.
+
+        Each update is one UPDATE statement, and SQLite makes a statement atomic inside its transaction:
+        one that matches no row (a lost claim) changes nothing, one that a trigger refuses is undone by
+        itself (``RAISE(ABORT)``), and either way the others stand.  Such an update's result is the error
+        its single call would raise.  Anything else (the disk, the database) fails the whole transaction:
+        nothing is applied and this raises.  Results are decoded only after the commit.
+        """
+        results: list[StoredPayment | Exception | None] = [None] * len(updates)
+        statements: list[tuple[int, str, dict[str, Any], bool]] = []
+        for i, update in enumerate(updates):
+            try:
+                sql, params, unsent_guard = self._claim_update_statement(update)
+            except OfftermError as exc:  # refused before any I/O, as the single call would be
+                results[i] = exc
+                continue
+            statements.append((i, sql, params, unsent_guard))
+        rows: dict[int, Any] = {}
+        if statements:
+            driver = self._driver
+            with self._tx(write=True) as conn:
+                for i, sql, params, unsent_guard in statements:
+                    try:
+                        found = conn.execute(sql, params).fetchall()
+                    except Exception as exc:
+                        if driver is None or not isinstance(exc, driver.Error) or "offterm:" not in str(exc):
+                            raise  # not about this update: the transaction fails as a whole
+                        results[i] = self._translate(exc)  # a trigger refused it; the statement was undone
+                        continue
+                    if not found:
+                        results[i] = self._not_held(
+                            conn, params["id"], params["owner"], params["now"], outcome_unknown=unsent_guard
+                        )
+                    else:
+                        rows[i] = found[0]
+        for i, row in rows.items():
+            results[i] = self._decode_or_view(row)
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _claim_update_statement(update: ClaimUpdate) -> tuple[str, dict[str, Any], bool]:
+        """(sql, parameters, outcome_unknown guard) of one update; refusals that need no I/O raise here."""
+        if isinstance(update, AttemptUpdate):
+            _check_owner(update.owner)
+            now_us = to_micros(update.now, "now")
+            return (
+                "UPDATE payments SET attempts = attempts + 1, claim_sent = 1, claimed_at = :now, "
+                "claim_expires_at = :now + (claim_expires_at - claimed_at), updated_at = :now "
+                "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_expires_at > :now"
+                + _RETURNING,
+                {"now": now_us, "id": update.offline_id, "owner": update.owner},
+                False,
+            )
+        if not isinstance(update, OutcomeUpdate):
+            raise InvalidRequest(f"not a claim update: {type(update).__name__}")
+        _check_owner(update.owner)
         try:
-            to_state = PaymentState(to_state)
+            to_state = PaymentState(update.to_state)
         except ValueError:
-            raise InvalidTransition(f"unknown payment state {to_state!r}") from None
+            raise InvalidTransition(f"unknown payment state {update.to_state!r}") from None
         if to_state not in ALLOWED_TRANSITIONS[PaymentState.FORWARDING]:
             raise InvalidTransition(f"a claimed payment cannot move from forwarding to {to_state.value}")
-        now_us = to_micros(now, "now")
-        next_us = None if next_attempt_at is None else to_micros(next_attempt_at, "next_attempt_at")
+        now_us = to_micros(update.now, "now")
+        nxt = update.next_attempt_at
+        next_us = None if nxt is None else to_micros(nxt, "next_attempt_at")
         purge = ", " + _PURGE_CARD + ", finalized_at = :now" if to_state in FINAL_STATES else ""
         # outcome_unknown means "a request went out without an answer": some attempt must exist.
-        unsent_guard = " AND attempts > 0" if to_state is PaymentState.OUTCOME_UNKNOWN else ""
-        with self._tx(write=True) as conn:
-            row = conn.execute(
-                "UPDATE payments SET state = :state, intent_id = coalesce(:intent_id, intent_id), "
-                "last_error_code = :code, last_error_message = :message, decline_code = :decline, "
-                f"transition_code = :code, next_attempt_at = :next, updated_at = :now, {_CLEAR_CLAIM}{purge} "
-                f"WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner{unsent_guard}" + _RETURNING,
-                {
-                    "state": to_state.value,
-                    "intent_id": intent_id,
-                    "code": error_code,
-                    "message": error_message,
-                    "decline": decline_code,
-                    "next": next_us,
-                    "now": now_us,
-                    "id": offline_id,
-                    "owner": owner,
-                },
-            ).fetchone()
-            if row is None:
-                raise self._not_held(conn, offline_id, owner, now_us, outcome_unknown=bool(unsent_guard))
-        return self._decode_or_view(row)
+        unsent_guard = to_state is PaymentState.OUTCOME_UNKNOWN
+        guard = " AND attempts > 0" if unsent_guard else ""
+        return (
+            "UPDATE payments SET state = :state, intent_id = coalesce(:intent_id, intent_id), "
+            "last_error_code = :code, last_error_message = :message, decline_code = :decline, "
+            f"transition_code = :code, next_attempt_at = :next, updated_at = :now, {_CLEAR_CLAIM}{purge} "
+            f"WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner{guard}" + _RETURNING,
+            {
+                "state": to_state.value,
+                "intent_id": update.intent_id,
+                "code": update.error_code,
+                "message": update.error_message,
+                "decline": update.decline_code,
+                "next": next_us,
+                "now": now_us,
+                "id": update.offline_id,
+                "owner": update.owner,
+            },
+            unsent_guard,
+        )
 
     def _not_held(
         self, conn: Any, offline_id: str, owner: str, now_us: int, *, outcome_unknown: bool = False
