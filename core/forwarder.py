@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from aiolimiter import AsyncLimiter
 
+from .claim_writer import ClaimWriter
 from .contracts import (
     ForwardingPolicy,
     ForwardingTransport,
@@ -31,8 +33,8 @@ from .contracts import (
     ProcessorSession,
     StoredPayment,
     Submission,
-    SubmissionResult,
 )
+from .contracts.storage import AttemptUpdate, AttemptWithdrawal, OutcomeUpdate
 from .errors import (
     AccountMismatch,
     AuthenticationFailed,
@@ -95,6 +97,37 @@ class _Round:
             self.failure = failure
 
 
+class _Slot:
+    """A claimed payment waiting for a worker, with its attempt record if one was started ahead."""
+
+    __slots__ = ("attempt", "payment")
+
+    def __init__(self, payment: StoredPayment) -> None:
+        self.payment = payment
+        self.attempt: asyncio.Future[StoredPayment] | None = None
+
+
+class _WorkQueue(asyncio.Queue[_Slot | None]):
+    """The round's queue of claimed payments, in order; None marks the end of the work."""
+
+    def first_unrecorded(self) -> _Slot | None:
+        """The first waiting payment whose attempt nobody started, left in its place."""
+        waiting: Iterable[_Slot | None] = self._queue  # type: ignore[attr-defined]  # Queue's storage, as subclasses use
+        for slot in waiting:
+            if slot is not None and slot.attempt is None:
+                return slot
+        return None
+
+    def leftover(self) -> list[_Slot]:
+        """Take out whatever no worker took (the round is over)."""
+        out = []
+        while not self.empty():
+            slot = self.get_nowait()
+            if slot is not None:
+                out.append(slot)
+        return out
+
+
 class Forwarder:
     def __init__(
         self,
@@ -122,6 +155,7 @@ class Forwarder:
         # Claim no more than the rate limit lets us send within half a lease, so claims do not expire queued.
         per_half_lease = int(rate / self._weight * settings.lease_seconds / 2)
         self._claim_size = max(1, min(settings.batch_size, per_half_lease))
+        self._writer = ClaimWriter(store)  # attempts and outcomes of all workers, group-committed
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -211,7 +245,7 @@ class Forwarder:
 
     async def _round(self) -> int:
         state = _Round()
-        queue: asyncio.Queue[StoredPayment | None] = asyncio.Queue(maxsize=self._settings.concurrency)
+        queue = _WorkQueue(maxsize=self._settings.concurrency)
         tasks = [asyncio.create_task(self._feed(queue, state), name="offterm-forward-feeder")]
         tasks += [
             asyncio.create_task(self._work(queue, state), name=f"offterm-forward-worker-{i}")
@@ -223,6 +257,11 @@ class Forwarder:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for slot in queue.leftover():  # attempts recorded ahead for payments no worker took
+                if slot.attempt is not None:
+                    self._withdraw(state, slot.payment, slot.attempt)
+            # Outcomes still being written are written (and announced) before anything is given back.
+            await self._writer.drain()
             # Whatever was claimed and not finished goes back: unsent as it was, sent as outcome_unknown.
             await asyncio.shield(self._store.release(self.owner, utcnow()))
             self._on_progress()
@@ -232,7 +271,7 @@ class Forwarder:
             self._round_failures = 0
         return state.finished
 
-    async def _feed(self, queue: asyncio.Queue[StoredPayment | None], state: _Round) -> None:
+    async def _feed(self, queue: _WorkQueue, state: _Round) -> None:
         """Claim batches just ahead of the workers, oldest first; authenticate once there is work."""
         loop = asyncio.get_running_loop()
         try:
@@ -259,29 +298,70 @@ class Forwarder:
                     if payment.offline_id in state.queued:
                         continue  # our own lease ran out and we claimed it again: one worker has it already
                     state.queued.add(payment.offline_id)
-                    await queue.put(payment)
+                    await queue.put(_Slot(payment))
         except Exception as exc:  # the store failed: stop, leave everything claimable
             log.error("forwarding_claim_failed", error_type=type(exc).__name__, error=str(exc))
             state.stop()
         await queue.put(None)
 
-    async def _work(self, queue: asyncio.Queue[StoredPayment | None], state: _Round) -> None:
+    async def _work(self, queue: _WorkQueue, state: _Round) -> None:
+        """Forward payments one at a time, the next one's attempt recorded while this one is sent.
+
+        The attempt must be durable before a payment's first request goes
+        out.  Waiting for it between payments would leave the connection
+        idle for a store round trip each time; instead, as a payment's
+        requests start, the first payment still waiting in the queue has
+        its attempt written meanwhile (:meth:`_look_ahead`).  It stays in its
+        place in the queue, for whichever worker is free first, so a stuck
+        payment never holds another one.  If the round stops before it is
+        sent, the attempt is withdrawn: nothing is counted that was not sent.
+        """
         while True:
-            payment = await queue.get()
-            if payment is None:
+            slot = await queue.get()
+            if slot is None:
                 queue.put_nowait(None)  # pass the end-of-work mark to the next worker
                 return
+            payment = slot.payment
             if state.stopped:
-                continue  # left claimed; the round's release gives it back untouched
+                if slot.attempt is not None:
+                    self._withdraw(state, payment, slot.attempt)
+                continue  # else left claimed; the round's release gives it back untouched
+            recording = False
             try:
-                if await self._forward_one(state, payment):
-                    state.finished += 1
+                recording = await self._forward_one(
+                    state, payment, slot.attempt, lambda: self._look_ahead(queue, state)
+                )
             except Exception as exc:  # a bug or a broken store: keep the payment, stop this round
                 log.error("forwarding_worker_failed", error_type=type(exc).__name__, error=str(exc))
                 state.stop()
             finally:
-                state.queued.discard(payment.offline_id)
+                if not recording:  # else it leaves the queue once its outcome is written (_announce)
+                    state.queued.discard(payment.offline_id)
             self._progress()
+
+    def _look_ahead(self, queue: _WorkQueue, state: _Round) -> None:
+        """Start writing the attempt of the first waiting payment that has none yet (with other workers' writes)."""
+        if state.stopped:
+            return
+        slot = queue.first_unrecorded()
+        if slot is not None:
+            slot.attempt = self._writer.submit(AttemptUpdate(slot.payment.offline_id, self.owner, utcnow()))
+
+    def _withdraw(self, state: _Round, payment: StoredPayment, attempt: asyncio.Future[StoredPayment]) -> None:
+        """The payment's attempt was recorded ahead but its request never went out: take it back."""
+
+        def settled(withdrawn: asyncio.Future[StoredPayment]) -> None:
+            state.queued.discard(payment.offline_id)
+            _log_withdrawal(payment, withdrawn)
+
+        def recorded(done: asyncio.Future[StoredPayment]) -> None:
+            if done.cancelled() or done.exception() is not None:  # never recorded: nothing to take back
+                state.queued.discard(payment.offline_id)
+                return
+            withdrawal = AttemptWithdrawal(payment.offline_id, self.owner, utcnow())
+            self._writer.submit(withdrawal).add_done_callback(settled)
+
+        attempt.add_done_callback(recorded)
 
     def _progress(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -321,14 +401,38 @@ class Forwarder:
         return None
 
     @payment_scoped
-    async def _forward_one(self, state: _Round, payment: StoredPayment) -> bool:
-        """Forward one claimed payment.  True when it reached its outcome (event emitted)."""
+    async def _forward_one(
+        self,
+        state: _Round,
+        payment: StoredPayment,
+        recorded: asyncio.Future[StoredPayment] | None,
+        look_ahead: Callable[[], None],
+    ) -> bool:
+        """Forward one claimed payment.  True when its outcome is being written (announced once written).
+
+        The worker does not wait for the outcome's write: it goes on to its
+        next payment while the write shares a transaction with others
+        (:class:`ClaimWriter`).  It does wait for the attempt's write, which
+        must be durable before the request goes out: ``recorded`` when it
+        was started ahead, while another payment was being sent.
+        """
         session = state.session
         if session is None:
+            if recorded is not None:
+                self._withdraw(state, payment, recorded)
             return False
         refusal = self._refusal(payment, session)
         if refusal is not None:
-            return await self._finish(payment, PaymentState.NEEDS_ATTENTION, refusal)
+            if recorded is not None:  # recorded ahead, but it is not going to be sent: take it back first
+                try:
+                    await asyncio.shield(recorded)
+                except (InvalidTransition, PaymentNotFound) as exc:
+                    log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
+                    return False
+                self._writer.submit(AttemptWithdrawal(payment.offline_id, self.owner, utcnow())).add_done_callback(
+                    lambda done: _log_withdrawal(payment, done)
+                )
+            return self._finish(state, payment, PaymentState.NEEDS_ATTENTION, refusal)
         assert payment.card is not None
         submission = Submission(
             offline_id=payment.offline_id,
@@ -345,11 +449,18 @@ class Forwarder:
         renewed = False
         while True:
             await self._limiter.acquire(self._weight)
+            if recorded is None:
+                recorded = self._writer.submit(AttemptUpdate(payment.offline_id, self.owner, utcnow()))
             try:
-                attempt = await self._store.record_attempt(payment.offline_id, self.owner, utcnow())
+                attempt = await asyncio.shield(recorded)
             except (InvalidTransition, PaymentNotFound) as exc:
                 log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
                 return False
+            except asyncio.CancelledError:
+                self._withdraw(state, payment, recorded)  # stopped before sending: the attempt is taken back
+                raise
+            recorded = None  # a second send (after a session renewal) records its own attempt
+            look_ahead()
             try:
                 result = await self._transport.submit(session, submission)
             except AuthenticationFailed as exc:
@@ -360,33 +471,33 @@ class Forwarder:
                     if fresh is not None:
                         session = fresh
                         continue
-                await self._retry_later(payment, attempt, exc, delay=0.0)
+                recording = self._retry_later(state, payment, attempt, exc, delay=0.0)
                 state.stop(exc)
-                return False
+                return recording
             except CardDeclined as exc:
                 self._network.record_success()
-                return await self._finish(payment, PaymentState.DECLINED, exc)
+                return self._finish(state, payment, PaymentState.DECLINED, exc)
             except TransientProcessorError as exc:  # includes OutcomeUnknown: same key next time
                 delay = self._policy.retry_delay(attempt.attempts)
-                await self._retry_later(payment, attempt, exc, delay=delay)
+                recording = self._retry_later(state, payment, attempt, exc, delay=delay)
                 if exc.http_status is not None:
                     self._network.record_success()
                 elif not await self._network.verify():
                     state.stop()  # the network is gone: the monitor brings us back
-                return False
+                return recording
             except PermanentProcessorError as exc:
                 self._network.record_success()
-                return await self._finish(payment, PaymentState.NEEDS_ATTENTION, exc)
+                return self._finish(state, payment, PaymentState.NEEDS_ATTENTION, exc)
             except ProcessorError as exc:
-                return await self._finish(payment, PaymentState.NEEDS_ATTENTION, exc)
+                return self._finish(state, payment, PaymentState.NEEDS_ATTENTION, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a transport bug: keep the payment, retry later with the same key
                 log.error("transport_crashed", offline_id=payment.offline_id, error_type=type(exc).__name__)
                 bug = TransientProcessorError(f"the transport raised {type(exc).__name__}", code="transport_error")
-                await self._retry_later(payment, attempt, bug, delay=self._policy.retry_delay(attempt.attempts))
-                return False
-            return await self._forwarded(payment, result)
+                return self._retry_later(state, payment, attempt, bug, delay=self._policy.retry_delay(attempt.attempts))
+            self._network.record_success()
+            return self._record(state, payment, PaymentState.FORWARDED, None, intent_id=result.intent_id)
 
     async def _renew_session(self, state: _Round, stale: ProcessorSession) -> ProcessorSession | None:
         self._sessions.invalidate(stale)
@@ -399,77 +510,100 @@ class Forwarder:
         log.info("processor_session_renewed")
         return fresh
 
-    async def _retry_later(
-        self, payment: StoredPayment, attempt: StoredPayment, exc: ProcessorError, *, delay: float
-    ) -> None:
+    def _retry_later(
+        self, state: _Round, payment: StoredPayment, attempt: StoredPayment, exc: ProcessorError, *, delay: float
+    ) -> bool:
         """Back to the queue as outcome_unknown (a request went out), due after ``delay`` seconds."""
         due = utcnow() + timedelta(seconds=delay) if delay > 0 else None
-        done = await self._complete(
+        return self._record(
+            state,
             payment,
             PaymentState.OUTCOME_UNKNOWN,
+            exc,
+            retry=(attempt.attempts, delay),
             error_code=exc.code,
             error_message=exc.message,
             next_attempt_at=due,
         )
-        if done is not None:
-            self._schedule(delay)
-            log.info(
-                "forward_retry_scheduled",
-                offline_id=payment.offline_id,
-                attempt=attempt.attempts,
-                code=exc.code,
-                delay=round(delay, 3),
-            )
 
-    async def _forwarded(self, payment: StoredPayment, result: SubmissionResult) -> bool:
-        self._network.record_success()
-        return await self._outcome(payment, PaymentState.FORWARDED, None, intent_id=result.intent_id)
-
-    async def _finish(self, payment: StoredPayment, state: PaymentState, error: OfftermError) -> bool:
-        return await self._outcome(
-            payment,
+    def _finish(self, state: _Round, payment: StoredPayment, to: PaymentState, error: OfftermError) -> bool:
+        return self._record(
             state,
+            payment,
+            to,
             error,
             error_code=error.code,
             error_message=error.message,
             decline_code=getattr(error, "decline_code", None),
         )
 
-    async def _outcome(
-        self, payment: StoredPayment, state: PaymentState, error: OfftermError | None, **kw: str | None
+    def _record(
+        self,
+        state: _Round,
+        payment: StoredPayment,
+        to: PaymentState,
+        error: OfftermError | None,
+        *,
+        retry: tuple[int, float] | None = None,
+        **fields: Any,
     ) -> bool:
-        """Record the outcome, then tell the app: one payment_intent_forwarded, after its requests finished.
+        """Hand the outcome to the claim writer; it is announced once written (:meth:`_announce`)."""
+        update = OutcomeUpdate(payment.offline_id, self.owner, to, utcnow(), **fields)
+        written = self._writer.submit(update)
+        written.add_done_callback(lambda done: self._announce(done, state, payment, to, error, retry))
+        return True
 
-        Shielded: a stop (close, timeout) arriving now cannot leave the
-        outcome recorded but unannounced.
-        """
-
-        async def record_and_announce() -> bool:
-            done = await self._complete(payment, state, **kw)
-            if done is None:
-                return False
+    def _announce(
+        self,
+        written: asyncio.Future[StoredPayment],
+        state: _Round,
+        payment: StoredPayment,
+        to: PaymentState,
+        error: OfftermError | None,
+        retry: tuple[int, float] | None,
+    ) -> None:
+        """After the outcome's commit: one payment_intent_forwarded for a final or needs_attention outcome,
+        a scheduled retry for outcome_unknown.  Runs even when the round was stopped meanwhile."""
+        state.queued.discard(payment.offline_id)
+        failure = None if written.cancelled() else written.exception()
+        if written.cancelled() or isinstance(failure, InvalidTransition | PaymentNotFound):
+            # another forwarder owns the payment now (our lease ran out): its outcome is theirs to record
+            log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(failure))
+            return
+        if failure is not None:  # the store failed: the payment stays claimed and comes back after the lease
+            log.error("forward_outcome_not_recorded", offline_id=payment.offline_id, error_type=type(failure).__name__)
+            state.stop()
+            return
+        done = written.result()
+        if retry is not None:
+            attempts, delay = retry
+            self._schedule(delay)
             log.info(
-                "payment_forwarded" if error is None else "payment_forward_finished",
+                "forward_retry_scheduled",
                 offline_id=payment.offline_id,
-                state=state.value,
-                intent_id=done.intent_id,
+                attempt=attempts,
                 code=None if error is None else error.code,
+                delay=round(delay, 3),
             )
-            self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=error)
-            return True
-
-        return await asyncio.shield(record_and_announce())
-
-    async def _complete(self, payment: StoredPayment, to_state: PaymentState, **kw: object) -> StoredPayment | None:
-        """Record the outcome; None if the claim was lost meanwhile (another forwarder owns the payment now)."""
-        try:
-            return await self._store.complete(payment.offline_id, self.owner, to_state, utcnow(), **kw)
-        except (InvalidTransition, PaymentNotFound) as exc:
-            log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
-            return None
+            return
+        state.finished += 1
+        log.info(
+            "payment_forwarded" if error is None else "payment_forward_finished",
+            offline_id=payment.offline_id,
+            state=to.value,
+            intent_id=done.intent_id,
+            code=None if error is None else error.code,
+        )
+        self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=error)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+
+def _log_withdrawal(payment: StoredPayment, withdrawn: asyncio.Future[StoredPayment]) -> None:
+    failure = None if withdrawn.cancelled() else withdrawn.exception()
+    if failure is not None:  # a lost claim, or a failed write: release treats it as sent (outcome_unknown)
+        log.warning("forward_attempt_not_withdrawn", offline_id=payment.offline_id, error=str(failure))
 
 
 def _mode(livemode: bool) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
 from .contracts import NewPayment, PaymentState, PaymentStore, StoredPayment, StoreSummary
-from .contracts.storage import HistoryEntry, StorageKeyProvider
+from .contracts.storage import ClaimUpdate, HistoryEntry, StorageKeyProvider
 
 T = TypeVar("T")
 
@@ -66,6 +66,9 @@ class AsyncStore:
         self, offline_id: str, owner: str, to_state: PaymentState, now: datetime, **kw: Any
     ) -> StoredPayment:
         return await self._run(self.backend.complete, offline_id, owner, to_state, now, **kw)
+
+    async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
+        return await self._run(self.backend.apply_claim_updates, updates)
 
     async def release(self, owner: str, now: datetime) -> int:
         return await self._run(self.backend.release, owner, now)

@@ -119,12 +119,15 @@ class StoredPayment:
 
 
 @dataclass(frozen=True)
-class AttemptUpdate:
-    """``record_attempt(offline_id, owner, now)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
-
+class _ClaimStep:
     offline_id: str
     owner: str
     now: datetime
+
+
+@dataclass(frozen=True)
+class AttemptUpdate(_ClaimStep):
+    """``record_attempt(offline_id, owner, now)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
 
     def apply_to(self, store: PaymentStore) -> StoredPayment:
         return store.record_attempt(self.offline_id, self.owner, self.now)
@@ -158,8 +161,16 @@ class OutcomeUpdate:
         )
 
 
+@dataclass(frozen=True)
+class AttemptWithdrawal(_ClaimStep):
+    """``withdraw_attempt(offline_id, owner, now)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
+
+    def apply_to(self, store: PaymentStore) -> StoredPayment:
+        return store.withdraw_attempt(self.offline_id, self.owner, self.now)
+
+
 #: One write a forwarder makes to a payment it holds the claim on.
-ClaimUpdate = AttemptUpdate | OutcomeUpdate
+ClaimUpdate = AttemptUpdate | AttemptWithdrawal | OutcomeUpdate
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,19 @@ class PaymentStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def withdraw_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
+        """Take back the claim's only attempt: it was recorded ahead, and its request never went out.
+
+        The forwarder records a payment's attempt while the previous
+        payment's requests run, so it is durable by the time it is needed.
+        When the round stops first, this undoes it (attempts - 1, the claim
+        marked unsent again), so release gives the payment back as it was
+        and no attempt is counted that was never made.  Raises
+        InvalidTransition if ``owner`` does not hold the claim or the claim
+        has no attempt to take back.
+        """
+
+    @abc.abstractmethod
     def complete(
         self,
         offline_id: str,
@@ -254,7 +278,7 @@ class PaymentStore(abc.ABC):
         """
 
     def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
-        """Apply several ``record_attempt`` / ``complete`` calls; one result per update, in order.
+        """Apply several record_attempt / withdraw_attempt / complete calls; one result per update, in order.
 
         Each update behaves exactly as its single call: its result is the
         StoredPayment that call returns, or the exception it raises (an

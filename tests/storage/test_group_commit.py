@@ -18,6 +18,7 @@ from storage_testkit import T0, make_store, new_payment, raw_connect
 
 from offterm.core.contracts.storage import (
     AttemptUpdate,
+    AttemptWithdrawal,
     OutcomeUpdate,
     PaymentState,
     PaymentStore,
@@ -230,3 +231,37 @@ def test_the_contract_default_makes_one_single_call_per_update(store: SqlCipherS
     assert isinstance(results[1], InvalidTransition)
     assert isinstance(results[2], StoredPayment) and results[2].attempts == 1
     assert opened.count(True) == 3, "one write transaction per update"
+
+
+# -- withdrawing an attempt recorded ahead -----------------------------------------------------------------
+
+
+def test_a_withdrawn_attempt_leaves_the_payment_as_if_it_had_never_been_tried(store: SqlCipherStore) -> None:
+    [fresh, retried] = claimed(store, 2)
+    store.record_attempt(retried, "w", NOW)
+    store.complete(retried, "w", S.OUTCOME_UNKNOWN, NOW, error_code="timeout")  # sent once, no answer
+    assert [p.offline_id for p in store.claim("w", 5, 60, NOW)] == [retried]
+    for pid in (fresh, retried):
+        store.record_attempt(pid, "w", LATER)
+    results = store.apply_claim_updates([AttemptWithdrawal(fresh, "w", LATER), AttemptWithdrawal(retried, "w", LATER)])
+    assert [r.attempts for r in results if isinstance(r, StoredPayment)] == [0, 1]
+    assert store.release("w", LATER) == 2
+    assert (store.get(fresh).state, store.get(fresh).attempts) == (S.STORED, 0), "back as it was: never sent"
+    assert (store.get(retried).state, store.get(retried).attempts) == (S.OUTCOME_UNKNOWN, 1), (
+        "back as it was: sent once before, outcome still unknown"
+    )
+
+
+def test_only_an_attempt_of_the_current_claim_can_be_withdrawn(store: SqlCipherStore) -> None:
+    [untried, tried] = claimed(store, 2)
+    store.record_attempt(tried, "w", NOW)
+    with pytest.raises(InvalidTransition, match="no attempt in this claim"):
+        store.withdraw_attempt(untried, "w", NOW)
+    with pytest.raises(InvalidTransition, match="another forwarder"):
+        store.withdraw_attempt(tried, "intruder", NOW)
+    store.withdraw_attempt(tried, "w", NOW)
+    with pytest.raises(InvalidTransition, match="no attempt in this claim"):
+        store.withdraw_attempt(tried, "w", NOW)  # not twice
+    assert store.get(tried).attempts == 0
+    with pytest.raises(PaymentNotFound):
+        store.withdraw_attempt("offpi_missing", "w", NOW)

@@ -32,6 +32,7 @@ from offterm.core.contracts.storage import (
     FINAL_STATES,
     PENDING_STATES,
     AttemptUpdate,
+    AttemptWithdrawal,
     ClaimUpdate,
     HistoryEntry,
     NewPayment,
@@ -568,13 +569,17 @@ class SqlCipherStore(PaymentStore):
             )
         )
 
+    @_drains_when_full
+    def withdraw_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
+        return self._apply_one(AttemptWithdrawal(offline_id, owner, now))
+
     def _apply_one(self, update: ClaimUpdate) -> StoredPayment:
         """One claim update as one statement, its own transaction (see ``_statement``)."""
-        sql, params, unsent_guard = self._claim_update_statement(update)
+        sql, params, needs = self._claim_update_statement(update)
         rows = self._statement(sql, params)
         if not rows:
             with self._tx(write=False) as conn:
-                raise self._not_held(conn, params["id"], params["owner"], params["now"], outcome_unknown=unsent_guard)
+                raise self._not_held(conn, params["id"], params["owner"], params["now"], needs=needs)
         return self._decode_or_view(rows[0])
 
     # -- group commit: several claim updates, one transaction ---------------------------------
@@ -590,19 +595,19 @@ class SqlCipherStore(PaymentStore):
         nothing is applied and this raises.  Results are decoded only after the commit.
         """
         results: list[StoredPayment | Exception | None] = [None] * len(updates)
-        statements: list[tuple[int, str, dict[str, Any], bool]] = []
+        statements: list[tuple[int, str, dict[str, Any], str]] = []
         for i, update in enumerate(updates):
             try:
-                sql, params, unsent_guard = self._claim_update_statement(update)
+                sql, params, needs = self._claim_update_statement(update)
             except OfftermError as exc:  # refused before any I/O, as the single call would be
                 results[i] = exc
                 continue
-            statements.append((i, sql, params, unsent_guard))
+            statements.append((i, sql, params, needs))
         rows: dict[int, Any] = {}
         if statements:
             driver = self._driver
             with self._tx(write=True) as conn:
-                for i, sql, params, unsent_guard in statements:
+                for i, sql, params, needs in statements:
                     try:
                         found = conn.execute(sql, params).fetchall()
                     except Exception as exc:
@@ -611,9 +616,7 @@ class SqlCipherStore(PaymentStore):
                         results[i] = self._translate(exc)  # a trigger refused it; the statement was undone
                         continue
                     if not found:
-                        results[i] = self._not_held(
-                            conn, params["id"], params["owner"], params["now"], outcome_unknown=unsent_guard
-                        )
+                        results[i] = self._not_held(conn, params["id"], params["owner"], params["now"], needs=needs)
                     else:
                         rows[i] = found[0]
         for i, row in rows.items():
@@ -621,8 +624,13 @@ class SqlCipherStore(PaymentStore):
         return [r for r in results if r is not None]
 
     @staticmethod
-    def _claim_update_statement(update: ClaimUpdate) -> tuple[str, dict[str, Any], bool]:
-        """(sql, parameters, outcome_unknown guard) of one update; refusals that need no I/O raise here."""
+    def _claim_update_statement(update: ClaimUpdate) -> tuple[str, dict[str, Any], str]:
+        """(sql, parameters, what the row needs beyond a live claim) of one update.
+
+        The third item names the extra condition ("" none, "sent": some attempt ever, "attempt": one in this
+        claim) so a miss can be
+        explained (``_not_held``).  Refusals that need no I/O raise here.
+        """
         if isinstance(update, AttemptUpdate):
             _check_owner(update.owner)
             now_us = to_micros(update.now, "now")
@@ -632,7 +640,17 @@ class SqlCipherStore(PaymentStore):
                 "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_expires_at > :now"
                 + _RETURNING,
                 {"now": now_us, "id": update.offline_id, "owner": update.owner},
-                False,
+                "",
+            )
+        if isinstance(update, AttemptWithdrawal):
+            _check_owner(update.owner)
+            now_us = to_micros(update.now, "now")
+            return (
+                "UPDATE payments SET attempts = attempts - 1, claim_sent = 0, updated_at = :now "
+                "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_sent = 1 "
+                "AND attempts > 0" + _RETURNING,
+                {"now": now_us, "id": update.offline_id, "owner": update.owner},
+                "attempt",
             )
         if not isinstance(update, OutcomeUpdate):
             raise InvalidRequest(f"not a claim update: {type(update).__name__}")
@@ -648,8 +666,8 @@ class SqlCipherStore(PaymentStore):
         next_us = None if nxt is None else to_micros(nxt, "next_attempt_at")
         purge = ", " + _PURGE_CARD + ", finalized_at = :now" if to_state in FINAL_STATES else ""
         # outcome_unknown means "a request went out without an answer": some attempt must exist.
-        unsent_guard = to_state is PaymentState.OUTCOME_UNKNOWN
-        guard = " AND attempts > 0" if unsent_guard else ""
+        unknown = to_state is PaymentState.OUTCOME_UNKNOWN
+        guard = " AND attempts > 0" if unknown else ""
         return (
             "UPDATE payments SET state = :state, intent_id = coalesce(:intent_id, intent_id), "
             "last_error_code = :code, last_error_message = :message, decline_code = :decline, "
@@ -666,24 +684,25 @@ class SqlCipherStore(PaymentStore):
                 "id": update.offline_id,
                 "owner": update.owner,
             },
-            unsent_guard,
+            "sent" if unknown else "",
         )
 
-    def _not_held(
-        self, conn: Any, offline_id: str, owner: str, now_us: int, *, outcome_unknown: bool = False
-    ) -> StorageError:
+    def _not_held(self, conn: Any, offline_id: str, owner: str, now_us: int, *, needs: str = "") -> StorageError:
         row = conn.execute(
-            "SELECT state, claim_owner, claim_expires_at, attempts FROM payments WHERE offline_id = ?", (offline_id,)
+            "SELECT state, claim_owner, claim_expires_at, attempts, claim_sent FROM payments WHERE offline_id = ?",
+            (offline_id,),
         ).fetchone()
         if row is None:
             return PaymentNotFound(f"no stored payment {offline_id!r}")
-        state, holder, expires, attempts = row
+        state, holder, expires, attempts, sent = row
         if state != PaymentState.FORWARDING.value:
             return InvalidTransition(f"payment {offline_id} is {state}, not claimed")
         if holder != owner:
             return InvalidTransition(f"payment {offline_id} is claimed by another forwarder")
-        if outcome_unknown and not attempts:
+        if needs == "sent" and not attempts:
             return InvalidTransition(f"payment {offline_id} was never sent, so its outcome cannot be unknown")
+        if needs == "attempt" and not (sent and attempts):
+            return InvalidTransition(f"payment {offline_id} has no attempt in this claim to take back")
         if expires is not None and expires <= now_us:
             return InvalidTransition(f"the claim on payment {offline_id} expired; claim it again")
         return InvalidTransition(f"payment {offline_id} cannot be updated")
