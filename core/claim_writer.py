@@ -48,16 +48,30 @@ class ClaimWriter:
         return future
 
     async def drain(self) -> None:
-        """Return once every update submitted so far is written (or failed)."""
+        """Return once every update submitted so far is written (or failed).
+
+        Also those submitted meanwhile by callbacks of earlier ones (a
+        withdrawal follows its attempt's write): one turn of the loop lets
+        them run before the last check.
+        """
+        await asyncio.sleep(0)
         while self._writing is not None:
             await asyncio.shield(self._writing)
+            await asyncio.sleep(0)
 
     async def _write_all(self) -> None:
         batch: list[_Item] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                _settle(batch, await self._apply(batch))
+                call = asyncio.ensure_future(self._apply(batch))
+                try:
+                    results = await asyncio.shield(call)
+                except asyncio.CancelledError:  # the store is writing this batch: tell each caller what it did
+                    _settle(batch, await call)
+                    batch = []
+                    raise
+                _settle(batch, results)
                 batch = []
         except BaseException:  # cancelled with the loop: tell whoever still listens
             stranded, self._pending = batch + self._pending, []

@@ -15,6 +15,7 @@ payment holds one worker, never the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import uuid
 from collections.abc import Callable, Iterable
@@ -107,6 +108,15 @@ class _Slot:
         self.attempt: asyncio.Future[StoredPayment] | None = None
 
 
+class _Unsent:
+    """The attempt a worker must take back if it stops before the request goes out (None once sent)."""
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, attempt: asyncio.Future[StoredPayment] | None) -> None:
+        self.attempt = attempt
+
+
 class _WorkQueue(asyncio.Queue[_Slot | None]):
     """The round's queue of claimed payments, in order; None marks the end of the work."""
 
@@ -156,6 +166,7 @@ class Forwarder:
         per_half_lease = int(rate / self._weight * settings.lease_seconds / 2)
         self._claim_size = max(1, min(settings.batch_size, per_half_lease))
         self._writer = ClaimWriter(store)  # attempts and outcomes of all workers, group-committed
+        self._ending: set[asyncio.Future[None]] = set()  # round endings that outlived a cancelled round
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -180,6 +191,9 @@ class Forwarder:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for ending in list(self._ending):  # a round cancelled while ending: let it finish its release
+            with contextlib.suppress(Exception):
+                await ending
         try:
             await self._store.release(self.owner, utcnow())
         except OfftermError as exc:
@@ -254,22 +268,30 @@ class Forwarder:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for slot in queue.leftover():  # attempts recorded ahead for payments no worker took
-                if slot.attempt is not None:
-                    self._withdraw(state, slot.payment, slot.attempt)
-            # Outcomes still being written are written (and announced) before anything is given back.
-            await self._writer.drain()
-            # Whatever was claimed and not finished goes back: unsent as it was, sent as outcome_unknown.
-            await asyncio.shield(self._store.release(self.owner, utcnow()))
-            self._on_progress()
+            # One task, shielded: a deadline or close() landing meanwhile cannot skip any step of the ending.
+            ending = asyncio.ensure_future(self._end_round(tasks, queue, state))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
+            await asyncio.shield(ending)
         if state.failure is not None:
             await self._report_round_failure(state.failure)
         elif state.session is not None:
             self._round_failures = 0
         return state.finished
+
+    async def _end_round(self, tasks: list[asyncio.Task[None]], queue: _WorkQueue, state: _Round) -> None:
+        """Stop the feeder and workers, withdraw unsent attempts, write and announce every outcome, release."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for slot in queue.leftover():  # attempts recorded ahead for payments no worker took
+            if slot.attempt is not None:
+                self._withdraw(state, slot.payment, slot.attempt)
+        # Outcomes (and withdrawals) still being written are written, and announced, before anything goes back.
+        await self._writer.drain()
+        # Whatever was claimed and not finished goes back: unsent as it was, sent as outcome_unknown.
+        await self._store.release(self.owner, utcnow())
+        self._on_progress()
 
     async def _feed(self, queue: _WorkQueue, state: _Round) -> None:
         """Claim batches just ahead of the workers, oldest first; authenticate once there is work."""
@@ -361,7 +383,10 @@ class Forwarder:
             withdrawal = AttemptWithdrawal(payment.offline_id, self.owner, utcnow())
             self._writer.submit(withdrawal).add_done_callback(settled)
 
-        attempt.add_done_callback(recorded)
+        if attempt.done():  # at once, so a round's drain that follows waits for the withdrawal too
+            recorded(attempt)
+        else:  # the writer has it: the withdrawal follows as soon as it is written, before drain() returns
+            attempt.add_done_callback(recorded)
 
     def _progress(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -414,21 +439,33 @@ class Forwarder:
         next payment while the write shares a transaction with others
         (:class:`ClaimWriter`).  It does wait for the attempt's write, which
         must be durable before the request goes out: ``recorded`` when it
-        was started ahead, while another payment was being sent.
+        was started ahead, while another payment was being sent.  Whatever
+        ends this before the request goes out (a refusal, a stop, a cancel
+        while waiting for the rate limiter) takes that attempt back.
         """
+        unsent = _Unsent(recorded)
+        try:
+            return await self._send(state, payment, unsent, look_ahead)
+        finally:
+            if unsent.attempt is not None:
+                self._withdraw(state, payment, unsent.attempt)
+
+    async def _send(
+        self, state: _Round, payment: StoredPayment, unsent: _Unsent, look_ahead: Callable[[], None]
+    ) -> bool:
         session = state.session
         if session is None:
-            if recorded is not None:
-                self._withdraw(state, payment, recorded)
             return False
         refusal = self._refusal(payment, session)
         if refusal is not None:
-            if recorded is not None:  # recorded ahead, but it is not going to be sent: take it back first
+            if unsent.attempt is not None:  # recorded ahead, but it is not going to be sent: take it back first
                 try:
-                    await asyncio.shield(recorded)
+                    await asyncio.shield(unsent.attempt)
                 except (InvalidTransition, PaymentNotFound) as exc:
+                    unsent.attempt = None  # never recorded: nothing to take back
                     log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
                     return False
+                unsent.attempt = None
                 self._writer.submit(AttemptWithdrawal(payment.offline_id, self.owner, utcnow())).add_done_callback(
                     lambda done: _log_withdrawal(payment, done)
                 )
@@ -446,20 +483,21 @@ class Forwarder:
             description=payment.description,
             stored_at=payment.stored_at,
         )
-        renewed = False
+        renewed = sent = False
+        recorded = unsent.attempt
         while True:
             await self._limiter.acquire(self._weight)
             if recorded is None:
                 recorded = self._writer.submit(AttemptUpdate(payment.offline_id, self.owner, utcnow()))
+                if not sent:  # nothing went out under this claim yet: stopping before the send takes it back
+                    unsent.attempt = recorded
             try:
                 attempt = await asyncio.shield(recorded)
             except (InvalidTransition, PaymentNotFound) as exc:
+                unsent.attempt = None  # never recorded: nothing to take back
                 log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
                 return False
-            except asyncio.CancelledError:
-                self._withdraw(state, payment, recorded)  # stopped before sending: the attempt is taken back
-                raise
-            recorded = None  # a second send (after a session renewal) records its own attempt
+            unsent.attempt, recorded, sent = None, None, True  # the request goes out now
             look_ahead()
             try:
                 result = await self._transport.submit(session, submission)

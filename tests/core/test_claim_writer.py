@@ -8,6 +8,7 @@ inside a drain, in tests/forwarding/test_forwarding_group_commit.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -128,3 +129,18 @@ async def test_drain_waits_for_updates_submitted_by_callbacks_of_earlier_ones() 
     await draining
     assert store.calls == [["a"], ["a-undo"]]
     assert chained and chained[0].done() and chained[0].result() == "done:a-undo"
+
+
+async def test_a_writer_cancelled_mid_write_still_tells_each_caller_what_the_store_did() -> None:
+    """Cancelled (the loop shutting down) while the store writes: the batch's callers hear the real results."""
+    store = GatedStore()
+    writer = ClaimWriter(store)  # type: ignore[arg-type]
+    written = writer.submit(update("a"))
+    await settle()
+    writing = writer._writing
+    assert writing is not None
+    writing.cancel()
+    await store.open_next()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writing
+    assert await written == "done:a", "committed, so reported as committed"
