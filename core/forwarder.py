@@ -101,11 +101,12 @@ class _Round:
 class _Slot:
     """A claimed payment waiting for a worker, with its attempt record if one was started ahead."""
 
-    __slots__ = ("attempt", "payment")
+    __slots__ = ("attempt", "attempt_at", "payment")
 
     def __init__(self, payment: StoredPayment) -> None:
         self.payment = payment
         self.attempt: asyncio.Future[StoredPayment] | None = None
+        self.attempt_at = 0.0  # loop time the attempt was submitted: it renewed the lease then
 
 
 class _Unsent:
@@ -350,9 +351,7 @@ class Forwarder:
                 continue  # else left claimed; the round's release gives it back untouched
             recording = False
             try:
-                recording = await self._forward_one(
-                    state, payment, slot.attempt, lambda: self._look_ahead(queue, state)
-                )
+                recording = await self._forward_one(state, payment, slot, lambda: self._look_ahead(queue, state))
             except Exception as exc:  # a bug or a broken store: keep the payment, stop this round
                 log.error("forwarding_worker_failed", error_type=type(exc).__name__, error=str(exc))
                 state.stop()
@@ -368,6 +367,7 @@ class Forwarder:
         slot = queue.first_unrecorded()
         if slot is not None:
             slot.attempt = self._writer.submit(AttemptUpdate(slot.payment.offline_id, self.owner, utcnow()))
+            slot.attempt_at = asyncio.get_running_loop().time()
 
     def _withdraw(self, state: _Round, payment: StoredPayment, attempt: asyncio.Future[StoredPayment]) -> None:
         """The payment's attempt was recorded ahead but its request never went out: take it back."""
@@ -387,6 +387,10 @@ class Forwarder:
             recorded(attempt)
         else:  # the writer has it: the withdrawal follows as soon as it is written, before drain() returns
             attempt.add_done_callback(recorded)
+
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
 
     def _progress(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -430,7 +434,7 @@ class Forwarder:
         self,
         state: _Round,
         payment: StoredPayment,
-        recorded: asyncio.Future[StoredPayment] | None,
+        slot: _Slot,
         look_ahead: Callable[[], None],
     ) -> bool:
         """Forward one claimed payment.  True when its outcome is being written (announced once written).
@@ -438,12 +442,17 @@ class Forwarder:
         The worker does not wait for the outcome's write: it goes on to its
         next payment while the write shares a transaction with others
         (:class:`ClaimWriter`).  It does wait for the attempt's write, which
-        must be durable before the request goes out: ``recorded`` when it
-        was started ahead, while another payment was being sent.  Whatever
-        ends this before the request goes out (a refusal, a stop, a cancel
-        while waiting for the rate limiter) takes that attempt back.
+        must be durable before the request goes out: ``slot.attempt`` when
+        it was started ahead, while another payment was being sent.
+        Whatever ends this before the request goes out (a refusal, a stop, a
+        cancel while waiting for the rate limiter) takes that attempt back.
+        So does a wait of more than half a lease since it was recorded: the
+        claim is checked again by a fresh attempt, as for any send.
         """
-        unsent = _Unsent(recorded)
+        unsent = _Unsent(slot.attempt)
+        if slot.attempt is not None and self._loop_time() - slot.attempt_at > self._settings.lease_seconds / 2:
+            self._withdraw(state, payment, slot.attempt)
+            unsent.attempt = None
         try:
             return await self._send(state, payment, unsent, look_ahead)
         finally:

@@ -99,3 +99,35 @@ async def test_a_deadline_while_the_round_ends_does_not_skip_the_release(data_di
         after = read_store(data_dir)
     assert [pid for pid in ids if after[pid].state is S.FORWARDING] == [], "every claim was given back"
     assert (after[ids[0]].state, after[ids[0]].attempts) == (S.OUTCOME_UNKNOWN, 2)
+
+
+async def test_an_attempt_recorded_ahead_long_before_its_send_is_renewed_first(
+    data_dir, sim, recorder, monkeypatch
+) -> None:
+    """The payment ahead waited longer than half a lease: its claim is checked again by a fresh attempt."""
+    calls: list[list[Any]] = []
+    real = SqlCipherStore.apply_claim_updates
+
+    def apply(store: SqlCipherStore, updates: Any) -> Any:
+        calls.append(list(updates))
+        return real(store, updates)
+
+    monkeypatch.setattr(SqlCipherStore, "apply_claim_updates", apply)
+    kit = KitPlugin()
+    first, second = populate(data_dir, [new_payment(i) for i in range(2)])
+    fwd = {"concurrency": 1, "batch_size": 2, "lease_seconds": 2}
+    cfg = config(data_dir, sim.url, forwarding=fwd, transport="observed")
+    async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder, kit), background=False) as terminal:
+
+        async def slow(_submission: Any) -> None:
+            await asyncio.sleep(
+                1.5
+            )  # longer than half the lease; the second payment's attempt was recorded at its start
+
+        kit.transports[0].hold[first] = slow
+        assert await terminal.forward_now(timeout=30) == 0
+    after = read_store(data_dir)
+    assert (after[second].state, after[second].attempts) == (S.FORWARDED, 1), "one attempt counted for one send"
+    updates = [type(u).__name__ for call in calls for u in call if u.offline_id == second]
+    assert updates[:3] == ["AttemptUpdate", "AttemptWithdrawal", "AttemptUpdate"]
+    assert sim.successful_charges() == {first: 1, second: 1}
