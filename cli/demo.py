@@ -202,17 +202,18 @@ async def run_demo(console: Console, quiet: bool = False) -> dict[str, int]:
         charges = sim.successful_charges()
         ledger = sim.ledger()
         table = Table(title="6. Reconciliation: the POS's store against the processor's ledger")
-        for column in ("offline id", "amount", "card", "state", "processor id", "charges on processor"):
-            table.add_column(column)
+        for column in ("offline id", "amount", "card", "state", "processor id", "charges"):
+            ids = column.endswith(" id")
+            table.add_column(column, no_wrap=ids, min_width=15 if column == "offline id" else 12 if ids else None)
         for intent in stored:
             p = payments[intent.offline_id]
             state = p.state.value + (f" ({p.decline_code})" if p.decline_code else "")
             table.add_row(
-                p.offline_id,
+                _short(p.offline_id),  # the full id's head is its creation time, alike for all four
                 format_amount(p.amount, p.currency),
                 _card_text(intent),
                 state,
-                p.intent_id or "—",
+                _short(p.intent_id),
                 str(charges.get(p.offline_id, 0)),
             )
         if not quiet:
