@@ -259,8 +259,8 @@ class SqlCipherStore(PaymentStore):
     # -- transactions ----------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Any]:
-        """One transaction on a pooled DBAPI connection; driver errors become typed errors.
+    def _connection(self) -> Iterator[Any]:
+        """A pooled DBAPI connection; driver errors become typed errors, an open transaction is rolled back.
 
         The engine provides pooling and keyed connections; statements go to
         the driver directly, which keeps the path to COMMIT short and keeps
@@ -276,9 +276,7 @@ class SqlCipherStore(PaymentStore):
         try:
             conn: Any = fairy.driver_connection
             try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield conn
-                conn.execute("COMMIT")
             except BaseException as exc:
                 # classify first: it looks at the files as the failure left them
                 error = self._translate(exc) if isinstance(exc, driver.Error) else None
@@ -293,6 +291,14 @@ class SqlCipherStore(PaymentStore):
         finally:
             fairy.close()
 
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Any]:
+        """One explicit transaction (BEGIN IMMEDIATE for a write) on a pooled connection."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+
     def _statement(self, sql: str, params: Any) -> list[Any]:
         """One write statement as its own transaction; its rows (RETURNING).
 
@@ -304,28 +310,9 @@ class SqlCipherStore(PaymentStore):
         through the driver, each of which must win the GIL back from a busy
         event loop.
         """
-        if self._engine is None or self._driver is None:
-            raise StorageError("the payment store is not open")
-        driver = self._driver
-        try:
-            fairy = self._engine.raw_connection()
-        except sa_exc.DBAPIError as exc:
-            raise self._translate(exc.orig or exc) from None
-        try:
-            conn: Any = fairy.driver_connection
-            try:
-                rows: list[Any] = conn.execute(sql, params).fetchall()
-            except driver.Error as exc:
-                error = self._translate(exc)
-                with contextlib.suppress(Exception):
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                if isinstance(error, StorageDamaged):
-                    fairy.invalidate()
-                raise error from None
-            return rows
-        finally:
-            fairy.close()
+        with self._connection() as conn:
+            rows: list[Any] = conn.execute(sql, params).fetchall()
+        return rows
 
     def _translate(self, exc: BaseException) -> OfftermError:
         message = str(exc)
