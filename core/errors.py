@@ -23,6 +23,18 @@ class OfftermError(Exception):
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its attributes, not by calling __init__ again (subclasses take other arguments):
+        # an error crossing to another process (the store's writer) arrives whole.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[OfftermError], args: tuple[Any, ...], state: dict[str, Any]) -> OfftermError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 # --- configuration and plugins -------------------------------------------------
 

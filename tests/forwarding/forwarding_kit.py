@@ -114,8 +114,13 @@ def config(
     policy: dict[str, Any] | None = None,
     tokens: dict[str, Any] | None = None,
     transport: str = "stripe",
+    sqlcipher: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Terminal config against ``url`` (the simulator, or a FaultProxy in front of it), tuned for speed."""
+    """A Terminal config against ``url`` (the simulator, or a FaultProxy in front of it), tuned for speed.
+
+    ``sqlcipher``: options of the store (``{"writer_process_after": 0}`` puts the drain's bookkeeping
+    in the store's writer process from the start).
+    """
     target = SimpleNamespace(url=url, backend_url=url + "/backend/connection_token")
     base = terminal_config(target, data_dir)
     base["terminal"].update({"offline_timeout": 2.0, "probe_min_interval": 0.02, "probe_max_interval": 0.2})
@@ -137,6 +142,8 @@ def config(
     base["acceptance"] = {"limits": {"max_amount": {"usd": 10_000_000}, "max_count": 100_000}}
     if tokens is not None:
         base["tokens"] = tokens
+    if sqlcipher:
+        base["storage"]["sqlcipher"] = dict(sqlcipher)
     return base
 
 

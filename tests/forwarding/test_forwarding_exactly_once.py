@@ -5,6 +5,9 @@
 * a restart in the middle of forwarding (clean, and a killed process);
 * new payments stored while forwarding runs (stripe-terminal-android #747);
 * two Terminal processes on one store.
+
+The restart, kill, store-while-forwarding and two-process scenarios run twice: with the drain's
+bookkeeping in the Terminal's own process, and in the store's writer process from the first claim.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 from forwarding_kit import (
     Worker,
     check_exactly_once,
@@ -28,6 +32,19 @@ from forwarding_kit import (
 
 from offterm.core import NetworkStatus, OfflineBehavior, Terminal
 from offterm.core.contracts import PaymentState
+
+#: where the drain's claims and claim records run (the store's ``writer_process_after``)
+WRITER = pytest.mark.parametrize(
+    "writer", [{"writer_process": False}, {"writer_process_after": 0}], ids=["in-process", "writer-process"]
+)
+
+
+def assert_writer_used(terminal, writer) -> None:
+    process = terminal.store.backend.writer_process
+    if not writer.get("writer_process", True):
+        assert process is None
+    else:
+        assert process is not None and process.calls_answered > 0, "the writer process carried the drain"
 
 
 def _intents_created(sim) -> Counter[str]:
@@ -138,10 +155,11 @@ async def test_every_step_sent_online_is_resent_byte_for_byte_by_the_forwarder(d
     assert not [r for r in sim.requests() if r["status"] == 400]
 
 
-async def test_clean_restart_in_the_middle_of_forwarding(data_dir, sim, recorder):
+@WRITER
+async def test_clean_restart_in_the_middle_of_forwarding(data_dir, sim, recorder, writer):
     ids = populate(data_dir, [new_payment(i) for i in range(200)])
     sim.set_faults(latency=0.01)
-    cfg = config(data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 10})
+    cfg = config(data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 10}, sqlcipher=writer)
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder)) as first:
         await wait_until(lambda: len(forwarded_events(recorder)) >= 40, timeout=30, what="forwarding to start")
         report = await first.close(timeout=0.0)  # stop now, mid-round, requests in flight
@@ -152,16 +170,20 @@ async def test_clean_restart_in_the_middle_of_forwarding(data_dir, sim, recorder
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder)) as second:
         await wait_until(lambda: len(forwarded_events(recorder)) >= 200, timeout=60, what="the rest")
         assert (await second.refresh_offline_status()).sdk.offline_payments_count == 0
+        assert_writer_used(second, writer)
     assert check_exactly_once(sim, read_store(data_dir)) == {PaymentState.FORWARDED: 200}
     events = forwarded_events(recorder)
     assert sorted(events) == sorted(ids) and all(len(v) == 1 for v in events.values()), "one event per payment"
     assert max(_intents_created(sim).values()) == 1
 
 
-async def test_killed_process_in_the_middle_of_forwarding(tmp_path, data_dir, sim, recorder):
+@WRITER
+async def test_killed_process_in_the_middle_of_forwarding(tmp_path, data_dir, sim, recorder, writer):
     ids = populate(data_dir, [new_payment(i) for i in range(300)])
     sim.set_faults(latency=0.01)
-    cfg = config(data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 10, "lease_seconds": 1.0})
+    cfg = config(
+        data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 10, "lease_seconds": 1.0}, sqlcipher=writer
+    )
     path = tmp_path / "worker.json"
     path.write_text(json.dumps(cfg))
     worker = await Worker(path).start()
@@ -193,11 +215,12 @@ async def test_killed_process_in_the_middle_of_forwarding(tmp_path, data_dir, si
     assert max(_intents_created(sim).values()) == 1
 
 
-async def test_payments_stored_while_forwarding_runs_are_each_charged_once(data_dir, sim, recorder):
+@WRITER
+async def test_payments_stored_while_forwarding_runs_are_each_charged_once(data_dir, sim, recorder, writer):
     """stripe-terminal-android #747: storing during forwarding re-sent queued payments with new keys."""
     backlog = populate(data_dir, [new_payment(i) for i in range(150)])
     sim.set_faults(latency=0.01)
-    cfg = config(data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 10})
+    cfg = config(data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 10}, sqlcipher=writer)
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder)) as terminal:
         await connect_online(terminal)
         await wait_until(lambda: len(forwarded_events(recorder)) >= 10, timeout=30, what="forwarding to start")
@@ -211,6 +234,7 @@ async def test_payments_stored_while_forwarding_runs_are_each_charged_once(data_
         assert len(offline) == 15 and len(online) == 5
         every = set(backlog) | set(offline)
         await wait_until(lambda: every <= set(forwarded_events(recorder)), timeout=60, what="the drain")
+        assert_writer_used(terminal, writer)
     payments = read_store(data_dir)
     assert check_exactly_once(sim, payments, online=online) == {PaymentState.FORWARDED: 165}
     charges = sim.successful_charges()
@@ -219,10 +243,11 @@ async def test_payments_stored_while_forwarding_runs_are_each_charged_once(data_
     assert all(len(v) == 1 for v in forwarded_events(recorder).values())
 
 
-async def test_two_terminal_processes_on_one_store(tmp_path, data_dir, sim):
+@WRITER
+async def test_two_terminal_processes_on_one_store(tmp_path, data_dir, sim, writer):
     ids = populate(data_dir, [new_payment(i) for i in range(300)])
     sim.set_faults(latency=0.01)
-    cfg = config(data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 5})
+    cfg = config(data_dir, sim.url, forwarding={"concurrency": 4, "batch_size": 5}, sqlcipher=writer)
     path = tmp_path / "worker.json"
     path.write_text(json.dumps(cfg))
     workers = [await Worker(path, store=15).start(), await Worker(path, store=15).start()]

@@ -62,6 +62,7 @@ from .connection import Durability, classify, connect, load_driver, verify_key
 from .migrate import ensure_schema
 from .reserve import SpaceReserve
 from .schema import CLAIMABLE_WHERE, UNCLAIMABLE_WHERE
+from .writer_process import WriterProcess
 
 log = structlog.get_logger("offterm.storage.sqlcipher")
 
@@ -132,6 +133,9 @@ class StoreConfig:
     retention_days: int
     reserve_bytes: int = 4 * 1024 * 1024
     pool_size: int = 2
+    #: After this many claim updates written in-process, the drain's bookkeeping moves to a writer
+    #: process (``writer_process.py``); None: never.
+    writer_process_after: int | None = 256
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -155,6 +159,33 @@ def _drains_when_full(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+#: The drain's own store calls, by name, undecorated: what the writer process runs (``writer_process.py``).
+WRITER_CALLS: dict[str, Callable[..., Any]] = {}
+
+
+def _in_writer_process(method: _F) -> _F:
+    """Run this call in the store's writer process when there is one (the drain's bookkeeping).
+
+    The drain's claims and claim updates then share one connection, and its page cache, in a process with
+    a GIL of its own.  Errors come back typed, as raised there.  If no writer process can be started, the
+    call runs here (as do all calls until the writer process is ready).
+    """
+    name = method.__name__
+    WRITER_CALLS[name] = method
+
+    @functools.wraps(method)
+    def wrapper(self: SqlCipherStore, *args: Any, **kwargs: Any) -> Any:
+        writer = self._writer
+        if writer is not None and writer.ready():
+            return writer.call(name, args, kwargs)
+        result = method(self, *args, **kwargs)
+        if writer is not None and name == "apply_claim_updates":
+            writer.note_written_here(len(args[0]))
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
 class SqlCipherStore(PaymentStore):
     """PaymentStore on one SQLCipher file (see module docstring)."""
 
@@ -166,6 +197,7 @@ class SqlCipherStore(PaymentStore):
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._reserve = SpaceReserve(Path(f"{config.path}.reserve"), config.reserve_bytes)
         self.opened_from_version: int | None = None
+        self._writer: WriterProcess | None = None
 
     # -- opening -------------------------------------------------------------------
 
@@ -195,6 +227,9 @@ class SqlCipherStore(PaymentStore):
         self._driver = driver
         self._engine = self._make_engine(driver, key)
         self._identity = _identity(self.path)
+        if self.config.writer_process_after is not None:
+            self._writer = WriterProcess(self.config, key, after=self.config.writer_process_after)
+            self._writer.note_written_here(0)  # with after=0 it starts now
         try:
             if not self._reserve.ensure():
                 log.warning("storage_disk_full", path=str(self.path), effect="new offline payments are refused")
@@ -251,7 +286,28 @@ class SqlCipherStore(PaymentStore):
             hide_parameters=True,
         )
 
+    @property
+    def writer_process(self) -> WriterProcess | None:
+        """The drain's writer process (started or not), or None when disabled or the store is closed."""
+        return self._writer
+
+    def open_for_writer(self, keys: StorageKeyProvider) -> None:
+        """Open an existing, already checked store for the ``WRITER_CALLS`` only (in the writer process).
+
+        No creation, migration, reserve or housekeeping: the process that started this one did them.
+        """
+        driver = load_driver()
+        key = keys.get_key(self.config.store_id, create=False)
+        if key is None:
+            raise StorageKeyUnavailable("no key was handed to the writer process")
+        self._driver = driver
+        self._engine = self._make_engine(driver, key)
+        self._identity = _identity(self.path)
+
     def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.dispose()
@@ -495,6 +551,7 @@ class SqlCipherStore(PaymentStore):
     # -- forwarding lifecycle ------------------------------------------------------
 
     @_drains_when_full
+    @_in_writer_process
     def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
         _check_owner(owner)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -572,6 +629,7 @@ class SqlCipherStore(PaymentStore):
     # -- group commit: several claim updates, one transaction ---------------------------------
 
     @_drains_when_full
+    @_in_writer_process
     def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
         """Every update in ONE write transaction (one commit, one fsync), each exactly as its single call.
 
@@ -580,6 +638,8 @@ class SqlCipherStore(PaymentStore):
         itself (``RAISE(ABORT)``), and either way the others stand.  Such an update's result is the error
         its single call would raise.  Anything else (the disk, the database) fails the whole transaction:
         nothing is applied and this raises.  Results are decoded only after the commit.
+
+        During a drain this runs in the store's writer process (``writer_process.py``).
         """
         results: list[StoredPayment | Exception | None] = [None] * len(updates)
         statements: list[tuple[int, str, dict[str, Any], str]] = []
@@ -695,11 +755,13 @@ class SqlCipherStore(PaymentStore):
         return InvalidTransition(f"payment {offline_id} cannot be updated")
 
     @_drains_when_full
+    @_in_writer_process
     def release(self, owner: str, now: datetime) -> int:
         _check_owner(owner)
         return self._give_back("claim_owner = ?", (owner,), to_micros(now, "now"), "claim_released")
 
     @_drains_when_full
+    @_in_writer_process
     def recover_expired_claims(self, now: datetime) -> int:
         now_us = to_micros(now, "now")
         return self._give_back("claim_expires_at <= ?", (now_us,), now_us, "claim_expired")

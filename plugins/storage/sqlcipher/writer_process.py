@@ -1,0 +1,294 @@
+"""The drain's bookkeeping (claims and claim updates), run by a child process with a GIL of its own.
+
+A drain makes a claim per batch and two durable records per payment (its
+attempt, then its outcome).  On a thread of the POS process that work has to
+win the GIL back from the busy event loop every time the SQLite driver lets
+go of it, and the drain ran at 0.6 of bare httpx.  Here the store's thread
+hands each call to the child over a socket and waits for the answer without
+the GIL.  The child runs the very same store methods on its own connection to
+the same file; SQLite serialises it with this process's writers exactly as it
+serialises two Terminals on one store (``BEGIN IMMEDIATE``, WAL), so nothing
+about atomicity, durability or claims changes.
+
+* It starts only once a real drain is under way (``after`` claim updates
+  written here), so a POS forwarding a handful of payments never has one.
+  Until it is ready the calls run here: starting never stalls the drain.
+* It is started with ``python -c`` and an inherited socket (``multiprocessing``'s
+  spawn would re-import the application's ``__main__``).  The key goes down
+  the socket; it is never in argv, the environment or a file.
+* It exits when the store closes, or when this process dies (end of file on
+  the socket); a transaction it had begun is committed or rolled back by SQLite.
+* If it dies during a call, the caller gets a ``StorageError`` saying the
+  writes may or may not have been made (the forwarder treats that as any
+  unanswered store write: the payment keeps its idempotency key), and a new
+  one is started.  After ``MAX_FAILURES`` it is given up and everything runs
+  here, logged.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from offterm.core.contracts.storage import StorageKeyProvider
+from offterm.core.errors import StorageError
+
+if TYPE_CHECKING:
+    from .store import StoreConfig
+
+log = structlog.get_logger("offterm.storage.sqlcipher")
+
+#: How long a started child may take to import and open the store before it is given up.
+START_TIMEOUT_S = 60.0
+#: Added to the store's lock wait for one answer (a call is a batch of single-row statements).
+ANSWER_MARGIN_S = 60.0
+#: Children lost (died, silent, failed to start) before the store stops starting new ones.
+MAX_FAILURES = 3
+
+_BOOT = "from offterm.plugins.storage.sqlcipher.writer_process import serve; serve()"
+_FD_VARIABLE = "OFFTERM_WRITER_FD"
+
+
+class WriterProcess:
+    """The child of one store, used by the store's thread; one call at a time.
+
+    ``ready()`` says whether calls go to the child; ``call()`` sends one.
+    """
+
+    def __init__(self, config: StoreConfig, key: bytes, *, after: int) -> None:
+        self._config = config
+        self._key = key
+        self._after = after
+        self._written_here = 0
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._started_at = 0.0
+        self._ready = False
+        self._failures = 0
+        self.given_up = False
+        #: calls the child answered (a measure of how much of the drain it carried)
+        self.calls_answered = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    def note_written_here(self, count: int) -> None:
+        """Count claim updates written in this process; at ``after`` the child is started."""
+        self._written_here += count
+        if self._proc is None and not self.given_up and self._written_here >= self._after:
+            with self._lock:
+                self._start()
+
+    def ready(self) -> bool:
+        """True once the child has opened the store (checked without waiting)."""
+        if self._ready:
+            return True
+        if self._proc is None or self._conn is None:
+            return False
+        with self._lock:
+            return self._check_started()
+
+    def wait_until_ready(self, timeout: float) -> bool:
+        """Wait (up to ``timeout`` seconds) for a started child to be ready; for tests and benchmarks."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self._proc is None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def call(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """The child's ``store.<name>(*args, **kwargs)``; returns or raises what it did.
+
+        :raises StorageError: the child died or went silent during the call: its writes may or may not
+            have been made (a new child is started for later calls).
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None or not self._ready:
+                raise StorageError("the store's writer process is not running")  # callers check ready()
+            try:
+                conn.send((name, tuple(args), dict(kwargs)))
+                if not conn.poll(self._config.durability.busy_timeout_ms / 1000 + ANSWER_MARGIN_S):
+                    raise TimeoutError
+                status, value = conn.recv()
+            except (OSError, EOFError, TimeoutError) as exc:
+                what = "did not answer" if isinstance(exc, TimeoutError) else "exited"
+                self._lost(f"it {what} during {name}")
+                raise StorageError(
+                    f"the store's writer process {what} during {name}; its writes may or may not have been made"
+                ) from None
+            self.calls_answered += 1
+        if status == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop(kill=False)
+
+    # -- the child's life (under self._lock) ---------------------------------------------------
+
+    def _start(self) -> None:
+        if sys.platform == "win32" or not sys.executable:
+            self._give_up("this platform cannot hand a socket to a child process")
+            return
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env[_FD_VARIABLE] = str(theirs.fileno())
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed command
+                [sys.executable, "-c", _BOOT],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError as exc:
+            ours.close()
+            self._give_up(f"cannot run {sys.executable}: {exc.strerror}")
+            return
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        try:
+            conn.send((self._config, self._key))
+        except OSError:
+            conn.close()
+            _end(proc, kill=True)
+            self._failed("it exited before it was given the store")
+            return
+        self._proc, self._conn = proc, conn
+        self._started_at = time.monotonic()
+
+    def _check_started(self) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            if not conn.poll(0):
+                if time.monotonic() - self._started_at > START_TIMEOUT_S:
+                    raise TimeoutError
+                return False
+            status, value = conn.recv()
+        except (OSError, EOFError, TimeoutError):
+            self._lost("it did not start")
+            return False
+        if status != "ready":
+            self._lost(f"it could not open the store: {value}")
+            return False
+        self._ready = True
+        log.info("storage_writer_started", pid=value)
+        return True
+
+    def _lost(self, why: str) -> None:
+        self._stop(kill=True)
+        self._failed(why)
+
+    def _failed(self, why: str) -> None:
+        self._failures += 1
+        if self._failures >= MAX_FAILURES:
+            self._give_up(f"{self._failures} writer processes lost, the last because {why}")
+            return
+        log.warning("storage_writer_lost", reason=why, effect="a new one is started; meanwhile writes run in-process")
+        self._start()
+
+    def _give_up(self, why: str) -> None:
+        self.given_up = True
+        log.warning("storage_writer_unavailable", reason=why, effect="the drain's writes run in-process")
+
+    def _stop(self, *, kill: bool) -> None:
+        conn, self._conn = self._conn, None
+        proc, self._proc = self._proc, None
+        self._ready = False
+        if conn is not None:
+            conn.close()  # the child reads end of file and exits after the call it may be running
+        if proc is not None:
+            _end(proc, kill=kill)
+
+
+def _end(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
+    if kill:
+        proc.kill()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class _HandedKey(StorageKeyProvider):
+    """The key the parent already checked, handed down the socket."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def get_key(self, store_id: str, *, create: bool) -> bytes | None:
+        return self._key
+
+
+def serve() -> None:
+    """The child: open the store, then answer calls until the parent goes away."""
+    from offterm.core.logs import configure_logging
+
+    from .store import WRITER_CALLS, SqlCipherStore
+
+    configure_logging(json=True, level="warning")  # the redacting pipeline, on standard error
+    conn = Connection(int(os.environ.pop(_FD_VARIABLE)))
+    try:
+        config, key = conn.recv()
+    except EOFError:
+        return
+    store = SqlCipherStore(replace(config, writer_process_after=None))
+    try:
+        store.open_for_writer(_HandedKey(key))
+    except Exception as exc:
+        _answer(conn, ("error", exc))
+        return
+    del key
+    try:
+        _answer(conn, ("ready", os.getpid()))
+        _serve_calls(conn, store, WRITER_CALLS)
+    finally:
+        store.close()
+
+
+def _serve_calls(conn: Connection, store: Any, calls: Mapping[str, Callable[..., Any]]) -> None:
+    while True:
+        try:
+            name, args, kwargs = conn.recv()
+        except (EOFError, OSError):
+            return
+        answer: tuple[str, Any]
+        try:
+            answer = ("ok", calls[name](store, *args, **kwargs))
+        except Exception as exc:
+            answer = ("error", exc)
+        if not _answer(conn, answer):
+            return
+
+
+def _answer(conn: Connection, answer: tuple[str, Any]) -> bool:
+    """Send ``answer``; False once the parent is gone."""
+    try:
+        conn.send(answer)
+    except OSError:
+        return False
+    except Exception as exc:  # an answer that does not pickle: say so rather than die
+        conn.send(("error", StorageError(f"the writer process could not return its answer: {exc}")))
+    return True
