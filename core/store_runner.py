@@ -2,7 +2,9 @@
 
 SQLCipher has no async driver, so every store call goes to one dedicated
 worker thread: the event loop never blocks on fsync, and the backend never
-sees two calls at once from this process.
+sees two calls at once from this process.  The drain's claims and claim
+updates go through the store's ``drain_channel`` instead when it offers one
+(its bookkeeping runs in another process): no thread hand-over at all.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class AsyncStore:
         return await self._run(self.backend.summary)
 
     async def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
+        channel = self.backend.drain_channel()
+        if channel is not None:
+            return await channel.claim(owner, limit, lease_seconds, now)
         return await self._run(self.backend.claim, owner, limit, lease_seconds, now)
 
     async def record_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
@@ -68,6 +73,9 @@ class AsyncStore:
         return await self._run(self.backend.complete, offline_id, owner, to_state, now, **kw)
 
     async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
+        channel = self.backend.drain_channel()
+        if channel is not None:
+            return await channel.apply_claim_updates(updates)
         return await self._run(self.backend.apply_claim_updates, updates)
 
     async def release(self, owner: str, now: datetime) -> int:

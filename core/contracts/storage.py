@@ -12,6 +12,7 @@ import enum
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from ..models import CaptureMethod
 from .readers import CardDetails, CardResult
@@ -299,6 +300,21 @@ class PaymentStore(abc.ABC):
                 results.append(exc)
         return results
 
+    def drain_channel(self) -> DrainChannel | None:
+        """Awaitable claim and apply_claim_updates that need no thread of this process, if ready now.
+
+        Every store call of the Terminal runs on the store's one thread.  A
+        store whose drain bookkeeping runs elsewhere (the SQLCipher store's
+        writer process) can offer this channel instead, so a long drain's
+        calls go there straight from the event loop, with no thread hand-over.
+        Asked before each such call, from the event loop: it must return at
+        once and never block.
+
+        :return: the channel, or ``None`` (the default) for "not now": the
+            call then runs on the store's thread as usual.
+        """
+        return None
+
     @abc.abstractmethod
     def release(self, owner: str, now: datetime) -> int:
         """Give back every claim ``owner`` holds (clean shutdown)."""
@@ -317,6 +333,19 @@ class PaymentStore(abc.ABC):
 
     @abc.abstractmethod
     def set_meta(self, key: str, value: str) -> None: ...
+
+
+class DrainChannel(Protocol):
+    """``PaymentStore.claim`` and ``apply_claim_updates``, awaitable (see ``PaymentStore.drain_channel``).
+
+    Same arguments, results, errors and durability as the store's methods.
+    A call whose answer was lost (the other side died) raises StorageError
+    and may or may not have been applied, as for any unanswered write.
+    """
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]: ...
+
+    async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]: ...
 
 
 class StorageKeyProvider(abc.ABC):

@@ -1,5 +1,8 @@
 """The writer process: a drain's claims and claim updates run in a child process, with the same effects.
 
+Calls reach the child from the store's thread (the store's methods) or straight from the event loop
+(``drain_channel``, used by ``AsyncStore``); both are tested.
+
 Real child processes on real SQLCipher files: each test checks where a call ran
 (the child's pid), what it did to the file, and what happens when the child dies,
 cannot start, or outlives its parent.
@@ -7,6 +10,7 @@ cannot start, or outlives its parent.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -21,7 +25,8 @@ import pytest
 from storage_testkit import T0, make_store, new_payment
 
 from offterm.core.contracts.storage import AttemptUpdate, OutcomeUpdate, PaymentState
-from offterm.core.errors import InvalidRequest, InvalidTransition, StorageError
+from offterm.core.errors import InvalidRequest, InvalidTransition, OfflineStorageFull, StorageError
+from offterm.core.store_runner import AsyncStore
 from offterm.plugins.storage.keys import StaticKeyProvider
 from offterm.plugins.storage.sqlcipher import SqlCipherStore
 from offterm.plugins.storage.sqlcipher import writer_process as wp
@@ -232,3 +237,109 @@ def test_the_writer_process_is_given_up_after_repeated_losses(open_store: Any) -
     assert writer.pid is None and not writer.ready()
     offline_id = store.store(new_payment(1)).offline_id
     assert [p.offline_id for p in store.claim("w", 1, 60, NOW)] == [offline_id], "the store works on, in-process"
+
+
+# -- the event loop's channel (PaymentStore.drain_channel) -------------------------------------------------
+
+
+def channel_store(open_store: Any) -> tuple[SqlCipherStore, AsyncStore]:
+    store = open_store(writer_process_after=0)
+    ready_writer(store)
+    return store, AsyncStore(store)
+
+
+def refuse_thread_calls(store: SqlCipherStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the store thread's way to the child fail loudly, so passing calls prove they took the channel."""
+
+    def no(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("went through the store's thread")
+
+    monkeypatch.setattr(store.writer_process, "call", no)
+
+
+def test_the_drain_calls_take_the_event_loops_channel_once_the_writer_is_ready(
+    open_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, runner = channel_store(open_store)
+    ids = [store.store(new_payment(i)).offline_id for i in range(5)]
+    refuse_thread_calls(store, monkeypatch)
+    before = store.writer_process.calls_answered
+
+    async def drain() -> list[Any]:
+        assert [p.offline_id for p in await runner.claim("w", 5, 60, NOW)] == ids
+        await runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids])
+        return await runner.apply_claim_updates([OutcomeUpdate(i, "w", S.FORWARDED, LATER) for i in ids])
+
+    done = asyncio.run(drain())
+    assert [(p.state, p.attempts) for p in done] == [(S.FORWARDED, 1)] * 5
+    assert store.writer_process.calls_answered == before + 3
+    assert {p.state for p in store.list_payments()} == {S.FORWARDED}
+
+
+def test_a_cancelled_caller_leaves_the_channel_in_step_and_its_batch_written(open_store: Any) -> None:
+    store, runner = channel_store(open_store)
+    ids = [store.store(new_payment(i)).offline_id for i in range(4)]
+    store.claim("w", 4, 60, NOW)
+
+    async def cancel_then_go_on() -> list[Any]:
+        first = asyncio.ensure_future(runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids[:2]]))
+        await asyncio.sleep(0)  # the request is on its way
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids[2:]])
+
+    second = asyncio.run(cancel_then_go_on())
+    assert [p.offline_id for p in second] == ids[2:], "the answer read is the second call's, not the first's"
+    assert [p.attempts for p in store.list_payments()] == [1, 1, 1, 1], "the cancelled batch was written anyway"
+
+
+def test_the_channel_works_from_one_event_loop_after_another(open_store: Any) -> None:
+    store, runner = channel_store(open_store)
+    ids = [store.store(new_payment(i)).offline_id for i in range(2)]
+    assert [p.offline_id for p in asyncio.run(runner.claim("w", 1, 60, NOW))] == ids[:1]
+    assert [p.offline_id for p in asyncio.run(runner.claim("w", 1, 60, NOW))] == ids[1:]
+    assert store.drain_channel() is not None
+
+
+def test_a_child_killed_under_the_channel_gives_a_typed_error_then_calls_go_on(open_store: Any) -> None:
+    store, runner = channel_store(open_store)
+    ids = [store.store(new_payment(i)).offline_id for i in range(3)]
+    first = store.writer_process.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(StorageError, match="may or may not have been made"):
+        asyncio.run(runner.claim("w", 3, 60, NOW))
+    assert store.drain_channel() is None, "a broken channel is not offered again"
+    claimed = asyncio.run(runner.claim("w", 3, 60, NOW))  # on the store's thread; a new child is starting
+    assert [p.offline_id for p in claimed] == ids, "the failed claim took nothing (its child was already dead)"
+    second = ready_writer(store).pid
+    assert second != first and store.drain_channel() is not None
+    done = asyncio.run(runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids]))
+    assert [p.attempts for p in done] == [1, 1, 1]
+
+
+def test_a_full_disk_reported_through_the_channel_frees_the_reserve_and_retries_once(
+    open_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child's OfflineStorageFull is simulated (a real full disk is tested above for the thread's path)."""
+    store, runner = channel_store(open_store)
+    ids = [store.store(new_payment(i)).offline_id for i in range(2)]
+    store.claim("w", 2, 60, NOW)
+    channel = store.drain_channel()
+    assert isinstance(channel, wp.DrainSocket)
+    real_call = channel._call
+    calls: list[str] = []
+
+    async def full_once(name: str, args: tuple[Any, ...]) -> Any:
+        calls.append(name)
+        if len(calls) == 1:
+            raise OfflineStorageFull("simulated: the disk is full")
+        return await real_call(name, args)
+
+    freed: list[bool] = []
+    monkeypatch.setattr(channel, "_call", full_once)
+    monkeypatch.setattr(store.writer_process, "_on_disk_full", lambda: freed.append(True))
+    done = asyncio.run(runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids]))
+    assert calls == ["apply_claim_updates", "apply_claim_updates"] and freed == [True]
+    assert [p.attempts for p in done] == [1, 1]

@@ -34,6 +34,7 @@ from offterm.core.contracts.storage import (
     AttemptUpdate,
     AttemptWithdrawal,
     ClaimUpdate,
+    DrainChannel,
     HistoryEntry,
     NewPayment,
     OutcomeUpdate,
@@ -228,7 +229,9 @@ class SqlCipherStore(PaymentStore):
         self._engine = self._make_engine(driver, key)
         self._identity = _identity(self.path)
         if self.config.writer_process_after is not None:
-            self._writer = WriterProcess(self.config, key, after=self.config.writer_process_after)
+            self._writer = WriterProcess(
+                self.config, key, after=self.config.writer_process_after, on_disk_full=self._on_disk_full
+            )
             self._writer.note_written_here(0)  # with after=0 it starts now
         try:
             if not self._reserve.ensure():
@@ -285,6 +288,11 @@ class SqlCipherStore(PaymentStore):
             pool_use_lifo=True,
             hide_parameters=True,
         )
+
+    def drain_channel(self) -> DrainChannel | None:
+        """The writer process's event-loop socket, once it is ready (``PaymentStore.drain_channel``)."""
+        writer = self._writer
+        return writer.channel() if writer is not None else None
 
     @property
     def writer_process(self) -> WriterProcess | None:

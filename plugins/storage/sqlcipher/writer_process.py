@@ -27,21 +27,25 @@ about atomicity, durability or claims changes.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pickle
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from multiprocessing.connection import Connection
+from datetime import datetime
+from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from offterm.core.contracts.storage import StorageKeyProvider
-from offterm.core.errors import StorageError
+from offterm.core.contracts.storage import ClaimUpdate, DrainChannel, StorageKeyProvider, StoredPayment
+from offterm.core.errors import OfflineStorageFull, StorageError
 
 if TYPE_CHECKING:
     from .store import StoreConfig
@@ -60,15 +64,21 @@ _FD_VARIABLE = "OFFTERM_WRITER_FD"
 
 
 class WriterProcess:
-    """The child of one store, used by the store's thread; one call at a time.
+    """The child of one store: ``call()`` from the store's thread, ``channel()`` from the event loop.
 
-    ``ready()`` says whether calls go to the child; ``call()`` sends one.
+    ``ready()`` says whether calls go to the child.  The child answers each
+    side on a socket of its own, one call at a time.
     """
 
-    def __init__(self, config: StoreConfig, key: bytes, *, after: int) -> None:
+    def __init__(
+        self, config: StoreConfig, key: bytes, *, after: int, on_disk_full: Callable[[], None] = lambda: None
+    ) -> None:
         self._config = config
         self._key = key
         self._after = after
+        self._on_disk_full = on_disk_full
+        self._channel: DrainSocket | None = None
+        self._seq = 0
         self._written_here = 0
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -95,11 +105,24 @@ class WriterProcess:
     def ready(self) -> bool:
         """True once the child has opened the store (checked without waiting)."""
         if self._ready:
-            return True
+            broken = self._channel.broken if self._channel is not None else None
+            if broken is None:
+                return True
+            with self._lock:
+                if self._channel is not None and self._channel.broken:
+                    self._lost(broken)  # replaced; calls run here until the new child is ready
+                return False
         if self._proc is None or self._conn is None:
             return False
         with self._lock:
             return self._check_started()
+
+    def channel(self) -> DrainSocket | None:
+        """The event loop's way to the child, if it is ready and the channel sound; never blocks."""
+        channel = self._channel
+        if self._ready and channel is not None and channel.broken is None:
+            return channel
+        return None
 
     def wait_until_ready(self, timeout: float) -> bool:
         """Wait (up to ``timeout`` seconds) for a started child to be ready; for tests and benchmarks."""
@@ -120,11 +143,14 @@ class WriterProcess:
             conn = self._conn
             if conn is None or not self._ready:
                 raise StorageError("the store's writer process is not running")  # callers check ready()
+            self._seq += 1
             try:
-                conn.send((name, tuple(args), dict(kwargs)))
-                if not conn.poll(self._config.durability.busy_timeout_ms / 1000 + ANSWER_MARGIN_S):
+                conn.send((self._seq, name, tuple(args), dict(kwargs)))
+                if not conn.poll(self.answer_timeout):
                     raise TimeoutError
-                status, value = conn.recv()
+                seq, status, value = conn.recv()
+                if seq != self._seq:
+                    raise EOFError  # out of step: treat as lost
             except (OSError, EOFError, TimeoutError) as exc:
                 what = "did not answer" if isinstance(exc, TimeoutError) else "exited"
                 self._lost(f"it {what} during {name}")
@@ -136,6 +162,11 @@ class WriterProcess:
             raise value
         return value
 
+    @property
+    def answer_timeout(self) -> float:
+        """Seconds to wait for one answer: the store's lock wait plus a margin."""
+        return self._config.durability.busy_timeout_ms / 1000 + ANSWER_MARGIN_S
+
     def close(self) -> None:
         with self._lock:
             self._stop(kill=False)
@@ -146,14 +177,15 @@ class WriterProcess:
         if sys.platform == "win32" or not sys.executable:
             self._give_up("this platform cannot hand a socket to a child process")
             return
-        ours, theirs = socket.socketpair()
+        ours, theirs = socket.socketpair()  # the store's thread
+        loop_end, theirs_too = socket.socketpair()  # the event loop (DrainSocket)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        env[_FD_VARIABLE] = str(theirs.fileno())
+        env[_FD_VARIABLE] = f"{theirs.fileno()},{theirs_too.fileno()}"
         try:
             proc = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed command
                 [sys.executable, "-c", _BOOT],
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), theirs_too.fileno()),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -161,19 +193,23 @@ class WriterProcess:
             )
         except OSError as exc:
             ours.close()
+            loop_end.close()
             self._give_up(f"cannot run {sys.executable}: {exc.strerror}")
             return
         finally:
             theirs.close()
+            theirs_too.close()
         conn = Connection(ours.detach())
         try:
             conn.send((self._config, self._key))
         except OSError:
             conn.close()
+            loop_end.close()
             _end(proc, kill=True)
             self._failed("it exited before it was given the store")
             return
         self._proc, self._conn = proc, conn
+        self._channel = DrainSocket(loop_end, self)
         self._started_at = time.monotonic()
 
     def _check_started(self) -> bool:
@@ -215,11 +251,122 @@ class WriterProcess:
     def _stop(self, *, kill: bool) -> None:
         conn, self._conn = self._conn, None
         proc, self._proc = self._proc, None
+        channel, self._channel = self._channel, None
         self._ready = False
+        if channel is not None:
+            channel.close()
         if conn is not None:
             conn.close()  # the child reads end of file and exits after the call it may be running
         if proc is not None:
             _end(proc, kill=kill)
+
+
+class DrainSocket(DrainChannel):
+    """The event loop's socket to the writer process: ``PaymentStore.drain_channel``.
+
+    The drain's claims and claim updates go to the child straight from the
+    event loop, with no thread hand-over.  One exchange at a time; each runs
+    to its end even if its caller is cancelled (a half-sent request or an
+    unread answer would put the socket out of step), and answers carry the
+    number of their request.  Any failure marks the channel broken: the
+    caller gets a StorageError (its writes may or may not have been made),
+    later calls run on the store's thread, and the child is replaced.
+    """
+
+    def __init__(self, sock: socket.socket, writer: WriterProcess) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._writer = writer
+        self._seq = 0
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._exchanging = False
+        #: why the channel cannot be used any more, or None
+        self.broken: str | None = None
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
+        result: list[StoredPayment] = await self._call("claim", (owner, limit, lease_seconds, now))
+        return result
+
+    async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
+        batch = list(updates)
+        try:
+            result: list[StoredPayment | Exception] = await self._call("apply_claim_updates", (batch,))
+        except OfflineStorageFull:  # as the store's own method does: give up the reserve, try once more
+            await asyncio.to_thread(self._writer._on_disk_full)
+            result = await self._call("apply_claim_updates", (batch,))
+        return result
+
+    def close(self) -> None:
+        self.broken = self.broken or "the store closed"
+        self._sock.close()
+
+    async def _call(self, name: str, args: tuple[Any, ...]) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        exchange = loop.create_task(self._exchange(loop, self._lock[1], name, args))
+        exchange.add_done_callback(_retrieve)  # its caller may have stopped listening
+        status, value = await asyncio.shield(exchange)
+        if status == "error":
+            raise value
+        return value
+
+    async def _exchange(
+        self, loop: asyncio.AbstractEventLoop, lock: asyncio.Lock, name: str, args: tuple[Any, ...]
+    ) -> tuple[str, Any]:
+        async with lock:
+            if self._exchanging:  # an exchange never finished (its loop went away): out of step
+                self.broken = "an exchange with it was abandoned"
+            if self.broken is not None:
+                raise StorageError(f"the store's writer process cannot be reached ({self.broken})")
+            self._exchanging = True
+            self._seq += 1
+            try:
+                async with asyncio.timeout(self._writer.answer_timeout):
+                    await loop.sock_sendall(self._sock, _frame((self._seq, name, args, {})))
+                    while True:
+                        seq, status, value = pickle.loads(await self._read_frame(loop))  # noqa: S301 - our child
+                        if seq == self._seq:
+                            break
+            except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
+                what = "did not answer" if isinstance(exc, TimeoutError) else "exited"
+                self.broken = f"it {what} during {name}"
+                raise StorageError(
+                    f"the store's writer process {what} during {name}; its writes may or may not have been made"
+                ) from None
+            self._exchanging = False
+            self._writer.calls_answered += 1
+            return status, value
+
+    async def _read_frame(self, loop: asyncio.AbstractEventLoop) -> bytes:
+        (size,) = struct.unpack("!i", await self._read_exactly(loop, 4))
+        if size == -1:  # multiprocessing's header for 2 GiB and more
+            (size,) = struct.unpack("!Q", await self._read_exactly(loop, 8))
+        return bytes(await self._read_exactly(loop, size))
+
+    async def _read_exactly(self, loop: asyncio.AbstractEventLoop, size: int) -> bytearray:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = await loop.sock_recv_into(self._sock, view[got:])
+            if n == 0:
+                raise EOFError
+            got += n
+        return buf
+
+
+def _frame(message: Any) -> bytes:
+    """``message`` pickled and framed as ``multiprocessing.connection.Connection`` frames it."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(payload) > 0x7FFFFFFF:
+        return struct.pack("!iQ", -1, len(payload)) + payload
+    return struct.pack("!i", len(payload)) + payload
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _end(proc: subprocess.Popen[bytes], *, kill: bool) -> None:
@@ -249,7 +396,8 @@ def serve() -> None:
     from .store import WRITER_CALLS, SqlCipherStore
 
     configure_logging(json=True, level="warning")  # the redacting pipeline, on standard error
-    conn = Connection(int(os.environ.pop(_FD_VARIABLE)))
+    thread_fd, loop_fd = (int(fd) for fd in os.environ.pop(_FD_VARIABLE).split(","))
+    conn, loop_conn = Connection(thread_fd), Connection(loop_fd)
     try:
         config, key = conn.recv()
     except EOFError:
@@ -263,32 +411,40 @@ def serve() -> None:
     del key
     try:
         _answer(conn, ("ready", os.getpid()))
-        _serve_calls(conn, store, WRITER_CALLS)
+        _serve_calls(conn, loop_conn, store, WRITER_CALLS)
     finally:
         store.close()
 
 
-def _serve_calls(conn: Connection, store: Any, calls: Mapping[str, Callable[..., Any]]) -> None:
+def _serve_calls(conn: Connection, loop_conn: Connection, store: Any, calls: Mapping[str, Callable[..., Any]]) -> None:
+    """Answer each socket's calls in turn until the store's thread's socket closes (the store closed)."""
+    listening = [conn, loop_conn]
     while True:
-        try:
-            name, args, kwargs = conn.recv()
-        except (EOFError, OSError):
-            return
-        answer: tuple[str, Any]
-        try:
-            answer = ("ok", calls[name](store, *args, **kwargs))
-        except Exception as exc:
-            answer = ("error", exc)
-        if not _answer(conn, answer):
-            return
+        for ready in wait(listening):
+            assert isinstance(ready, Connection)
+            try:
+                seq, name, args, kwargs = ready.recv()
+            except (EOFError, OSError):
+                if ready is conn:
+                    return
+                listening.remove(ready)  # the event loop's side closed; the thread's may go on
+                continue
+            try:
+                result = calls[name](store, *args, **kwargs)
+            except Exception as exc:
+                answer: tuple[Any, ...] = (seq, "error", exc)
+            else:
+                answer = (seq, "ok", result)
+            if not _answer(ready, answer) and ready is conn:
+                return
 
 
-def _answer(conn: Connection, answer: tuple[str, Any]) -> bool:
-    """Send ``answer``; False once the parent is gone."""
+def _answer(conn: Connection, answer: tuple[Any, ...]) -> bool:
+    """Send ``answer``; False once the other side is gone."""
     try:
         conn.send(answer)
     except OSError:
         return False
     except Exception as exc:  # an answer that does not pickle: say so rather than die
-        conn.send(("error", StorageError(f"the writer process could not return its answer: {exc}")))
+        conn.send((answer[0], "error", StorageError(f"the writer process could not return its answer: {exc}")))
     return True
