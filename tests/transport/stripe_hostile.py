@@ -36,6 +36,8 @@ class HostileFront:
         self.sent: Counter[str] = Counter()
         #: (method, path, headers) of every request received
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        #: a Set-Cookie header added to every answer passed through from the simulator, if set
+        self.set_cookie: str | None = None
         self._armed: tuple[str, tuple[str, ...]] | None = None
         self._remaining = 0
         self._server: asyncio.Server | None = None
@@ -102,6 +104,8 @@ class HostileFront:
         resp = await self._client.request(method, path, headers=keep, content=body)
         out = [(k, v) for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP]
         out.append(("Content-Length", str(len(resp.content))))
+        if self.set_cookie is not None:
+            out.append(("Set-Cookie", self.set_cookie))
         return _head(f"{resp.status_code} {resp.reason_phrase}", out) + resp.content
 
     # -- acts --------------------------------------------------------------------------------------

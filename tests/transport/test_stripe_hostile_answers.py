@@ -67,6 +67,22 @@ async def _retry_charges_once(t: StripeTransport, session: ProcessorSession, sim
     assert sim.successful_charges() == {sub.offline_id: 1}
 
 
+# -- cookies ---------------------------------------------------------------------------------------
+
+
+async def test_cookies_set_by_the_processor_are_never_sent_back(
+    sim: SimHandle, hostile: HostileFront, transport: StripeTransport
+) -> None:
+    hostile.set_cookie = "session=from-the-processor; Path=/; Max-Age=3600"
+    session = await _session(transport, sim)
+    first, second = _submission(), _submission()
+    for sub in (first, second):
+        assert (await transport.submit(session, sub)).status is IntentStatus.SUCCEEDED
+    assert len(hostile.seen) >= 7, "a session, then three requests per payment, all through the front"
+    assert all("cookie" not in headers for _, _, headers in hostile.seen), "no request carried a cookie back"
+    assert sim.successful_charges() == {first.offline_id: 1, second.offline_id: 1}
+
+
 # -- redirects -------------------------------------------------------------------------------------
 
 

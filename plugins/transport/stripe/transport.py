@@ -35,7 +35,7 @@ from offterm.core.models import CaptureMethod, IntentStatus
 
 from . import device
 from .defaults import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION
-from .http import StripeHttp, check_base_url
+from .http import ProcessorClient, StripeHttp, check_base_url
 
 OFFLINE_ID_KEY = "offterm_offline_id"
 
@@ -228,7 +228,7 @@ class StripeTransport(ForwardingTransport):
         with forwarding never makes the processor look down.
         """
         if self._probe_client is None or self._probe_client.is_closed:
-            self._probe_client = httpx.AsyncClient(
+            self._probe_client = ProcessorClient(
                 timeout=self.probe_timeout,
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
                 verify=True,
