@@ -204,7 +204,12 @@ class Station:
 
 
 def worker_config(station: Station, url: str, seed: int) -> dict[str, Any]:
-    """Short timeouts and leases so that one life (and one kill) costs about a second."""
+    """Short timeouts and leases so that one life (and one kill) costs about a second.
+
+    Odd seeds put the drain's bookkeeping in the store's writer process from the start
+    (``writer_process_after = 0``), so kills also land on a POS whose writes go through a child.
+    """
+    store = {"reserve_bytes": 262144, **({"writer_process_after": 0} if seed % 2 else {})}
     return {
         "terminal": {
             "data_dir": str(station.data),
@@ -215,7 +220,7 @@ def worker_config(station: Station, url: str, seed: int) -> dict[str, Any]:
         },
         "plugins": {"autoload": False, "strict": True},
         "reader": {"transport": "simulated"},
-        "storage": {"backend": "sqlcipher", "key_provider": "file", "sqlcipher": {"reserve_bytes": 262144}},
+        "storage": {"backend": "sqlcipher", "key_provider": "file", "sqlcipher": store},
         "tokens": {"providers": ["http"], "http": {"url": url + "/backend/connection_token", "timeout": 1.0}},
         "forwarding": {
             "transport": "stripe",
