@@ -343,3 +343,36 @@ def test_a_full_disk_reported_through_the_channel_frees_the_reserve_and_retries_
     done = asyncio.run(runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids]))
     assert calls == ["apply_claim_updates", "apply_claim_updates"] and freed == [True]
     assert [p.attempts for p in done] == [1, 1]
+
+
+def test_a_child_lost_by_the_store_thread_ends_a_waiting_channel_exchange_at_once(
+    open_store: Any, key: bytes, tmp_path: Path
+) -> None:
+    from storage_testkit import raw_connect
+
+    store = open_store(writer_process_after=0, busy_timeout_ms=3_000)  # the child's wait (and close's) is short
+    runner = AsyncStore(store)
+    ready_writer(store)
+    ids = [store.store(new_payment(i)).offline_id for i in range(2)]
+    store.claim("w", 2, 60, NOW)
+    blocker = raw_connect(tmp_path / "payments.db", key)
+    blocker.execute("BEGIN IMMEDIATE")  # the child's transaction waits for the write lock
+
+    async def exchange_then_lose_the_child() -> BaseException:
+        waiting = asyncio.ensure_future(runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids]))
+        await asyncio.sleep(0.5)  # the request is with the child, which waits for the lock
+        assert not waiting.done()
+        await asyncio.to_thread(store.writer_process.close)  # the store's side gives the child up
+        try:
+            await waiting
+        except StorageError as exc:
+            return exc
+        raise AssertionError("the exchange should have failed")
+
+    try:
+        error = asyncio.run(exchange_then_lose_the_child())
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert "may or may not have been made" in str(error)
+    assert "did not answer" not in str(error), "it ended at end of file, not after waiting out its timeout"

@@ -28,6 +28,7 @@ about atomicity, durability or claims changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import socket
@@ -297,8 +298,13 @@ class DrainSocket(DrainChannel):
         return result
 
     def close(self) -> None:
+        """Called from the store's side: an exchange waiting on the socket reads end of file at once."""
         self.broken = self.broken or "the store closed"
-        self._sock.close()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if not self._exchanging:
+            self._sock.close()  # else the exchange closes it once it has seen the end (closing first would
+            # drop the socket from the event loop's selector and leave that exchange waiting until its timeout)
 
     async def _call(self, name: str, args: tuple[Any, ...]) -> Any:
         loop = asyncio.get_running_loop()
@@ -330,7 +336,9 @@ class DrainSocket(DrainChannel):
                             break
             except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
                 what = "did not answer" if isinstance(exc, TimeoutError) else "exited"
-                self.broken = f"it {what} during {name}"
+                self.broken = self.broken or f"it {what} during {name}"
+                self._exchanging = False
+                self._sock.close()
                 raise StorageError(
                     f"the store's writer process {what} during {name}; its writes may or may not have been made"
                 ) from None
