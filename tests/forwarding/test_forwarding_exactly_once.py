@@ -13,6 +13,8 @@ bookkeeping in the Terminal's own process, and in the store's writer process fro
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections import Counter
 
 import pytest
@@ -268,4 +270,35 @@ async def test_two_terminal_processes_on_one_store(tmp_path, data_dir, sim, writ
     reported = [oid for w in workers for oid in w.of("forwarded")]
     assert sorted(reported) == sorted(payments), "each payment reported once, by one of the two"
     assert all(w.of("forwarded") for w in workers), "both processes forwarded"
+    assert max(_intents_created(sim).values()) == 1
+
+
+async def test_the_writer_process_killed_mid_drain_loses_and_doubles_nothing(data_dir, sim, recorder):
+    """The store's child dies while the POS lives: in-flight records fail typed, the drain finishes anyway."""
+    ids = populate(data_dir, [new_payment(i) for i in range(200)])
+    sim.set_faults(latency=0.01)
+    cfg = config(
+        data_dir,
+        sim.url,
+        forwarding={"concurrency": 4, "batch_size": 10, "lease_seconds": 1.0},
+        sqlcipher={"writer_process_after": 0},
+    )
+    async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder)) as terminal:
+        writer = terminal.store.backend.writer_process
+        await wait_until(lambda: len(forwarded_events(recorder)) >= 40, timeout=30, what="forwarding to start")
+        first = writer.pid
+        assert first is not None and writer.calls_answered > 0
+        os.kill(first, signal.SIGKILL)
+        await wait_until(
+            lambda: terminal.offline_status.sdk.offline_payments_count == 0 and len(forwarded_events(recorder)) > 150,
+            timeout=60,
+            what="the drain to finish without the first child",
+        )
+        assert writer.pid not in (None, first), "a new child took over"
+    payments = read_store(data_dir)
+    assert check_exactly_once(sim, payments) == {PaymentState.FORWARDED: 200}
+    events = forwarded_events(recorder)
+    assert all(len(v) == 1 for v in events.values()), "no payment reported forwarded twice"
+    # an outcome the child committed just before dying, unanswered, has no event (as after a POS kill): a few
+    assert len(set(ids) - set(events)) <= 8
     assert max(_intents_created(sim).values()) == 1
