@@ -376,3 +376,13 @@ def test_a_child_lost_by_the_store_thread_ends_a_waiting_channel_exchange_at_onc
         blocker.close()
     assert "may or may not have been made" in str(error)
     assert "did not answer" not in str(error), "it ended at end of file, not after waiting out its timeout"
+
+
+def test_no_writer_process_in_a_frozen_application(open_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyInstaller and the like: sys.executable is the application itself, which must not be re-run."""
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    store = open_store(writer_process_after=0)
+    writer = store.writer_process
+    assert writer is not None and writer.given_up and writer.pid is None
+    _, _, _, outcomes = drain_steps(store, 2)
+    assert [p.state for p in outcomes] == [S.FORWARDED] * 2

@@ -175,8 +175,9 @@ class WriterProcess:
     # -- the child's life (under self._lock) ---------------------------------------------------
 
     def _start(self) -> None:
-        if sys.platform == "win32" or not sys.executable:
-            self._give_up("this platform cannot hand a socket to a child process")
+        if sys.platform == "win32" or not sys.executable or getattr(sys, "frozen", False):
+            # no socket inheritance, or no interpreter to run (a frozen application's executable is the app)
+            self._give_up("this platform or build cannot run the writer process")
             return
         ours, theirs = socket.socketpair()  # the store's thread
         loop_end, theirs_too = socket.socketpair()  # the event loop (DrainSocket)
