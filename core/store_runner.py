@@ -5,11 +5,16 @@ worker thread: the event loop never blocks on fsync, and the backend never
 sees two calls at once from this process.  The drain's claims and claim
 updates go through the store's ``drain_channel`` instead when it offers one
 (its bookkeeping runs in another process): no thread hand-over at all.
+A full disk reported through the channel sends the call to the store's
+own method on its thread, where the store does its recovery (frees its
+disk reserve) before one more try: recovery stays with the store, one
+call at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +23,7 @@ from typing import Any, TypeVar
 
 from .contracts import NewPayment, PaymentState, PaymentStore, StoredPayment, StoreSummary
 from .contracts.storage import ClaimUpdate, HistoryEntry, StorageKeyProvider
+from .errors import OfflineStorageFull
 
 T = TypeVar("T")
 
@@ -61,7 +67,8 @@ class AsyncStore:
     async def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
         channel = self.backend.drain_channel()
         if channel is not None:
-            return await channel.claim(owner, limit, lease_seconds, now)
+            with contextlib.suppress(OfflineStorageFull):  # nothing was written; the store's own method recovers
+                return await channel.claim(owner, limit, lease_seconds, now)
         return await self._run(self.backend.claim, owner, limit, lease_seconds, now)
 
     async def record_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
@@ -75,7 +82,8 @@ class AsyncStore:
     async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
         channel = self.backend.drain_channel()
         if channel is not None:
-            return await channel.apply_claim_updates(updates)
+            with contextlib.suppress(OfflineStorageFull):  # nothing was written; the store's own method recovers
+                return await channel.apply_claim_updates(updates)
         return await self._run(self.backend.apply_claim_updates, updates)
 
     async def release(self, owner: str, now: datetime) -> int:

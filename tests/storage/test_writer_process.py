@@ -319,30 +319,81 @@ def test_a_child_killed_under_the_channel_gives_a_typed_error_then_calls_go_on(o
     assert [p.attempts for p in done] == [1, 1, 1]
 
 
-def test_a_full_disk_reported_through_the_channel_frees_the_reserve_and_retries_once(
+def test_a_full_disk_reported_through_the_channel_is_handled_by_the_store_on_its_thread(
     open_store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The child's OfflineStorageFull is simulated (a real full disk is tested above for the thread's path)."""
+    """The child's OfflineStorageFull is simulated (a real full disk is tested above, in both processes)."""
     store, runner = channel_store(open_store)
     ids = [store.store(new_payment(i)).offline_id for i in range(2)]
     store.claim("w", 2, 60, NOW)
     channel = store.drain_channel()
-    assert isinstance(channel, wp.DrainSocket)
-    real_call = channel._call
-    calls: list[str] = []
+    writer = store.writer_process
+    assert isinstance(channel, wp.DrainSocket) and writer is not None
+    tried: list[str] = []
 
-    async def full_once(name: str, args: tuple[Any, ...]) -> Any:
-        calls.append(name)
-        if len(calls) == 1:
-            raise OfflineStorageFull("simulated: the disk is full")
-        return await real_call(name, args)
+    async def full(name: str, args: tuple[Any, ...]) -> Any:
+        tried.append("channel")
+        raise OfflineStorageFull("simulated: the disk is full")
+
+    real_call = writer.call
+
+    def full_once(name: str, args: Any, kwargs: Any) -> Any:
+        tried.append("thread")
+        if tried.count("thread") == 1:
+            raise OfflineStorageFull("simulated: still full")
+        return real_call(name, args, kwargs)
 
     freed: list[bool] = []
-    monkeypatch.setattr(channel, "_call", full_once)
-    monkeypatch.setattr(store.writer_process, "_on_disk_full", lambda: freed.append(True))
+    monkeypatch.setattr(channel, "_call", full)
+    monkeypatch.setattr(writer, "call", full_once)
+    monkeypatch.setattr(store, "_on_disk_full", lambda: freed.append(True))
     done = asyncio.run(runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids]))
-    assert calls == ["apply_claim_updates", "apply_claim_updates"] and freed == [True]
+    assert tried == ["channel", "thread", "thread"], "the store's own method, on its thread, retried once"
+    assert freed == [True], "the reserve was given up by the store, once"
     assert [p.attempts for p in done] == [1, 1]
+
+
+def test_the_writer_process_gets_none_of_the_pos_environment(
+    open_store: Any, key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OFFTERM_STORAGE_KEY", key.hex())  # where the env key provider would read it
+    monkeypatch.setenv("POS_API_TOKEN", "sk_live_not_for_the_child")
+    store = open_store(writer_process_after=0)
+    pid = ready_writer(store).pid
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert key.hex().encode() not in environ and b"sk_live_not_for_the_child" not in environ
+    assert b"PYTHONPATH=" in environ
+
+
+def test_the_writer_process_outlives_a_shutdown_signal_until_the_store_closes(tmp_path: Path, key: bytes) -> None:
+    store = make_store(tmp_path, writer_process_after=0)
+    store.open(StaticKeyProvider(key))
+    pid = ready_writer(store).pid
+    assert pid is not None and os.getpgid(pid) != os.getpgid(0), "its own session, not the POS's process group"
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    offline_id = store.store(new_payment(1)).offline_id
+    assert [p.offline_id for p in store.claim("w", 1, 60, NOW)] == [offline_id]
+    assert store.writer_process is not None and store.writer_process.pid == pid, "the same child answered"
+    store.close()
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_writer_process_that_cannot_be_started_never_fails_a_committed_write(
+    open_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(writer_process_after=2)
+    ids = [store.store(new_payment(i)).offline_id for i in range(2)]
+    store.claim("w", 2, 60, NOW)
+
+    def no_descriptors() -> Any:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(wp.socket, "socketpair", no_descriptors)
+    done = store.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids])  # written, then the start fails
+    assert [p.attempts for p in done] == [1, 1], "the caller hears what was committed, not the failed start"
+    writer = store.writer_process
+    assert writer is not None and writer.given_up and writer.pid is None
 
 
 def test_a_child_lost_by_the_store_thread_ends_a_waiting_channel_exchange_at_once(

@@ -229,9 +229,7 @@ class SqlCipherStore(PaymentStore):
         self._engine = self._make_engine(driver, key)
         self._identity = _identity(self.path)
         if self.config.writer_process_after is not None:
-            self._writer = WriterProcess(
-                self.config, key, after=self.config.writer_process_after, on_disk_full=self._on_disk_full
-            )
+            self._writer = WriterProcess(self.config, key, after=self.config.writer_process_after)
             self._writer.note_written_here(0)  # with after=0 it starts now
         try:
             if not self._reserve.ensure():
@@ -311,6 +309,7 @@ class SqlCipherStore(PaymentStore):
         self._driver = driver
         self._engine = self._make_engine(driver, key)
         self._identity = _identity(self.path)
+        self._schema_version()  # it really opens and reads the file before saying it is ready
 
     def close(self) -> None:
         writer, self._writer = self._writer, None

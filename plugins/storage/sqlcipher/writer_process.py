@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import struct
 import subprocess
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from offterm.core.contracts.storage import ClaimUpdate, DrainChannel, StorageKeyProvider, StoredPayment
-from offterm.core.errors import OfflineStorageFull, StorageError
+from offterm.core.errors import StorageError
 
 if TYPE_CHECKING:
     from .store import StoreConfig
@@ -59,9 +60,16 @@ START_TIMEOUT_S = 60.0
 ANSWER_MARGIN_S = 60.0
 #: Children lost (died, silent, failed to start) before the store stops starting new ones.
 MAX_FAILURES = 3
+#: Calls a child must answer before the losses before it are forgiven.
+FORGIVE_AFTER = 1000
 
 _BOOT = "from offterm.plugins.storage.sqlcipher.writer_process import serve; serve()"
 _FD_VARIABLE = "OFFTERM_WRITER_FD"
+#: All the child is given of the environment (and locale variables): never the POS's secrets, such as a key
+#: that the ``env`` key provider reads from it.
+_INHERITED_ENV = frozenset(
+    {"PATH", "HOME", "LANG", "TMPDIR", "SQLITE_TMPDIR", "LD_LIBRARY_PATH", "PYTHONHOME", "SYSTEMROOT"}
+)
 
 
 class WriterProcess:
@@ -71,13 +79,10 @@ class WriterProcess:
     side on a socket of its own, one call at a time.
     """
 
-    def __init__(
-        self, config: StoreConfig, key: bytes, *, after: int, on_disk_full: Callable[[], None] = lambda: None
-    ) -> None:
+    def __init__(self, config: StoreConfig, key: bytes, *, after: int) -> None:
         self._config = config
         self._key = key
         self._after = after
-        self._on_disk_full = on_disk_full
         self._channel: DrainSocket | None = None
         self._seq = 0
         self._written_here = 0
@@ -87,6 +92,7 @@ class WriterProcess:
         self._started_at = 0.0
         self._ready = False
         self._failures = 0
+        self._answered_at_start = 0
         self.given_up = False
         #: calls the child answered (a measure of how much of the drain it carried)
         self.calls_answered = 0
@@ -106,7 +112,8 @@ class WriterProcess:
     def ready(self) -> bool:
         """True once the child has opened the store (checked without waiting)."""
         if self._ready:
-            broken = self._channel.broken if self._channel is not None else None
+            channel = self._channel
+            broken = channel.broken if channel is not None else None
             if broken is None:
                 return True
             with self._lock:
@@ -175,13 +182,20 @@ class WriterProcess:
     # -- the child's life (under self._lock) ---------------------------------------------------
 
     def _start(self) -> None:
+        """Start a child; never raises (it runs after writes that committed, and inside error handling)."""
+        try:
+            self._spawn()
+        except Exception as exc:  # noqa: BLE001 - out of descriptors, memory, processes...
+            self._give_up(f"it could not be started: {type(exc).__name__}: {exc}")
+
+    def _spawn(self) -> None:
         if sys.platform == "win32" or not sys.executable or getattr(sys, "frozen", False):
             # no socket inheritance, or no interpreter to run (a frozen application's executable is the app)
             self._give_up("this platform or build cannot run the writer process")
             return
         ours, theirs = socket.socketpair()  # the store's thread
         loop_end, theirs_too = socket.socketpair()  # the event loop (DrainSocket)
-        env = dict(os.environ)
+        env = {name: value for name, value in os.environ.items() if name in _INHERITED_ENV or name.startswith("LC_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env[_FD_VARIABLE] = f"{theirs.fileno()},{theirs_too.fileno()}"
         try:
@@ -192,11 +206,14 @@ class WriterProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 close_fds=True,
+                # its own session: a Ctrl-C meant for the POS does not kill it mid-shutdown; it ends when the
+                # store closes its socket (see serve())
+                start_new_session=True,
             )
-        except OSError as exc:
+        except Exception as exc:
             ours.close()
             loop_end.close()
-            self._give_up(f"cannot run {sys.executable}: {exc.strerror}")
+            self._give_up(f"cannot run {sys.executable}: {getattr(exc, 'strerror', None) or exc}")
             return
         finally:
             theirs.close()
@@ -231,6 +248,7 @@ class WriterProcess:
             self._lost(f"it could not open the store: {value}")
             return False
         self._ready = True
+        self._answered_at_start = self.calls_answered
         log.info("storage_writer_started", pid=value)
         return True
 
@@ -239,6 +257,8 @@ class WriterProcess:
         self._failed(why)
 
     def _failed(self, why: str) -> None:
+        if self.calls_answered - self._answered_at_start >= FORGIVE_AFTER:
+            self._failures = 0  # that child served well: an old loss does not count toward giving up
         self._failures += 1
         if self._failures >= MAX_FAILURES:
             self._give_up(f"{self._failures} writer processes lost, the last because {why}")
@@ -290,12 +310,7 @@ class DrainSocket(DrainChannel):
         return result
 
     async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
-        batch = list(updates)
-        try:
-            result: list[StoredPayment | Exception] = await self._call("apply_claim_updates", (batch,))
-        except OfflineStorageFull:  # as the store's own method does: give up the reserve, try once more
-            await asyncio.to_thread(self._writer._on_disk_full)
-            result = await self._call("apply_claim_updates", (batch,))
+        result: list[StoredPayment | Exception] = await self._call("apply_claim_updates", (list(updates),))
         return result
 
     def close(self) -> None:
@@ -322,20 +337,21 @@ class DrainSocket(DrainChannel):
         self, loop: asyncio.AbstractEventLoop, lock: asyncio.Lock, name: str, args: tuple[Any, ...]
     ) -> tuple[str, Any]:
         async with lock:
-            if self._exchanging:  # an exchange never finished (its loop went away): out of step
+            if self._exchanging:  # an exchange never finished (cancelled with its loop): out of step
                 self.broken = "an exchange with it was abandoned"
             if self.broken is not None:
                 raise StorageError(f"the store's writer process cannot be reached ({self.broken})")
-            self._exchanging = True
             self._seq += 1
+            frame = _frame((self._seq, name, args, {}))  # a request that cannot be pickled is never sent
+            self._exchanging = True  # stays set if this task is cancelled half-way: the socket is out of step
             try:
                 async with asyncio.timeout(self._writer.answer_timeout):
-                    await loop.sock_sendall(self._sock, _frame((self._seq, name, args, {})))
+                    await loop.sock_sendall(self._sock, frame)
                     while True:
                         seq, status, value = pickle.loads(await self._read_frame(loop))  # noqa: S301 - our child
                         if seq == self._seq:
                             break
-            except (OSError, EOFError, TimeoutError, pickle.UnpicklingError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the answer is lost
                 what = "did not answer" if isinstance(exc, TimeoutError) else "exited"
                 self.broken = self.broken or f"it {what} during {name}"
                 self._exchanging = False
@@ -344,6 +360,8 @@ class DrainSocket(DrainChannel):
                     f"the store's writer process {what} during {name}; its writes may or may not have been made"
                 ) from None
             self._exchanging = False
+            if self.broken is not None:  # closed from the store's side meanwhile: the socket is ours to close
+                self._sock.close()
             self._writer.calls_answered += 1
             return status, value
 
@@ -404,6 +422,10 @@ def serve() -> None:
 
     from .store import WRITER_CALLS, SqlCipherStore
 
+    # The POS's signals are the POS's: this process ends when the store closes its socket, after the call it
+    # may be running, never half-way through one because a shutdown signal reached the whole group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(json=True, level="warning")  # the redacting pipeline, on standard error
     thread_fd, loop_fd = (int(fd) for fd in os.environ.pop(_FD_VARIABLE).split(","))
     conn, loop_conn = Connection(thread_fd), Connection(loop_fd)
