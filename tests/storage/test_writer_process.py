@@ -283,7 +283,8 @@ def test_a_cancelled_caller_leaves_the_channel_in_step_and_its_batch_written(ope
 
     async def cancel_then_go_on() -> list[Any]:
         first = asyncio.ensure_future(runner.apply_claim_updates([AttemptUpdate(i, "w", NOW) for i in ids[:2]]))
-        await asyncio.sleep(0)  # the request is on its way
+        for _ in range(20):  # until its request is on the wire (then the exchange is committed to its end)
+            await asyncio.sleep(0)
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
@@ -292,6 +293,33 @@ def test_a_cancelled_caller_leaves_the_channel_in_step_and_its_batch_written(ope
     second = asyncio.run(cancel_then_go_on())
     assert [p.offline_id for p in second] == ids[2:], "the answer read is the second call's, not the first's"
     assert [p.attempts for p in store.list_payments()] == [1, 1, 1, 1], "the cancelled batch was written anyway"
+
+
+def test_a_call_cancelled_while_waiting_its_turn_is_never_sent(open_store: Any) -> None:
+    store, runner = channel_store(open_store)
+    ids = [store.store(new_payment(i)).offline_id for i in range(4)]
+
+    async def queue_two_cancel_the_second() -> tuple[list[Any], BaseException | None]:
+        first = asyncio.ensure_future(runner.claim("w", 2, 60, NOW))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(runner.claim("w", 2, 60, NOW))  # waits for the first's exchange
+        await asyncio.sleep(0)
+        second.cancel()
+        claimed = await first
+        try:
+            await second
+        except asyncio.CancelledError:
+            return claimed, None
+        return claimed, AssertionError("the second claim was not cancelled")
+
+    claimed, problem = asyncio.run(queue_two_cancel_the_second())
+    assert problem is None
+    assert [p.offline_id for p in claimed] == ids[:2]
+    states = {p.offline_id: p.state for p in store.list_payments()}
+    assert [states[i] for i in ids] == [S.FORWARDING, S.FORWARDING, S.STORED, S.STORED], (
+        "the cancelled claim took nothing: no payment is held for a caller that left"
+    )
+    assert [p.offline_id for p in asyncio.run(runner.claim("w", 2, 60, NOW))] == ids[2:], "still in step"
 
 
 def test_the_channel_works_from_one_event_loop_after_another(open_store: Any) -> None:

@@ -287,10 +287,11 @@ class DrainSocket(DrainChannel):
     """The event loop's socket to the writer process: ``PaymentStore.drain_channel``.
 
     The drain's claims and claim updates go to the child straight from the
-    event loop, with no thread hand-over.  One exchange at a time; each runs
-    to its end even if its caller is cancelled (a half-sent request or an
-    unread answer would put the socket out of step), and answers carry the
-    number of their request.  Any failure marks the channel broken: the
+    event loop, with no thread hand-over.  One exchange at a time; once sent,
+    each runs to its end even if its caller is cancelled (a half-sent request
+    or an unread answer would put the socket out of step), and answers carry
+    the number of their request.  One whose caller was cancelled while it
+    waited its turn is not sent at all.  Any failure marks the channel broken: the
     caller gets a StorageError (its writes may or may not have been made),
     later calls run on the store's thread, and the child is replaced.
     """
@@ -326,17 +327,30 @@ class DrainSocket(DrainChannel):
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock[0] is not loop:
             self._lock = (loop, asyncio.Lock())
-        exchange = loop.create_task(self._exchange(loop, self._lock[1], name, args))
+        caller_gone = asyncio.Event()
+        exchange = loop.create_task(self._exchange(loop, self._lock[1], name, args, caller_gone))
         exchange.add_done_callback(_retrieve)  # its caller may have stopped listening
-        status, value = await asyncio.shield(exchange)
+        try:
+            status, value = await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            caller_gone.set()  # not sent yet: it never will be; sent: it runs to its end
+            raise
         if status == "error":
             raise value
         return value
 
     async def _exchange(
-        self, loop: asyncio.AbstractEventLoop, lock: asyncio.Lock, name: str, args: tuple[Any, ...]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        lock: asyncio.Lock,
+        name: str,
+        args: tuple[Any, ...],
+        caller_gone: asyncio.Event,
     ) -> tuple[str, Any]:
         async with lock:
+            if caller_gone.is_set():  # cancelled while queued: nothing was sent, so nothing is done
+                # (a claim made after its caller left would hold payments nobody forwards until the lease ends)
+                raise StorageError(f"{name} was not sent: its caller was cancelled first")
             if self._exchanging:  # an exchange never finished (cancelled with its loop): out of step
                 self.broken = "an exchange with it was abandoned"
             if self.broken is not None:
