@@ -685,37 +685,33 @@ class SqlCipherStore(PaymentStore):
         claim) so a miss can be
         explained (``_not_held``).  Refusals that need no I/O raise here.
         """
+        if not isinstance(update, AttemptUpdate | AttemptWithdrawal | OutcomeUpdate):
+            raise InvalidRequest(f"not a claim update: {type(update).__name__}")
+        _check_owner(update.owner)
         if isinstance(update, AttemptUpdate):
-            _check_owner(update.owner)
-            now_us = to_micros(update.now, "now")
             return (
                 "UPDATE payments SET attempts = attempts + 1, claim_sent = 1, claimed_at = :now, "
                 "claim_expires_at = :now + (claim_expires_at - claimed_at), updated_at = :now "
                 "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_expires_at > :now"
                 + _RETURNING,
-                {"now": now_us, "id": update.offline_id, "owner": update.owner},
+                _held_by(update),
                 "",
             )
         if isinstance(update, AttemptWithdrawal):
-            _check_owner(update.owner)
-            now_us = to_micros(update.now, "now")
             return (
                 "UPDATE payments SET attempts = attempts - 1, claim_sent = 0, updated_at = :now "
                 "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_sent = 1 "
                 "AND attempts > 0" + _RETURNING,
-                {"now": now_us, "id": update.offline_id, "owner": update.owner},
+                _held_by(update),
                 "attempt",
             )
-        if not isinstance(update, OutcomeUpdate):
-            raise InvalidRequest(f"not a claim update: {type(update).__name__}")
-        _check_owner(update.owner)
         try:
             to_state = PaymentState(update.to_state)
         except ValueError:
             raise InvalidTransition(f"unknown payment state {update.to_state!r}") from None
         if to_state not in ALLOWED_TRANSITIONS[PaymentState.FORWARDING]:
             raise InvalidTransition(f"a claimed payment cannot move from forwarding to {to_state.value}")
-        now_us = to_micros(update.now, "now")
+        held = _held_by(update)
         nxt = update.next_attempt_at
         next_us = None if nxt is None else to_micros(nxt, "next_attempt_at")
         purge = ", " + _PURGE_CARD + ", finalized_at = :now" if to_state in FINAL_STATES else ""
@@ -734,9 +730,7 @@ class SqlCipherStore(PaymentStore):
                 "message": update.error_message,
                 "decline": update.decline_code,
                 "next": next_us,
-                "now": now_us,
-                "id": update.offline_id,
-                "owner": update.owner,
+                **held,
             },
             "sent" if unknown else "",
         )
@@ -858,6 +852,11 @@ class SqlCipherStore(PaymentStore):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _held_by(update: ClaimUpdate) -> dict[str, Any]:
+    """The parameters every claim update's statement matches on: the claim's owner and payment, and now."""
+    return {"now": to_micros(update.now, "now"), "id": update.offline_id, "owner": update.owner}
 
 
 def _check_owner(owner: str) -> None:

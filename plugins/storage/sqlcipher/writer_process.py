@@ -160,11 +160,8 @@ class WriterProcess:
                 if seq != self._seq:
                     raise EOFError  # out of step: treat as lost
             except (OSError, EOFError, TimeoutError) as exc:
-                what = "did not answer" if isinstance(exc, TimeoutError) else "exited"
-                self._lost(f"it {what} during {name}")
-                raise StorageError(
-                    f"the store's writer process {what} during {name}; its writes may or may not have been made"
-                ) from None
+                self._lost(f"it {_what_happened(exc)} during {name}")
+                raise _answer_lost(name, exc) from None
             self.calls_answered += 1
         if status == "error":
             raise value
@@ -366,13 +363,10 @@ class DrainSocket(DrainChannel):
                         if seq == self._seq:
                             break
             except Exception as exc:  # noqa: BLE001 - whatever it was, the answer is lost
-                what = "did not answer" if isinstance(exc, TimeoutError) else "exited"
-                self.broken = self.broken or f"it {what} during {name}"
+                self.broken = self.broken or f"it {_what_happened(exc)} during {name}"
                 self._exchanging = False
                 self._sock.close()
-                raise StorageError(
-                    f"the store's writer process {what} during {name}; its writes may or may not have been made"
-                ) from None
+                raise _answer_lost(name, exc) from None
             self._exchanging = False
             if self.broken is not None:  # closed from the store's side meanwhile: the socket is ours to close
                 self._sock.close()
@@ -395,6 +389,17 @@ class DrainSocket(DrainChannel):
                 raise EOFError
             got += n
         return buf
+
+
+def _what_happened(exc: BaseException) -> str:
+    return "did not answer" if isinstance(exc, TimeoutError) else "exited"
+
+
+def _answer_lost(name: str, exc: BaseException) -> StorageError:
+    """The error for a call sent to the child whose answer never came back."""
+    return StorageError(
+        f"the store's writer process {_what_happened(exc)} during {name}; its writes may or may not have been made"
+    )
 
 
 def _frame(message: Any) -> bytes:
