@@ -2,28 +2,20 @@
 
 SQLCipher has no async driver, so every store call goes to one dedicated
 worker thread: the event loop never blocks on fsync, and the backend never
-sees two calls at once from this process.  The drain's claims and claim
-updates go through the store's ``drain_channel`` instead when it offers one
-(its bookkeeping runs in another process): no thread hand-over at all.
-A full disk reported through the channel sends the call to the store's
-own method on its thread, where the store does its recovery (frees its
-disk reserve) before one more try: recovery stays with the store, one
-call at a time.
+sees two calls at once from this process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .contracts import NewPayment, PaymentState, PaymentStore, StoredPayment, StoreSummary
-from .contracts.storage import ClaimUpdate, HistoryEntry, StorageKeyProvider
-from .errors import OfflineStorageFull
+from .contracts import NewPayment, OnlineAttempt, PaymentState, PaymentStore, StoredPayment, StoreSummary
+from .contracts.storage import HistoryEntry, StorageKeyProvider
 
 T = TypeVar("T")
 
@@ -64,33 +56,57 @@ class AsyncStore:
     async def summary(self) -> StoreSummary:
         return await self._run(self.backend.summary)
 
-    async def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
-        channel = self.backend.drain_channel()
-        if channel is not None:
-            with contextlib.suppress(OfflineStorageFull):  # nothing was written; the store's own method recovers
-                return await channel.claim(owner, limit, lease_seconds, now)
-        return await self._run(self.backend.claim, owner, limit, lease_seconds, now)
+    async def claim(
+        self, owner: str, limit: int, lease_seconds: float, now: datetime, *, ignore_backoff: bool = False
+    ) -> list[StoredPayment]:
+        return await self._run(self.backend.claim, owner, limit, lease_seconds, now, ignore_backoff=ignore_backoff)
 
-    async def record_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
-        return await self._run(self.backend.record_attempt, offline_id, owner, now)
+    async def record_attempt(
+        self, offline_id: str, owner: str, now: datetime, steps: Collection[str] = ()
+    ) -> StoredPayment:
+        return await self._run(self.backend.record_attempt, offline_id, owner, now, steps)
+
+    async def record_intent(self, offline_id: str, owner: str, intent_id: str, now: datetime) -> StoredPayment:
+        return await self._run(self.backend.record_intent, offline_id, owner, intent_id, now)
+
+    async def start_key_generation(
+        self, offline_id: str, owner: str, now: datetime, intent_id: str | None
+    ) -> StoredPayment:
+        return await self._run(self.backend.start_key_generation, offline_id, owner, now, intent_id)
 
     async def complete(
         self, offline_id: str, owner: str, to_state: PaymentState, now: datetime, **kw: Any
     ) -> StoredPayment:
         return await self._run(self.backend.complete, offline_id, owner, to_state, now, **kw)
 
-    async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
-        channel = self.backend.drain_channel()
-        if channel is not None:
-            with contextlib.suppress(OfflineStorageFull):  # nothing was written; the store's own method recovers
-                return await channel.apply_claim_updates(updates)
-        return await self._run(self.backend.apply_claim_updates, updates)
-
     async def release(self, owner: str, now: datetime) -> int:
         return await self._run(self.backend.release, owner, now)
 
-    async def recover_expired_claims(self, now: datetime) -> int:
-        return await self._run(self.backend.recover_expired_claims, now)
+    async def recover_expired_claims(self, now: datetime, owner_gone: Callable[[str], bool] | None = None) -> int:
+        """``owner_gone`` runs on the store's thread: it must not touch the event loop."""
+        return await self._run(self.backend.recover_expired_claims, now, owner_gone)
+
+    async def begin_online(self, attempt: OnlineAttempt) -> None:
+        await self._run(self.backend.begin_online, attempt)
+
+    async def end_online(self, offline_id: str) -> None:
+        await self._run(self.backend.end_online, offline_id)
+
+    async def resolve_online(
+        self,
+        offline_id: str,
+        resolution: str,
+        now: datetime,
+        *,
+        intent_id: str | None = None,
+        error_code: str | None = None,
+    ) -> OnlineAttempt:
+        return await self._run(
+            self.backend.resolve_online, offline_id, resolution, now, intent_id=intent_id, error_code=error_code
+        )
+
+    async def online_attempts(self, *, resolved: bool | None = None) -> list[OnlineAttempt]:
+        return await self._run(self.backend.online_attempts, resolved=resolved)
 
     async def history(self, offline_id: str) -> list[HistoryEntry]:
         return await self._run(self.backend.history, offline_id)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
 
 from ..models import CaptureMethod
 from .readers import CardDetails, CardResult
@@ -78,6 +77,10 @@ class NewPayment:
     card: CardResult
     intent_id: str | None = None
     description: str | None = None
+    #: Requests an online attempt already sent under this payment's idempotency key before it fell
+    #: back offline: step name -> (first sent, last sent).  Stored with the payment, so the forwarder
+    #: knows the processor may hold an intent for it.
+    steps_sent: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,61 +120,40 @@ class StoredPayment:
     decline_code: str | None = None
     next_attempt_at: datetime | None = None
     updated_at: datetime | None = None
+    #: How many times the forwarder started over with a fresh idempotency key after a lookup at the
+    #: processor (``PaymentStore.start_key_generation``); 0 for the key the payment was stored with.
+    key_generation: int = 0
+    #: Step name (e.g. "payment_method", "create_and_confirm", "confirm", "create") -> (first sent,
+    #: last sent), within the current key generation.  The processor forgets idempotency keys (Stripe
+    #: after 24 h), so the forwarder must know when each request first went out.
+    steps_sent: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
+
+    @property
+    def first_request_at(self) -> datetime | None:
+        """When the first request of the current key generation was sent; None if none was."""
+        return min((first for first, _ in self.steps_sent.values()), default=None)
 
 
 @dataclass(frozen=True)
-class _ClaimStep:
+class OnlineAttempt:
+    """One online confirm in flight, journaled so a crash mid-request can be resolved at the next start.
+
+    Holds no card data: only what is needed to find the payment at the processor (its idempotency
+    key, intent id) and to tell the app what recovery found.  ``resolution`` is None while the
+    outcome is unknown; else what a lookup found, e.g. "charged", "not_charged", "declined".
+    """
+
     offline_id: str
+    idempotency_key: str = field(repr=False)
+    amount: int
+    currency: str
     owner: str
-    now: datetime
-
-
-@dataclass(frozen=True)
-class AttemptUpdate(_ClaimStep):
-    """``record_attempt(offline_id, owner, now)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
-
-    def apply_to(self, store: PaymentStore) -> StoredPayment:
-        return store.record_attempt(self.offline_id, self.owner, self.now)
-
-
-@dataclass(frozen=True)
-class OutcomeUpdate:
-    """``complete(offline_id, owner, to_state, now, ...)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
-
-    offline_id: str
-    owner: str
-    to_state: PaymentState
-    now: datetime
+    started_at: datetime
     intent_id: str | None = None
+    steps_sent: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
+    resolution: str | None = None
+    resolved_at: datetime | None = None
     error_code: str | None = None
-    error_message: str | None = None
-    decline_code: str | None = None
-    next_attempt_at: datetime | None = None
-
-    def apply_to(self, store: PaymentStore) -> StoredPayment:
-        return store.complete(
-            self.offline_id,
-            self.owner,
-            self.to_state,
-            self.now,
-            intent_id=self.intent_id,
-            error_code=self.error_code,
-            error_message=self.error_message,
-            decline_code=self.decline_code,
-            next_attempt_at=self.next_attempt_at,
-        )
-
-
-@dataclass(frozen=True)
-class AttemptWithdrawal(_ClaimStep):
-    """``withdraw_attempt(offline_id, owner, now)`` as a value, for :meth:`PaymentStore.apply_claim_updates`."""
-
-    def apply_to(self, store: PaymentStore) -> StoredPayment:
-        return store.withdraw_attempt(self.offline_id, self.owner, self.now)
-
-
-#: One write a forwarder makes to a payment it holds the claim on.
-ClaimUpdate = AttemptUpdate | AttemptWithdrawal | OutcomeUpdate
 
 
 @dataclass(frozen=True)
@@ -206,7 +188,9 @@ class PaymentStore(abc.ABC):
 
         Returns only after a durable commit.  Raises OfflineStorageFull when
         the disk is full (nothing stored).  Storing the same offline_id twice
-        returns the existing record unchanged.
+        returns the existing record unchanged.  ``payment.steps_sent`` (requests
+        an online attempt already sent under its key) is stored with it, at key
+        generation 0.
 
         :param check: called with the store's summary as it is inside the
             storing transaction, before the insert; whatever it raises aborts
@@ -229,33 +213,66 @@ class PaymentStore(abc.ABC):
     def summary(self) -> StoreSummary: ...
 
     @abc.abstractmethod
-    def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
-        """Atomically move up to ``limit`` claimable payments (oldest first,
-        ``next_attempt_at`` due) to ``forwarding`` under a lease held by ``owner``.
+    def claim(
+        self, owner: str, limit: int, lease_seconds: float, now: datetime, *, ignore_backoff: bool = False
+    ) -> list[StoredPayment]:
+        """Atomically move up to ``limit`` claimable payments (oldest first) to ``forwarding`` under a lease.
 
         A payment is held by at most one owner at a time, across processes.
+
+        :param owner: who holds the claims (non-empty; see ``recover_expired_claims``).
+        :param limit: at most this many payments (a positive integer).
+        :param lease_seconds: the claims expire this long after ``now`` unless renewed by
+            ``record_attempt``.
+        :param now: timezone-aware.
+        :param ignore_backoff: claim payments whose ``next_attempt_at`` is still in the future too
+            (the network just came back: payments that failed for lack of network go at once).
+            Without it only payments with no ``next_attempt_at`` or one at or before ``now`` are taken.
+        :return: the claimed payments, in state ``forwarding``, oldest first; empty when none is due.
+        :raises InvalidRequest: a bad argument (nothing claimed).
         """
 
     @abc.abstractmethod
-    def record_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
-        """Note that a request is about to be sent (attempts + 1).
+    def record_attempt(self, offline_id: str, owner: str, now: datetime, steps: Collection[str] = ()) -> StoredPayment:
+        """Note that a request is about to be sent (attempts + 1), and which steps it sends.
 
-        Called before every send, so a crash afterwards is recovered as
-        ``outcome_unknown``.  Raises InvalidTransition if ``owner`` no longer
-        holds the claim.
+        Called before every send, so a crash afterwards is recovered as ``outcome_unknown``.  Renews
+        the claim's lease (same length, from ``now``).  Durable when it returns.
+
+        :param steps: step names (e.g. "payment_method", "confirm") this send makes; in the same
+            commit each gets ``steps_sent[step] = (existing first or now, now)`` within the current
+            key generation.
+        :return: the payment as stored after the update.
+        :raises InvalidTransition: ``owner`` does not hold the claim, or its lease expired.
+        :raises PaymentNotFound: no such payment.
+        :raises InvalidRequest: a step name that is not a short identifier.
         """
 
     @abc.abstractmethod
-    def withdraw_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
-        """Take back the claim's only attempt: it was recorded ahead, and its request never went out.
+    def record_intent(self, offline_id: str, owner: str, intent_id: str, now: datetime) -> StoredPayment:
+        """Durably remember the processor's intent id as soon as it is known (no state change).
 
-        The forwarder records a payment's attempt while the previous
-        payment's requests run, so it is durable by the time it is needed.
-        When the round stops first, this undoes it (attempts - 1, the claim
-        marked unsent again), so release gives the payment back as it was
-        and no attempt is counted that was never made.  Raises
-        InvalidTransition if ``owner`` does not hold the claim or the claim
-        has no attempt to take back.
+        The processor prunes idempotency keys (Stripe after 24 h); with the intent id the payment can
+        still be looked up before a step is resent.
+
+        :return: the payment as stored after the update.
+        :raises InvalidTransition: ``owner`` does not hold the claim.
+        :raises PaymentNotFound: no such payment.
+        :raises InvalidRequest: ``intent_id`` is not a non-empty string.
+        """
+
+    @abc.abstractmethod
+    def start_key_generation(self, offline_id: str, owner: str, now: datetime, intent_id: str | None) -> StoredPayment:
+        """Start over under a new key generation, after a lookup at the processor.
+
+        ``key_generation`` + 1, ``steps_sent`` cleared, ``intent_id`` set to what the lookup found,
+        all in one durable commit.  State, attempts and the claim are unchanged.
+
+        :param intent_id: the intent the processor has for this payment, or None for "the
+            processor has none" (the stored intent id is cleared).
+        :return: the payment as stored after the update.
+        :raises InvalidTransition: ``owner`` does not hold the claim.
+        :raises PaymentNotFound: no such payment.
         """
 
     @abc.abstractmethod
@@ -274,58 +291,88 @@ class PaymentStore(abc.ABC):
     ) -> StoredPayment:
         """Leave ``forwarding`` for ``to_state`` and release the claim.
 
-        Appends to the history.  Raises InvalidTransition for a transition
-        not in ALLOWED_TRANSITIONS or a claim ``owner`` does not hold.
+        Appends to the history.
+
+        :param intent_id: if given, becomes the payment's intent id (for every target state,
+            ``outcome_unknown`` included); None keeps the stored one.
+        :return: the payment as stored after the update.
+        :raises InvalidTransition: a transition not in ALLOWED_TRANSITIONS, a claim ``owner`` does
+            not hold, or ``outcome_unknown`` for a payment never sent.
+        :raises PaymentNotFound: no such payment.
         """
-
-    def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
-        """Apply several record_attempt / withdraw_attempt / complete calls; one result per update, in order.
-
-        Each update behaves exactly as its single call: its result is the
-        StoredPayment that call returns, or the exception it raises (an
-        InvalidTransition for a lost claim fails that update only, and
-        changes nothing).  Every update in the list is durable when this
-        returns.  If the method raises, no update was applied.
-
-        The forwarder calls this with the updates its workers make at the
-        same time (group commit).  This default makes one single call, one
-        transaction, per update; a backend that can apply them in one
-        transaction should override it.
-        """
-        results: list[StoredPayment | Exception] = []
-        for update in updates:
-            try:
-                results.append(update.apply_to(self))
-            except Exception as exc:  # noqa: BLE001 - it is that update's result, raised to its caller
-                results.append(exc)
-        return results
-
-    def drain_channel(self) -> DrainChannel | None:
-        """Awaitable claim and apply_claim_updates that need no thread of this process, if ready now.
-
-        Every store call of the Terminal runs on the store's one thread.  A
-        store whose drain bookkeeping runs elsewhere (the SQLCipher store's
-        writer process) can offer this channel instead, so a long drain's
-        calls go there straight from the event loop, with no thread hand-over.
-        Asked before each such call, from the event loop: it must return at
-        once and never block.
-
-        :return: the channel, or ``None`` (the default) for "not now": the
-            call then runs on the store's thread as usual.
-        """
-        return None
 
     @abc.abstractmethod
     def release(self, owner: str, now: datetime) -> int:
         """Give back every claim ``owner`` holds (clean shutdown)."""
 
     @abc.abstractmethod
-    def recover_expired_claims(self, now: datetime) -> int:
-        """Return claims whose lease expired (a crashed forwarder) to the queue:
-        ``outcome_unknown`` if a request had been sent, else ``stored``."""
+    def recover_expired_claims(self, now: datetime, owner_gone: Callable[[str], bool] | None = None) -> int:
+        """Return claims of crashed forwarders to the queue, in one transaction.
+
+        A claim is recovered when its lease expired, or (whatever its lease) when ``owner_gone``
+        says its owner is gone.  A recovered payment goes to ``outcome_unknown`` if a request had
+        been sent in that claim, else back to where it was claimed from.
+
+        :param owner_gone: called once per distinct owner of a current (unexpired) claim, before
+            the write; True means that owner can no longer act (the core knows a dead process of
+            this device from its owner string), so its claims are taken back at once instead of
+            waiting out the lease.  Whatever it raises propagates, and nothing is recovered.
+        :return: how many claims were recovered.
+        """
 
     @abc.abstractmethod
     def history(self, offline_id: str) -> list[HistoryEntry]: ...
+
+    # -- the in-flight journal of online confirms ------------------------------------
+
+    @abc.abstractmethod
+    def begin_online(self, attempt: OnlineAttempt) -> None:
+        """Journal an online confirm before its first request goes out; durable when it returns.
+
+        Inserts the entry, or replaces the unresolved entry with the same ``offline_id`` (the
+        Terminal calls again with the updated view, e.g. once the intent id is known).  No card data
+        is stored.
+
+        :param attempt: unresolved (``resolution`` None).
+        :raises InvalidTransition: the entry for that ``offline_id`` is already resolved (it is kept).
+        :raises InvalidRequest: a malformed attempt (nothing written).
+        :raises OfflineStorageFull: the disk is full (nothing written).
+        """
+
+    @abc.abstractmethod
+    def end_online(self, offline_id: str) -> None:
+        """Delete the journal entry: the confirm was answered in-process, or the payment was stored offline.
+
+        Durable when it returns; no error if there is no entry.
+        """
+
+    @abc.abstractmethod
+    def resolve_online(
+        self,
+        offline_id: str,
+        resolution: str,
+        now: datetime,
+        *,
+        intent_id: str | None = None,
+        error_code: str | None = None,
+    ) -> OnlineAttempt:
+        """Mark an entry resolved (what a lookup after a crash found); it is kept so the app can list it.
+
+        Resolving again overwrites the resolution.  Resolved entries are removed with the summaries
+        of finished payments (the store's retention).
+
+        :param resolution: e.g. "charged", "not_charged", "declined" (non-empty).
+        :param intent_id: if given, becomes the entry's intent id; None keeps the stored one.
+        :return: the entry as stored after the update.
+        :raises PaymentNotFound: no entry for ``offline_id``.
+        """
+
+    @abc.abstractmethod
+    def online_attempts(self, *, resolved: bool | None = None) -> list[OnlineAttempt]:
+        """Journal entries, oldest (``started_at``) first.
+
+        :param resolved: None for all, False for unresolved only, True for resolved only.
+        """
 
     @abc.abstractmethod
     def get_meta(self, key: str) -> str | None:
@@ -333,19 +380,6 @@ class PaymentStore(abc.ABC):
 
     @abc.abstractmethod
     def set_meta(self, key: str, value: str) -> None: ...
-
-
-class DrainChannel(Protocol):
-    """``PaymentStore.claim`` and ``apply_claim_updates``, awaitable (see ``PaymentStore.drain_channel``).
-
-    Same arguments, results, errors and durability as the store's methods.
-    A call whose answer was lost (the other side died) raises StorageError
-    and may or may not have been applied, as for any unanswered write.
-    """
-
-    async def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]: ...
-
-    async def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]: ...
 
 
 class StorageKeyProvider(abc.ABC):

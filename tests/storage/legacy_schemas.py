@@ -170,5 +170,94 @@ def build_v1(path: Path, key: bytes, payments: Sequence[LegacyPayment], *, updat
         conn.close()
 
 
+#: Schema version 2, exactly as offterm upgraded version 1 to it (and created new files).
+MIGRATION_V1_TO_V2: tuple[str, ...] = (
+    "ALTER TABLE payments ADD COLUMN finalized_at INTEGER",
+    "ALTER TABLE payments ADD COLUMN card_purged_at INTEGER",
+    ("UPDATE payments SET finalized_at = updated_at WHERE state IN ('forwarded', 'declined') AND finalized_at IS NULL"),
+    """CREATE TABLE state_totals (
+        state TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        PRIMARY KEY (state, currency)
+    ) STRICT, WITHOUT ROWID""",
+    """INSERT INTO state_totals (state, currency, count, amount)
+       SELECT state, currency, count(*), sum(amount) FROM payments GROUP BY state, currency""",
+    """CREATE TRIGGER totals_insert AFTER INSERT ON payments BEGIN
+         INSERT INTO state_totals (state, currency, count, amount) VALUES (NEW.state, NEW.currency, 1, NEW.amount)
+         ON CONFLICT (state, currency) DO UPDATE SET count = count + 1, amount = amount + excluded.amount;
+       END""",
+    """CREATE TRIGGER totals_update AFTER UPDATE OF state ON payments WHEN NEW.state IS NOT OLD.state BEGIN
+         UPDATE state_totals SET count = count - 1, amount = amount - OLD.amount
+           WHERE state = OLD.state AND currency = OLD.currency;
+         INSERT INTO state_totals (state, currency, count, amount) VALUES (NEW.state, NEW.currency, 1, NEW.amount)
+         ON CONFLICT (state, currency) DO UPDATE SET count = count + 1, amount = amount + excluded.amount;
+       END""",
+    """CREATE TRIGGER totals_delete AFTER DELETE ON payments BEGIN
+         UPDATE state_totals SET count = count - 1, amount = amount - OLD.amount
+           WHERE state = OLD.state AND currency = OLD.currency;
+       END""",
+    """CREATE TABLE allowed_transitions (
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        PRIMARY KEY (from_state, to_state)
+    ) STRICT, WITHOUT ROWID""",
+    """CREATE TRIGGER payments_transition BEFORE UPDATE OF state ON payments
+       WHEN NEW.state IS NOT OLD.state AND NOT EXISTS (
+         SELECT 1 FROM allowed_transitions WHERE from_state = OLD.state AND to_state = NEW.state)
+       BEGIN SELECT RAISE(ABORT, 'offterm: state transition not allowed'); END""",
+    (
+        "CREATE TRIGGER payments_immutable BEFORE UPDATE OF offline_id, idempotency_key, amount, currency, "
+        "account_id, livemode, stored_at, recorded_at ON payments WHEN NEW.offline_id IS NOT OLD.offline_id "
+        "OR NEW.idempotency_key IS NOT OLD.idempotency_key OR NEW.amount IS NOT OLD.amount OR NEW.currency IS "
+        "NOT OLD.currency OR NEW.account_id IS NOT OLD.account_id OR NEW.livemode IS NOT OLD.livemode OR "
+        "NEW.stored_at IS NOT OLD.stored_at OR NEW.recorded_at IS NOT OLD.recorded_at BEGIN SELECT "
+        "RAISE(ABORT, 'offterm: a stored payment''s identity and amount never change'); END"
+    ),
+    """CREATE TRIGGER payments_no_delete BEFORE DELETE ON payments WHEN OLD.state NOT IN ('forwarded', 'declined')
+       BEGIN SELECT RAISE(ABORT, 'offterm: only forwarded or declined payments may be removed'); END""",
+    "DROP INDEX payments_state",
+    ("CREATE INDEX payments_claimable ON payments (stored_at, seq) WHERE state IN ('stored', 'outcome_unknown')"),
+    (
+        "CREATE INDEX payments_unclaimable ON payments (state, stored_at, seq) WHERE state NOT IN ('stored', "
+        "'outcome_unknown')"
+    ),
+    "CREATE INDEX payments_finalized ON payments (finalized_at) WHERE finalized_at IS NOT NULL",
+)
+
+#: The transitions version 2 allowed (rows of ``allowed_transitions``).
+TRANSITIONS_V2: tuple[tuple[str, str], ...] = (
+    ("forwarding", "declined"),
+    ("forwarding", "forwarded"),
+    ("forwarding", "needs_attention"),
+    ("forwarding", "outcome_unknown"),
+    ("forwarding", "stored"),
+    ("needs_attention", "stored"),
+    ("outcome_unknown", "forwarding"),
+    ("outcome_unknown", "needs_attention"),
+    ("stored", "forwarding"),
+    ("stored", "needs_attention"),
+)
+
+
+def build_v2(path: Path, key: bytes, payments: Sequence[LegacyPayment], *, updated_at: int) -> None:
+    """Write a schema-v2 database holding ``payments``: version 1 as written, upgraded as offterm v2 did."""
+    build_v1(path, key, payments, updated_at=updated_at)
+    conn = raw_connect(path, key)
+    try:
+        for name, value in PINS.items():
+            conn.execute(f"PRAGMA {name} = {value}")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATION_V1_TO_V2:
+            conn.execute(statement)
+        conn.executemany("INSERT INTO allowed_transitions (from_state, to_state) VALUES (?, ?)", TRANSITIONS_V2)
+        conn.execute("INSERT INTO offterm_meta (key, value) VALUES ('migrated_v1_to_v2', '2026-01-01T00:00:00+00:00')")
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 #: Every earlier schema version -> its builder.
-BUILDERS: dict[int, Callable[..., None]] = {1: build_v1}
+BUILDERS: dict[int, Callable[..., None]] = {1: build_v1, 2: build_v2}

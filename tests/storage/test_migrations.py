@@ -157,7 +157,9 @@ def test_a_failed_migration_leaves_the_old_file_intact(tmp_path: Path, key: byte
     broken = (*schema.MIGRATIONS[1], "CREATE TABLE half_done (x)", "THIS IS NOT SQL")
     monkeypatch.setitem(schema.MIGRATIONS, 1, broken)
 
-    with pytest.raises(StorageMigrationFailed, match=r"v1 to v2 failed.*unchanged at v1.*\.bak") as err:
+    with pytest.raises(
+        StorageMigrationFailed, match=rf"v1 to v{schema.CURRENT_VERSION} failed.*unchanged at v1.*\.bak"
+    ) as err:
         make_store(tmp_path).open(StaticKeyProvider(key))
     assert digest(db) == before, "the database file is byte-for-byte the old one"
     backup = Path(err.value.details["backup"])
@@ -199,3 +201,27 @@ def test_a_foreign_database_with_the_right_key_is_refused(tmp_path: Path, key: b
     conn.close()
     with pytest.raises(StorageError, match="no offterm schema version"):
         make_store(tmp_path).open(StaticKeyProvider(key))
+
+
+def test_a_store_at_the_previous_version_gains_step_memory_and_the_journal(tmp_path: Path, key: bytes) -> None:
+    legacy = legacy_payments()
+    BUILDERS[2](tmp_path / "payments.db", key, list(legacy.values()), updated_at=RECENT)
+    ids = {name: item.payment.offline_id for name, item in legacy.items()}
+    store = make_store(tmp_path)
+    store.open(StaticKeyProvider(key))
+    try:
+        assert store.opened_from_version == 2
+        payments = store.list_payments()
+        assert {p.offline_id for p in payments} == set(ids.values()), "every payment kept"
+        assert all(p.key_generation == 0 and p.steps_sent == {} for p in payments)
+        assert store.get(ids["forwarded"]).intent_id == "pi_4"
+        assert store.online_attempts() == []
+
+        now = datetime.now(UTC)
+        [claimed] = [p for p in store.claim("w", 10, 30, now) if p.offline_id == ids["unknown"]]
+        assert claimed.attempts == 1
+        after = store.record_attempt(ids["unknown"], "w", now, ["create_and_confirm"])
+        assert after.attempts == 2 and after.steps_sent == {"create_and_confirm": (now, now)}
+        assert store.start_key_generation(ids["unknown"], "w", now, None).key_generation == 1
+    finally:
+        store.close()

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import structlog  # noqa: E402
 from storage_testkit import make_store, new_payment  # noqa: E402
 
-from offterm.core.contracts.storage import AttemptUpdate, OutcomeUpdate, PaymentState  # noqa: E402
+from offterm.core.contracts.storage import PaymentState  # noqa: E402
 from offterm.core.errors import OfflineStorageFull  # noqa: E402
 from offterm.plugins.storage.keys import StaticKeyProvider  # noqa: E402
 
@@ -34,8 +34,6 @@ def main(argv: list[str]) -> int:
     options = json.loads(argv[3]) if command == "fill-disk" else {}
     store = make_store(directory, **options)
     store.open(StaticKeyProvider(bytes.fromhex(keyhex)))
-    if options.get("writer_process_after") == 0:
-        assert store.writer_process is not None and store.writer_process.wait_until_ready(60)
     if command == "store":
         for i in range(int(argv[3])):
             say("stored", store.store(new_payment(i)).offline_id)
@@ -84,28 +82,11 @@ def fill_disk(store, directory: Path) -> None:  # type: ignore[no-untyped-def]
     report["refused_present"] = any(p.offline_id == refused for p in store.list_payments())
     report["listed"] = len(store.list_payments())
     again: list[str] = []
-    writer = store.writer_process
-    report["writer_pid"] = writer.pid if writer is not None and writer.ready() else None
     try:
-        if report["writer_pid"]:  # the drain's calls go to the writer process, which hits the same full disk
-            batch = store.claim("after-full", 5, 60, datetime.now(UTC))
-            ids = [p.offline_id for p in batch]
-            for update in (
-                [AttemptUpdate(i, "after-full", datetime.now(UTC)) for i in ids],
-                [
-                    OutcomeUpdate(i, "after-full", PaymentState.FORWARDED, datetime.now(UTC), intent_id="pi_x")
-                    for i in ids
-                ],
-            ):
-                for result in store.apply_claim_updates(update):
-                    if isinstance(result, Exception):
-                        raise result
-            again.extend(ids)
-        else:
-            for p in store.claim("after-full", 5, 60, datetime.now(UTC)):
-                store.record_attempt(p.offline_id, "after-full", datetime.now(UTC))
-                store.complete(p.offline_id, "after-full", PaymentState.FORWARDED, datetime.now(UTC), intent_id="pi_x")
-                again.append(p.offline_id)
+        for p in store.claim("after-full", 5, 60, datetime.now(UTC)):
+            store.record_attempt(p.offline_id, "after-full", datetime.now(UTC), ["create_and_confirm"])
+            store.complete(p.offline_id, "after-full", PaymentState.FORWARDED, datetime.now(UTC), intent_id="pi_x")
+            again.append(p.offline_id)
     except OfflineStorageFull as exc:
         report["forward_error"] = str(exc)
     report["forwarded_after_full"] = again

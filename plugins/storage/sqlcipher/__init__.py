@@ -68,19 +68,6 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "forwarded; 0 disables.",
         maximum=1 << 30,
     ),
-    OptionSpec(
-        "writer_process",
-        bool,
-        True,
-        "Move a long drain's claims and claim records to a child process with its own GIL (see docs/storage.md).",
-    ),
-    OptionSpec(
-        "writer_process_after",
-        int,
-        256,
-        "Claim records written in-process before the writer process takes over (0: from the first).",
-        maximum=1 << 30,
-    ),
     OptionSpec("store_id", str, "", "Name under which the key provider keeps this store's key; empty means the path."),
 )
 
@@ -117,9 +104,6 @@ def build_store(ctx: ComponentContext) -> SqlCipherStore:
     sync = str(opts.get("synchronous", "full")).lower()
     if sync not in _SYNC_LEVELS:
         raise _option_error("synchronous", f"must be one of {', '.join(_SYNC_LEVELS)}", sync)
-    after = opts.get("writer_process_after", 256)
-    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= 1 << 30:
-        raise _option_error("writer_process_after", "must be an integer between 0 and 1073741824", after)
     resolved = path.resolve()
     return SqlCipherStore(
         StoreConfig(
@@ -133,7 +117,6 @@ def build_store(ctx: ComponentContext) -> SqlCipherStore:
             ),
             retention_days=retention,
             reserve_bytes=reserve,
-            writer_process_after=after if opts.get("writer_process", True) else None,
         )
     )
 

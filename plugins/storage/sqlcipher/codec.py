@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from offterm.core.contracts.readers import CardDetails, CardResult
-from offterm.core.contracts.storage import HistoryEntry, NewPayment, PaymentState, StoredPayment
+from offterm.core.contracts.storage import HistoryEntry, NewPayment, OnlineAttempt, PaymentState, StoredPayment
 from offterm.core.errors import InvalidRequest
 from offterm.core.models import CaptureMethod, ReadMethod
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LAST4 = re.compile(r"^[0-9]{4}$")
 _CURRENCY = re.compile(r"^[a-z]{3}$")
+#: A step name: short, and safe inside a JSON path without quoting rules.
+_STEP = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 #: Columns read for a StoredPayment, in this order.
 PAYMENT_COLUMNS: tuple[str, ...] = (
@@ -54,6 +56,8 @@ PAYMENT_COLUMNS: tuple[str, ...] = (
     "card_purged_at",
     "claim_sent",
     "claimed_from",
+    "key_generation",
+    "steps_sent",
 )
 SELECT_PAYMENT = "SELECT " + ", ".join(PAYMENT_COLUMNS) + " FROM payments"
 
@@ -82,6 +86,56 @@ def from_micros(value: int | None) -> datetime | None:
     if value is None:
         return None
     return _EPOCH + timedelta(microseconds=int(value))
+
+
+def to_iso(value: datetime, what: str = "timestamp") -> str:
+    """Timezone-aware datetime -> ISO 8601 text in UTC, always with microseconds (what steps_sent holds)."""
+    when = from_micros(to_micros(value, what))
+    assert when is not None
+    return when.isoformat(timespec="microseconds")
+
+
+def check_steps(steps: Collection[str]) -> list[str]:
+    """Step names, validated and without duplicates (order kept)."""
+    if isinstance(steps, str) or not isinstance(steps, Collection):
+        raise InvalidRequest("steps must be a collection of step names")
+    names: list[str] = []
+    for step in steps:
+        if not isinstance(step, str) or not _STEP.match(step):
+            raise InvalidRequest("a step name is 1-64 letters, digits, '_', '.', ':' or '-'")
+        if step not in names:
+            names.append(step)
+    return names
+
+
+def encode_steps(steps: Mapping[str, tuple[datetime, datetime]]) -> str:
+    """``steps_sent`` as JSON text: {step: [first ISO, last ISO]}."""
+    if not isinstance(steps, Mapping):
+        raise InvalidRequest("steps_sent must map step names to (first sent, last sent)")
+    check_steps(list(steps))
+    data: dict[str, list[str]] = {}
+    for name, times in steps.items():
+        if not isinstance(times, tuple | list) or len(times) != 2:
+            raise InvalidRequest("steps_sent: each step maps to (first sent, last sent)")
+        data[name] = [to_iso(times[0], "steps_sent"), to_iso(times[1], "steps_sent")]
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def decode_steps(raw: object) -> dict[str, tuple[datetime, datetime]]:
+    """JSON text from ``encode_steps`` (or the SQL that updates it) -> steps_sent; raises DecodeProblem."""
+    try:
+        data = json.loads(raw)  # type: ignore[arg-type]
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        steps: dict[str, tuple[datetime, datetime]] = {}
+        for name, times in data.items():
+            first, last = (datetime.fromisoformat(t) for t in times)
+            if first.tzinfo is None or last.tzinfo is None or len(times) != 2:
+                raise ValueError("naive or malformed")
+            steps[str(name)] = (first, last)
+        return steps
+    except (ValueError, TypeError) as exc:
+        raise DecodeProblem(f"steps_sent: {type(exc).__name__}") from None
 
 
 def encode_details(details: CardDetails) -> str:
@@ -187,6 +241,7 @@ def payment_row(payment: NewPayment, now_us: int) -> dict[str, Any]:
         "intent_id": payment.intent_id,
         "description": payment.description,
         "updated_at": now_us,
+        "steps_sent": encode_steps(payment.steps_sent),
     }
 
 
@@ -242,6 +297,8 @@ def decode_payment(row: Any) -> StoredPayment:
         decline_code=r["decline_code"],
         next_attempt_at=from_micros(r["next_attempt_at"]),
         updated_at=from_micros(r["updated_at"]),
+        key_generation=int(r["key_generation"]),
+        steps_sent=decode_steps(r["steps_sent"]),
     )
 
 
@@ -279,6 +336,85 @@ def decode_quarantined(row: Any, reason: str) -> StoredPayment:
         last_error_code=r["last_error_code"] or UNDECODABLE,
         last_error_message=r["last_error_message"] or reason,
         updated_at=from_micros(r["updated_at"]),
+        key_generation=int(r["key_generation"] or 0),
+        steps_sent=_steps_or_empty(r["steps_sent"]),
+    )
+
+
+def _steps_or_empty(raw: object) -> dict[str, tuple[datetime, datetime]]:
+    try:
+        return decode_steps(raw)
+    except DecodeProblem:
+        return {}
+
+
+#: Columns read for an OnlineAttempt, in this order.
+ONLINE_COLUMNS: tuple[str, ...] = (
+    "offline_id",
+    "idempotency_key",
+    "amount",
+    "currency",
+    "owner",
+    "started_at",
+    "intent_id",
+    "steps_sent",
+    "resolution",
+    "resolved_at",
+    "error_code",
+)
+SELECT_ONLINE = "SELECT " + ", ".join(ONLINE_COLUMNS) + " FROM online_attempts"
+
+
+def _short_text(value: object, name: str, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise InvalidRequest(f"{name} must be a non-empty string of at most 255 characters")
+    return value
+
+
+def online_row(attempt: OnlineAttempt) -> dict[str, Any]:
+    """Validate an unresolved OnlineAttempt and build its INSERT parameters (there is no card data in it)."""
+    if not isinstance(attempt, OnlineAttempt):
+        raise InvalidRequest("begin_online() takes an OnlineAttempt")
+    if attempt.resolution is not None or attempt.resolved_at is not None:
+        raise InvalidRequest("begin_online() journals an unresolved attempt; use resolve_online() to resolve it")
+    for name in ("offline_id", "idempotency_key", "owner"):
+        _short_text(getattr(attempt, name), name)
+    _short_text(attempt.intent_id, "intent_id", optional=True)
+    _short_text(attempt.error_code, "error_code", optional=True)
+    if isinstance(attempt.amount, bool) or not isinstance(attempt.amount, int) or attempt.amount <= 0:
+        raise InvalidRequest("amount must be a positive integer in minor units")
+    if not isinstance(attempt.currency, str) or not _CURRENCY.match(attempt.currency.lower()):
+        raise InvalidRequest("currency must be a 3-letter ISO 4217 code")
+    return {
+        "offline_id": attempt.offline_id,
+        "idempotency_key": attempt.idempotency_key,
+        "amount": attempt.amount,
+        "currency": attempt.currency.lower(),
+        "owner": attempt.owner,
+        "started_at": to_micros(attempt.started_at, "started_at"),
+        "intent_id": attempt.intent_id,
+        "steps_sent": encode_steps(attempt.steps_sent),
+        "error_code": attempt.error_code,
+    }
+
+
+def decode_online(row: Any) -> OnlineAttempt:
+    """A row (in ONLINE_COLUMNS order) -> OnlineAttempt.  Bad steps_sent text reads as no steps."""
+    r = dict(zip(ONLINE_COLUMNS, row, strict=True))
+    return OnlineAttempt(
+        offline_id=r["offline_id"],
+        idempotency_key=r["idempotency_key"],
+        amount=r["amount"],
+        currency=r["currency"],
+        owner=r["owner"],
+        started_at=_when(r["started_at"]),
+        intent_id=r["intent_id"],
+        steps_sent=_steps_or_empty(r["steps_sent"]),
+        resolution=r["resolution"],
+        resolved_at=from_micros(r["resolved_at"]),
+        error_code=r["error_code"],
     )
 
 

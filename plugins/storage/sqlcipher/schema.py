@@ -15,7 +15,7 @@ from __future__ import annotations
 from offterm.core.contracts.storage import ALLOWED_TRANSITIONS, PaymentState
 
 #: The version this code reads and writes.
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 
 _STATES = ", ".join(f"'{s.value}'" for s in PaymentState)
 
@@ -148,8 +148,31 @@ MIGRATION_V1_TO_V2: tuple[str, ...] = (
     "CREATE INDEX payments_finalized ON payments (finalized_at) WHERE finalized_at IS NOT NULL",
 )
 
+#: Version 3: what the forwarder must remember because the processor forgets
+#: idempotency keys (Stripe after 24 h): the key generation and when each step
+#: was first/last sent (JSON text, ISO times), and the in-flight journal of
+#: online confirms (no card data in it).
+MIGRATION_V2_TO_V3: tuple[str, ...] = (
+    "ALTER TABLE payments ADD COLUMN key_generation INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE payments ADD COLUMN steps_sent TEXT NOT NULL DEFAULT '{}'",
+    """CREATE TABLE online_attempts (
+        offline_id TEXT PRIMARY KEY,
+        idempotency_key TEXT NOT NULL,
+        amount INTEGER NOT NULL CHECK (amount > 0),
+        currency TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        intent_id TEXT,
+        steps_sent TEXT NOT NULL DEFAULT '{}',
+        resolution TEXT,
+        resolved_at INTEGER,
+        error_code TEXT
+    ) STRICT""",
+    "CREATE INDEX online_attempts_started ON online_attempts (started_at)",
+)
+
 #: ``MIGRATIONS[n]`` upgrades version n to n + 1.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: MIGRATION_V1_TO_V2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: MIGRATION_V1_TO_V2, 2: MIGRATION_V2_TO_V3}
 
 
 def transition_rows() -> set[tuple[str, str]]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,13 +32,9 @@ from offterm.core.contracts.storage import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
     PENDING_STATES,
-    AttemptUpdate,
-    AttemptWithdrawal,
-    ClaimUpdate,
-    DrainChannel,
     HistoryEntry,
     NewPayment,
-    OutcomeUpdate,
+    OnlineAttempt,
     PaymentState,
     PaymentStore,
     StorageKeyProvider,
@@ -63,7 +60,6 @@ from .connection import Durability, classify, connect, load_driver, verify_key
 from .migrate import ensure_schema
 from .reserve import SpaceReserve
 from .schema import CLAIMABLE_WHERE, UNCLAIMABLE_WHERE
-from .writer_process import WriterProcess
 
 log = structlog.get_logger("offterm.storage.sqlcipher")
 
@@ -87,6 +83,7 @@ _INSERT_COLUMNS = (
     "intent_id",
     "description",
     "updated_at",
+    "steps_sent",
 )
 INSERT_SQL = (
     f"INSERT INTO payments ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(':' + c for c in _INSERT_COLUMNS)}) "
@@ -100,6 +97,10 @@ _PENDING_TOTALS = (
 _CLAIM_SELECT = (
     SELECT_PAYMENT + f" INDEXED BY payments_claimable WHERE {CLAIMABLE_WHERE} "
     "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY stored_at, seq LIMIT ?"
+)
+#: The same, whatever ``next_attempt_at`` says (``claim(..., ignore_backoff=True)``).
+_CLAIM_SELECT_ANY = (
+    SELECT_PAYMENT + f" INDEXED BY payments_claimable WHERE {CLAIMABLE_WHERE} ORDER BY stored_at, seq LIMIT ?"
 )
 #: Oldest pending payment: two index lookups, whatever the backlog.
 _OLDEST_PENDING = (
@@ -134,9 +135,6 @@ class StoreConfig:
     retention_days: int
     reserve_bytes: int = 4 * 1024 * 1024
     pool_size: int = 2
-    #: After this many claim updates written in-process, the drain's bookkeeping moves to a writer
-    #: process (``writer_process.py``); None: never.
-    writer_process_after: int | None = 256
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -160,33 +158,6 @@ def _drains_when_full(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-#: The drain's own store calls, by name, undecorated: what the writer process runs (``writer_process.py``).
-WRITER_CALLS: dict[str, Callable[..., Any]] = {}
-
-
-def _in_writer_process(method: _F) -> _F:
-    """Run this call in the store's writer process when there is one (the drain's bookkeeping).
-
-    The drain's claims and claim updates then share one connection, and its page cache, in a process with
-    a GIL of its own.  Errors come back typed, as raised there.  If no writer process can be started, the
-    call runs here (as do all calls until the writer process is ready).
-    """
-    name = method.__name__
-    WRITER_CALLS[name] = method
-
-    @functools.wraps(method)
-    def wrapper(self: SqlCipherStore, *args: Any, **kwargs: Any) -> Any:
-        writer = self._writer
-        if writer is not None and writer.ready():
-            return writer.call(name, args, kwargs)
-        result = method(self, *args, **kwargs)
-        if writer is not None and name == "apply_claim_updates":
-            writer.note_written_here(len(args[0]))
-        return result
-
-    return wrapper  # type: ignore[return-value]
-
-
 class SqlCipherStore(PaymentStore):
     """PaymentStore on one SQLCipher file (see module docstring)."""
 
@@ -198,7 +169,6 @@ class SqlCipherStore(PaymentStore):
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._reserve = SpaceReserve(Path(f"{config.path}.reserve"), config.reserve_bytes)
         self.opened_from_version: int | None = None
-        self._writer: WriterProcess | None = None
 
     # -- opening -------------------------------------------------------------------
 
@@ -228,9 +198,6 @@ class SqlCipherStore(PaymentStore):
         self._driver = driver
         self._engine = self._make_engine(driver, key)
         self._identity = _identity(self.path)
-        if self.config.writer_process_after is not None:
-            self._writer = WriterProcess(self.config, key, after=self.config.writer_process_after)
-            self._writer.note_written_here(0)  # with after=0 it starts now
         try:
             if not self._reserve.ensure():
                 log.warning("storage_disk_full", path=str(self.path), effect="new offline payments are refused")
@@ -287,34 +254,7 @@ class SqlCipherStore(PaymentStore):
             hide_parameters=True,
         )
 
-    def drain_channel(self) -> DrainChannel | None:
-        """The writer process's event-loop socket, once it is ready (``PaymentStore.drain_channel``)."""
-        writer = self._writer
-        return writer.channel() if writer is not None else None
-
-    @property
-    def writer_process(self) -> WriterProcess | None:
-        """The drain's writer process (started or not), or None when disabled or the store is closed."""
-        return self._writer
-
-    def open_for_writer(self, keys: StorageKeyProvider) -> None:
-        """Open an existing, already checked store for the ``WRITER_CALLS`` only (in the writer process).
-
-        No creation, migration, reserve or housekeeping: the process that started this one did them.
-        """
-        driver = load_driver()
-        key = keys.get_key(self.config.store_id, create=False)
-        if key is None:
-            raise StorageKeyUnavailable("no key was handed to the writer process")
-        self._driver = driver
-        self._engine = self._make_engine(driver, key)
-        self._identity = _identity(self.path)
-        self._schema_version()  # it really opens and reads the file before saying it is ready
-
     def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.dispose()
@@ -438,6 +378,7 @@ class SqlCipherStore(PaymentStore):
             intent_id=payment.intent_id,
             description=payment.description,
             updated_at=_when(now_us),
+            steps_sent=codec.decode_steps(params["steps_sent"]),
         )
 
     def _check_file_in_place(self) -> None:
@@ -558,19 +499,25 @@ class SqlCipherStore(PaymentStore):
     # -- forwarding lifecycle ------------------------------------------------------
 
     @_drains_when_full
-    @_in_writer_process
-    def claim(self, owner: str, limit: int, lease_seconds: float, now: datetime) -> list[StoredPayment]:
+    def claim(
+        self, owner: str, limit: int, lease_seconds: float, now: datetime, *, ignore_backoff: bool = False
+    ) -> list[StoredPayment]:
         _check_owner(owner)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidRequest("claim limit must be a positive integer")
         if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int | float) or not lease_seconds > 0:
             raise InvalidRequest("lease_seconds must be positive")
+        if not isinstance(ignore_backoff, bool):
+            raise InvalidRequest("ignore_backoff must be a bool")
         now_us = to_micros(now, "now")
         expires_us = now_us + int(lease_seconds * 1_000_000)
         claimed: list[StoredPayment] = []
         with self._tx(write=True) as conn:
             while len(claimed) < limit:
-                rows = conn.execute(_CLAIM_SELECT, (now_us, limit - len(claimed))).fetchall()
+                if ignore_backoff:
+                    rows = conn.execute(_CLAIM_SELECT_ANY, (limit - len(claimed),)).fetchall()
+                else:
+                    rows = conn.execute(_CLAIM_SELECT, (now_us, limit - len(claimed))).fetchall()
                 if not rows:
                     break
                 for row in rows:
@@ -589,8 +536,45 @@ class SqlCipherStore(PaymentStore):
         return claimed
 
     @_drains_when_full
-    def record_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
-        return self._apply_one(AttemptUpdate(offline_id, owner, now))
+    def record_attempt(self, offline_id: str, owner: str, now: datetime, steps: Collection[str] = ()) -> StoredPayment:
+        held = _held_by(offline_id, owner, now)
+        names = codec.check_steps(steps)
+        steps_sql = "steps_sent"
+        if names:
+            # json_set reads the column as it was before this statement: each step keeps its first time.
+            pairs = []
+            for i, name in enumerate(names):
+                held[f"step{i}"] = f'$."{name}"'  # names are checked: no quote or backslash in them
+                pairs.append(f":step{i}, json_array(coalesce(json_extract(steps_sent, :step{i} || '[0]'), :iso), :iso)")
+            held["iso"] = codec.to_iso(now, "now")
+            steps_sql = f"json_set(steps_sent, {', '.join(pairs)})"
+        return self._update_held(
+            "attempts = attempts + 1, claim_sent = 1, claimed_at = :now, "
+            f"claim_expires_at = :now + (claim_expires_at - claimed_at), steps_sent = {steps_sql}, updated_at = :now",
+            held,
+            live_lease=True,
+        )
+
+    @_drains_when_full
+    def record_intent(self, offline_id: str, owner: str, intent_id: str, now: datetime) -> StoredPayment:
+        held = _held_by(offline_id, owner, now)
+        held["intent_id"] = _check_intent(intent_id, optional=False)
+        return self._update_held("intent_id = :intent_id, updated_at = :now", held)
+
+    @_drains_when_full
+    def start_key_generation(self, offline_id: str, owner: str, now: datetime, intent_id: str | None) -> StoredPayment:
+        held = _held_by(offline_id, owner, now)
+        held["intent_id"] = _check_intent(intent_id, optional=True)
+        updated = self._update_held(
+            "key_generation = key_generation + 1, steps_sent = '{}', intent_id = :intent_id, updated_at = :now", held
+        )
+        log.info(
+            "payment_key_generation_started",
+            offline_id=offline_id,
+            key_generation=updated.key_generation,
+            processor_has_intent=intent_id is not None,
+        )
+        return updated
 
     @_drains_when_full
     def complete(
@@ -606,177 +590,111 @@ class SqlCipherStore(PaymentStore):
         decline_code: str | None = None,
         next_attempt_at: datetime | None = None,
     ) -> StoredPayment:
-        return self._apply_one(
-            OutcomeUpdate(
-                offline_id,
-                owner,
-                to_state,
-                now,
-                intent_id=intent_id,
-                error_code=error_code,
-                error_message=error_message,
-                decline_code=decline_code,
-                next_attempt_at=next_attempt_at,
-            )
+        held = _held_by(offline_id, owner, now)
+        try:
+            target = PaymentState(to_state)
+        except ValueError:
+            raise InvalidTransition(f"unknown payment state {to_state!r}") from None
+        if target not in ALLOWED_TRANSITIONS[PaymentState.FORWARDING]:
+            raise InvalidTransition(f"a claimed payment cannot move from forwarding to {target.value}")
+        held.update(
+            state=target.value,
+            intent_id=_check_intent(intent_id, optional=True),
+            code=error_code,
+            message=error_message,
+            decline=decline_code,
+            next=None if next_attempt_at is None else to_micros(next_attempt_at, "next_attempt_at"),
+        )
+        purge = ", " + _PURGE_CARD + ", finalized_at = :now" if target in FINAL_STATES else ""
+        # outcome_unknown means "a request went out without an answer": some attempt must exist.
+        unknown = target is PaymentState.OUTCOME_UNKNOWN
+        return self._update_held(
+            "state = :state, intent_id = coalesce(:intent_id, intent_id), last_error_code = :code, "
+            "last_error_message = :message, decline_code = :decline, transition_code = :code, next_attempt_at = :next, "
+            f"updated_at = :now, {_CLEAR_CLAIM}{purge}",
+            held,
+            extra=" AND attempts > 0" if unknown else "",
+            needs="sent" if unknown else "",
         )
 
-    @_drains_when_full
-    def withdraw_attempt(self, offline_id: str, owner: str, now: datetime) -> StoredPayment:
-        return self._apply_one(AttemptWithdrawal(offline_id, owner, now))
+    def _update_held(
+        self, sets: str, params: dict[str, Any], *, live_lease: bool = False, extra: str = "", needs: str = ""
+    ) -> StoredPayment:
+        """One UPDATE of a payment ``params["owner"]`` holds the claim on, as one statement (see ``_statement``).
 
-    def _apply_one(self, update: ClaimUpdate) -> StoredPayment:
-        """One claim update as one statement, its own transaction (see ``_statement``)."""
-        sql, params, needs = self._claim_update_statement(update)
-        rows = self._statement(sql, params)
+        ``live_lease``: the lease must not have expired either.  ``extra``/``needs``: a further condition, and
+        its name for ``_not_held`` ("sent": some attempt ever).  A miss is explained by ``_not_held``.
+        """
+        lease = " AND claim_expires_at > :now" if live_lease else ""
+        rows = self._statement(
+            f"UPDATE payments SET {sets} WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner"
+            f"{lease}{extra}" + _RETURNING,
+            params,
+        )
         if not rows:
             with self._tx(write=False) as conn:
                 raise self._not_held(conn, params["id"], params["owner"], params["now"], needs=needs)
         return self._decode_or_view(rows[0])
 
-    # -- group commit: several claim updates, one transaction ---------------------------------
-
-    @_drains_when_full
-    @_in_writer_process
-    def apply_claim_updates(self, updates: Sequence[ClaimUpdate]) -> list[StoredPayment | Exception]:
-        """Every update in ONE write transaction (one commit, one fsync), each exactly as its single call.
-
-        Each update is one UPDATE statement, and SQLite makes a statement atomic inside its transaction:
-        one that matches no row (a lost claim) changes nothing, one that a trigger refuses is undone by
-        itself (``RAISE(ABORT)``), and either way the others stand.  Such an update's result is the error
-        its single call would raise.  Anything else (the disk, the database) fails the whole transaction:
-        nothing is applied and this raises.  Results are decoded only after the commit.
-
-        During a drain this runs in the store's writer process (``writer_process.py``).
-        """
-        results: list[StoredPayment | Exception | None] = [None] * len(updates)
-        statements: list[tuple[int, str, dict[str, Any], str]] = []
-        for i, update in enumerate(updates):
-            try:
-                sql, params, needs = self._claim_update_statement(update)
-            except OfftermError as exc:  # refused before any I/O, as the single call would be
-                results[i] = exc
-                continue
-            statements.append((i, sql, params, needs))
-        rows: dict[int, Any] = {}
-        if statements:
-            driver = self._driver
-            with self._tx(write=True) as conn:
-                for i, sql, params, needs in statements:
-                    try:
-                        found = conn.execute(sql, params).fetchall()
-                    except Exception as exc:
-                        if driver is None or not isinstance(exc, driver.Error) or "offterm:" not in str(exc):
-                            raise  # not about this update: the transaction fails as a whole
-                        results[i] = self._translate(exc)  # a trigger refused it; the statement was undone
-                        continue
-                    if not found:
-                        results[i] = self._not_held(conn, params["id"], params["owner"], params["now"], needs=needs)
-                    else:
-                        rows[i] = found[0]
-        for i, row in rows.items():
-            results[i] = self._decode_or_view(row)
-        return [r for r in results if r is not None]
-
-    @staticmethod
-    def _claim_update_statement(update: ClaimUpdate) -> tuple[str, dict[str, Any], str]:
-        """(sql, parameters, what the row needs beyond a live claim) of one update.
-
-        The third item names the extra condition ("" none, "sent": some attempt ever, "attempt": one in this
-        claim) so a miss can be
-        explained (``_not_held``).  Refusals that need no I/O raise here.
-        """
-        if not isinstance(update, AttemptUpdate | AttemptWithdrawal | OutcomeUpdate):
-            raise InvalidRequest(f"not a claim update: {type(update).__name__}")
-        _check_owner(update.owner)
-        if isinstance(update, AttemptUpdate):
-            return (
-                "UPDATE payments SET attempts = attempts + 1, claim_sent = 1, claimed_at = :now, "
-                "claim_expires_at = :now + (claim_expires_at - claimed_at), updated_at = :now "
-                "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_expires_at > :now"
-                + _RETURNING,
-                _held_by(update),
-                "",
-            )
-        if isinstance(update, AttemptWithdrawal):
-            return (
-                "UPDATE payments SET attempts = attempts - 1, claim_sent = 0, updated_at = :now "
-                "WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner AND claim_sent = 1 "
-                "AND attempts > 0" + _RETURNING,
-                _held_by(update),
-                "attempt",
-            )
-        try:
-            to_state = PaymentState(update.to_state)
-        except ValueError:
-            raise InvalidTransition(f"unknown payment state {update.to_state!r}") from None
-        if to_state not in ALLOWED_TRANSITIONS[PaymentState.FORWARDING]:
-            raise InvalidTransition(f"a claimed payment cannot move from forwarding to {to_state.value}")
-        held = _held_by(update)
-        nxt = update.next_attempt_at
-        next_us = None if nxt is None else to_micros(nxt, "next_attempt_at")
-        purge = ", " + _PURGE_CARD + ", finalized_at = :now" if to_state in FINAL_STATES else ""
-        # outcome_unknown means "a request went out without an answer": some attempt must exist.
-        unknown = to_state is PaymentState.OUTCOME_UNKNOWN
-        guard = " AND attempts > 0" if unknown else ""
-        return (
-            "UPDATE payments SET state = :state, intent_id = coalesce(:intent_id, intent_id), "
-            "last_error_code = :code, last_error_message = :message, decline_code = :decline, "
-            f"transition_code = :code, next_attempt_at = :next, updated_at = :now, {_CLEAR_CLAIM}{purge} "
-            f"WHERE offline_id = :id AND state = 'forwarding' AND claim_owner = :owner{guard}" + _RETURNING,
-            {
-                "state": to_state.value,
-                "intent_id": update.intent_id,
-                "code": update.error_code,
-                "message": update.error_message,
-                "decline": update.decline_code,
-                "next": next_us,
-                **held,
-            },
-            "sent" if unknown else "",
-        )
-
     def _not_held(self, conn: Any, offline_id: str, owner: str, now_us: int, *, needs: str = "") -> StorageError:
         row = conn.execute(
-            "SELECT state, claim_owner, claim_expires_at, attempts, claim_sent FROM payments WHERE offline_id = ?",
+            "SELECT state, claim_owner, claim_expires_at, attempts FROM payments WHERE offline_id = ?",
             (offline_id,),
         ).fetchone()
         if row is None:
             return PaymentNotFound(f"no stored payment {offline_id!r}")
-        state, holder, expires, attempts, sent = row
+        state, holder, expires, attempts = row
         if state != PaymentState.FORWARDING.value:
             return InvalidTransition(f"payment {offline_id} is {state}, not claimed")
         if holder != owner:
             return InvalidTransition(f"payment {offline_id} is claimed by another forwarder")
         if needs == "sent" and not attempts:
             return InvalidTransition(f"payment {offline_id} was never sent, so its outcome cannot be unknown")
-        if needs == "attempt" and not (sent and attempts):
-            return InvalidTransition(f"payment {offline_id} has no attempt in this claim to take back")
         if expires is not None and expires <= now_us:
             return InvalidTransition(f"the claim on payment {offline_id} expired; claim it again")
         return InvalidTransition(f"payment {offline_id} cannot be updated")
 
     @_drains_when_full
-    @_in_writer_process
     def release(self, owner: str, now: datetime) -> int:
         _check_owner(owner)
-        return self._give_back("claim_owner = ?", (owner,), to_micros(now, "now"), "claim_released")
+        now_us = to_micros(now, "now")
+        return self._give_back("claim_owner = :owner", {"owner": owner, "now": now_us}, "'claim_released'")
 
     @_drains_when_full
-    @_in_writer_process
-    def recover_expired_claims(self, now: datetime) -> int:
+    def recover_expired_claims(self, now: datetime, owner_gone: Callable[[str], bool] | None = None) -> int:
         now_us = to_micros(now, "now")
-        return self._give_back("claim_expires_at <= ?", (now_us,), now_us, "claim_expired")
+        gone: list[str] = []
+        if owner_gone is not None:
+            with self._tx(write=False) as conn:
+                owners = [
+                    str(r[0])
+                    for r in conn.execute(
+                        f"SELECT DISTINCT claim_owner FROM payments WHERE {UNCLAIMABLE_WHERE} AND state = 'forwarding' "
+                        "AND claim_owner IS NOT NULL AND claim_expires_at > ?",
+                        (now_us,),
+                    ).fetchall()
+                ]
+            # Asked outside any transaction: the callback never holds the write lock.
+            gone = [owner for owner in owners if owner_gone(owner)]
+        params: dict[str, Any] = {"now": now_us}
+        where = "claim_expires_at <= :now"
+        if gone:
+            where = f"({where} OR claim_owner IN (SELECT value FROM json_each(:gone)))"
+            params["gone"] = json.dumps(gone)
+        reason = "CASE WHEN claim_expires_at <= :now THEN 'claim_expired' ELSE 'claim_owner_gone' END"
+        count = self._give_back(where, params, reason)
+        if count:
+            log.warning("storage_claims_recovered", count=count, owners_gone=len(gone))
+        return count
 
-    def _give_back(self, where: str, params: tuple[Any, ...], now_us: int, reason: str) -> int:
+    def _give_back(self, where: str, params: dict[str, Any], reason_sql: str) -> int:
         """Return claims to the queue: outcome_unknown if a request went out, else where they came from."""
         with self._tx(write=True) as conn:
             rows = conn.execute(
-                f"UPDATE payments SET {_GIVE_BACK}, transition_code = ?, updated_at = ? "
+                f"UPDATE payments SET {_GIVE_BACK}, transition_code = {reason_sql}, updated_at = :now "
                 f"WHERE {UNCLAIMABLE_WHERE} AND state = 'forwarding' AND {where} RETURNING offline_id",
-                (reason, now_us, *params),
+                params,
             ).fetchall()
-        if rows and reason == "claim_expired":
-            log.warning("storage_claims_recovered", count=len(rows))
         return len(rows)
 
     @_drains_when_full
@@ -808,11 +726,77 @@ class SqlCipherStore(PaymentStore):
             ).fetchall()
         return [codec.first_history(found[0]), *(codec.decode_history(r) for r in rows)]
 
+    # -- the in-flight journal of online confirms ------------------------------------------
+
+    @_drains_when_full
+    def begin_online(self, attempt: OnlineAttempt) -> None:
+        params = codec.online_row(attempt)
+        self._check_file_in_place()
+        columns = tuple(params)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "offline_id")
+        with self._tx(write=True) as conn:
+            changed = conn.execute(
+                f"INSERT INTO online_attempts ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)}) "
+                f"ON CONFLICT (offline_id) DO UPDATE SET {updates} WHERE online_attempts.resolution IS NULL",
+                params,
+            ).rowcount
+        if changed != 1:
+            raise InvalidTransition(f"the online attempt {attempt.offline_id} is already resolved; it is kept as is")
+        self._check_file_in_place()  # removed during the commit: the entry went to a file no one will open again
+
+    @_drains_when_full
+    def end_online(self, offline_id: str) -> None:
+        _check_text(offline_id, "offline_id")
+        with self._tx(write=True) as conn:
+            conn.execute("DELETE FROM online_attempts WHERE offline_id = ?", (offline_id,))
+
+    @_drains_when_full
+    def resolve_online(
+        self,
+        offline_id: str,
+        resolution: str,
+        now: datetime,
+        *,
+        intent_id: str | None = None,
+        error_code: str | None = None,
+    ) -> OnlineAttempt:
+        _check_text(offline_id, "offline_id")
+        _check_text(resolution, "resolution")
+        if error_code is not None:
+            _check_text(error_code, "error_code")
+        params = {
+            "id": offline_id,
+            "resolution": resolution,
+            "now": to_micros(now, "now"),
+            "intent_id": _check_intent(intent_id, optional=True),
+            "code": error_code,
+        }
+        with self._tx(write=True) as conn:
+            row = conn.execute(
+                "UPDATE online_attempts SET resolution = :resolution, resolved_at = :now, "
+                "intent_id = coalesce(:intent_id, intent_id), error_code = :code WHERE offline_id = :id RETURNING "
+                + ", ".join(codec.ONLINE_COLUMNS),
+                params,
+            ).fetchone()
+        if row is None:
+            raise PaymentNotFound(f"no online attempt {offline_id!r} in the journal")
+        log.info("online_attempt_resolved", offline_id=offline_id, resolution=resolution)
+        return codec.decode_online(row)
+
+    def online_attempts(self, *, resolved: bool | None = None) -> list[OnlineAttempt]:
+        if resolved is not None and not isinstance(resolved, bool):
+            raise InvalidRequest("resolved is None, True or False")
+        where = "" if resolved is None else f" WHERE resolution IS {'NOT ' if resolved else ''}NULL"
+        with self._tx(write=False) as conn:
+            rows = conn.execute(codec.SELECT_ONLINE + where + " ORDER BY started_at, rowid").fetchall()
+        return [codec.decode_online(r) for r in rows]
+
     # -- retention -----------------------------------------------------------------
 
     @_drains_when_full
     def purge_expired(self, now: datetime) -> int:
-        """Drop card data of finished payments, and their summaries after ``retention_days``."""
+        """Drop card data of finished payments, and their summaries (and resolved online attempts) after
+        ``retention_days``."""
         now_us = to_micros(now, "now")
         cutoff = to_micros(now - timedelta(days=self.config.retention_days), "now")
         with self._tx(write=True) as conn:
@@ -827,6 +811,10 @@ class SqlCipherStore(PaymentStore):
                 (cutoff,),
             ).fetchall()
             conn.executemany("DELETE FROM payment_history WHERE offline_id = ?", gone)
+            conn.execute(
+                "DELETE FROM online_attempts WHERE resolution IS NOT NULL AND resolved_at < ?",
+                (cutoff,),
+            )
         if gone:
             log.info("storage_summaries_removed", count=len(gone), retention_days=self.config.retention_days)
         return len(gone)
@@ -854,9 +842,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _held_by(update: ClaimUpdate) -> dict[str, Any]:
+def _held_by(offline_id: str, owner: str, now: datetime) -> dict[str, Any]:
     """The parameters every claim update's statement matches on: the claim's owner and payment, and now."""
-    return {"now": to_micros(update.now, "now"), "id": update.offline_id, "owner": update.owner}
+    _check_owner(owner)
+    return {"now": to_micros(now, "now"), "id": offline_id, "owner": owner}
+
+
+def _check_intent(intent_id: str | None, *, optional: bool) -> str | None:
+    if intent_id is None and optional:
+        return None
+    if not isinstance(intent_id, str) or not intent_id or len(intent_id) > 255:
+        raise InvalidRequest("an intent id is a non-empty string of at most 255 characters")
+    return intent_id
+
+
+def _check_text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise InvalidRequest(f"{what} must be a non-empty string of at most 255 characters")
+    return value
 
 
 def _check_owner(owner: str) -> None:
