@@ -61,9 +61,6 @@ class DrainResult:
     name: str
     payments: int
     seconds: float
-    #: the store's writer process, read just before the Terminal closed: peak RSS (KiB), CPU seconds
-    writer_peak_kib: int = 0
-    writer_cpu_seconds: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -260,22 +257,9 @@ async def drain_with_terminal(sim: SimHandle, data_dir: Path, payments: int, con
         remaining = await terminal.forward_now(timeout=24 * 3600)
         elapsed = time.perf_counter() - start
         attention = terminal.offline_status.sdk.needs_attention_count
-        writer = getattr(terminal.store.backend, "writer_process", None)
-        peak, cpu = process_peak_and_cpu(writer.pid) if writer is not None and writer.pid else (0, 0.0)
     if remaining or attention:
         raise RuntimeError(f"{remaining} payments were not forwarded, {attention} need attention")
-    return DrainResult("terminal", payments, elapsed, writer_peak_kib=peak, writer_cpu_seconds=cpu)
-
-
-def process_peak_and_cpu(pid: int) -> tuple[int, float]:
-    """(peak RSS in KiB, CPU seconds) of another process, from /proc; (0, 0.0) where there is none."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0, 0.0
-    peak = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-    return peak, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return DrainResult("terminal", payments, elapsed)
 
 
 @dataclass(frozen=True)
@@ -333,14 +317,13 @@ def own_peak_rss_kib() -> int:
 
 
 def _rss_child(url: str, data_dir: str, payments: int, concurrency: int) -> None:
-    """In a fresh process: drain the store, print its own peak RSS and its writer process's (KiB) as JSON."""
+    """In a fresh process: drain the store, print its own peak RSS (KiB) as JSON."""
     result = asyncio.run(drain_with_terminal(_Remote(url), Path(data_dir), payments, concurrency))
     inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
             {
                 "peak_rss_kib": own_peak_rss_kib(),
-                "writer_peak_kib": result.writer_peak_kib,
                 "ru_maxrss_kib": inherited,
                 "seconds": round(result.seconds, 1),
             }
@@ -371,13 +354,11 @@ def peak_rss_of_drain(sim: SimHandle, payments: int, concurrency: int) -> dict[s
 class RssComparison:
     small: int
     large: int
-    #: the drain process plus the store's writer process (each one's own peak)
+    #: the drain process's own peak
     small_peak_mib: float
     large_peak_mib: float
     difference_mib: float
     within_30_mib: bool
-    small_writer_peak_mib: float
-    large_writer_peak_mib: float
     #: ``ru_maxrss`` of each child, for comparison: it includes the parent's peak at spawn (see own_peak_rss_kib)
     small_ru_maxrss_mib: float
     large_ru_maxrss_mib: float
@@ -388,8 +369,8 @@ def compare_rss(small: int = 10_000, large: int = 100_000, concurrency: int = 8)
     with running_simulator(subprocess=True) as sim:
         a = peak_rss_of_drain(sim, small, concurrency)
         b = peak_rss_of_drain(sim, large, concurrency)
-    small_mib = (a["peak_rss_kib"] + a["writer_peak_kib"]) / 1024
-    large_mib = (b["peak_rss_kib"] + b["writer_peak_kib"]) / 1024
+    small_mib = a["peak_rss_kib"] / 1024
+    large_mib = b["peak_rss_kib"] / 1024
     return RssComparison(
         small=small,
         large=large,
@@ -397,8 +378,6 @@ def compare_rss(small: int = 10_000, large: int = 100_000, concurrency: int = 8)
         large_peak_mib=round(large_mib, 1),
         difference_mib=round(large_mib - small_mib, 1),
         within_30_mib=large_mib - small_mib <= 30,
-        small_writer_peak_mib=round(a["writer_peak_kib"] / 1024, 1),
-        large_writer_peak_mib=round(b["writer_peak_kib"] / 1024, 1),
         small_ru_maxrss_mib=round(a["ru_maxrss_kib"] / 1024, 1),
         large_ru_maxrss_mib=round(b["ru_maxrss_kib"] / 1024, 1),
     )
@@ -451,9 +430,7 @@ def main() -> None:
         r = results["rss"]
         print(
             f"peak RSS draining {r['large']} stored payments: {r['large_peak_mib']} MiB; {r['small']}: "
-            f"{r['small_peak_mib']} MiB (the drain process plus the store's writer process: "
-            f"{r['large_writer_peak_mib']} and {r['small_writer_peak_mib']} MiB of them); "
-            f"difference {r['difference_mib']} MiB (target <= 30): {r['within_30_mib']}"
+            f"{r['small_peak_mib']} MiB; difference {r['difference_mib']} MiB (target <= 30): {r['within_30_mib']}"
         )
 
 

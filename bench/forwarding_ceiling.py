@@ -48,39 +48,48 @@ def _install_stand_ins(variant: str) -> None:
     """Replace AsyncStore methods in this (child) process with in-memory stand-ins."""
     from offterm.core import store_runner
     from offterm.core.contracts import PaymentState
-    from offterm.core.contracts.storage import AttemptUpdate, AttemptWithdrawal
 
     held: dict[str, Any] = {}
     real_claim = store_runner.AsyncStore.claim
 
-    async def claim_and_remember(self: Any, *args: Any) -> Any:
-        batch = await real_claim(self, *args)
+    async def claim_and_remember(self: Any, *args: Any, **kwargs: Any) -> Any:
+        batch = await real_claim(self, *args, **kwargs)
         held.update((p.offline_id, p) for p in batch)
         return batch
 
-    async def answer_at_once(self: Any, updates: Any) -> list[Any]:
-        out = []
-        for u in updates:
-            p = held[u.offline_id]
-            if isinstance(u, AttemptUpdate):
-                out.append(replace(p, attempts=p.attempts + 1))
-            elif isinstance(u, AttemptWithdrawal):
-                out.append(p)
-            else:
-                out.append(replace(p, state=u.to_state))
-        return out
+    async def attempt_at_once(self: Any, offline_id: str, owner: str, now: Any, steps: Any = ()) -> Any:
+        p = held[offline_id]
+        sent = {**p.steps_sent, **{s: (p.steps_sent.get(s, (now, now))[0], now) for s in steps}}
+        held[offline_id] = p = replace(p, attempts=p.attempts + 1, steps_sent=sent)
+        return p
+
+    async def intent_at_once(self: Any, offline_id: str, owner: str, intent_id: str, now: Any) -> Any:
+        held[offline_id] = p = replace(held[offline_id], intent_id=intent_id)
+        return p
+
+    async def generation_at_once(self: Any, offline_id: str, owner: str, now: Any, intent_id: Any) -> Any:
+        p = held[offline_id]
+        held[offline_id] = p = replace(p, key_generation=p.key_generation + 1, steps_sent={}, intent_id=intent_id)
+        return p
+
+    async def outcome_at_once(self: Any, offline_id: str, owner: str, to_state: Any, now: Any, **kw: Any) -> Any:
+        p = held[offline_id]
+        return replace(p, state=PaymentState(to_state), intent_id=kw.get("intent_id") or p.intent_id)
 
     store_runner.AsyncStore.claim = claim_and_remember  # type: ignore[method-assign]
-    store_runner.AsyncStore.apply_claim_updates = answer_at_once  # type: ignore[method-assign]
+    store_runner.AsyncStore.record_attempt = attempt_at_once  # type: ignore[method-assign]
+    store_runner.AsyncStore.record_intent = intent_at_once  # type: ignore[method-assign]
+    store_runner.AsyncStore.start_key_generation = generation_at_once  # type: ignore[method-assign]
+    store_runner.AsyncStore.complete = outcome_at_once  # type: ignore[method-assign]
     if variant == "no_store":
         backlog: list[Any] = []
 
-        async def claim_from_memory(self: Any, owner: str, limit: int, lease: float, now: Any) -> Any:
+        async def claim_from_memory(self: Any, owner: str, limit: int, lease: float, now: Any, **kw: Any) -> Any:
             batch, backlog[:] = backlog[:limit], backlog[limit:]
             held.update((p.offline_id, p) for p in batch)
             return batch
 
-        async def nothing_expired(self: Any, now: Any) -> int:
+        async def nothing_expired(self: Any, now: Any, owner_gone: Any = None) -> int:
             return 0
 
         real_open = store_runner.AsyncStore.open
@@ -94,18 +103,12 @@ def _install_stand_ins(variant: str) -> None:
         store_runner.AsyncStore.recover_expired_claims = nothing_expired  # type: ignore[method-assign]
 
 
-WRITER_CPU: list[float] = []  # CPU seconds of the store's writer process in the last drain (0 if none)
-
-
 async def _drain(url: str, data_dir: Path, concurrency: int) -> float:
     config = bf.terminal_config(url, data_dir, concurrency)
     async with bf.Terminal.from_config(config, plugin_manager=bf.make_plugin_manager(), background=False) as t:
         start = time.perf_counter()
         await t.forward_now(timeout=3600)  # the stand-ins persist nothing: what "remains" is meaningless
-        seconds = time.perf_counter() - start  # the clock starts after open: startup is not the drain
-        writer = getattr(t.store.backend, "writer_process", None)
-        WRITER_CPU[:] = [bf.process_peak_and_cpu(writer.pid)[1] if writer is not None and writer.pid else 0.0]
-        return seconds
+        return time.perf_counter() - start  # the clock starts after open: startup is not the drain
 
 
 def _child(variant: str, url: str, data_dir: str, n: int, concurrency: int) -> None:
@@ -113,32 +116,27 @@ def _child(variant: str, url: str, data_dir: str, n: int, concurrency: int) -> N
         _install_stand_ins(variant)
     seconds, cpu = asyncio.run(_timed(_drain(url, Path(data_dir), concurrency)))
     report: dict[str, Any] = {"per_second": n / seconds, "client_cpu_ms": 1000 * cpu / n}
-    if variant == "shipped":
-        report["writer_cpu_ms"] = 1000 * WRITER_CPU[0] / n
     print(json.dumps(report))
 
 
-def claim_writes_alone(data_dir: Path, n: int, batch: int = 4) -> dict[str, float]:
-    """The same records with nothing else running: claim everything, then attempts and outcomes in batches.
+def claim_writes_alone(data_dir: Path, n: int) -> dict[str, float]:
+    """The same records with nothing else running: claim everything, then one attempt and one outcome each.
 
-    In this process (no writer process); CPU and wall per payment; the drain's own batches average 4-5
-    records.
+    In this process; CPU and wall per payment.
     """
     from datetime import UTC, datetime
 
     from offterm.core.contracts import PaymentState
-    from offterm.core.contracts.storage import AttemptUpdate, OutcomeUpdate
 
-    store = bf.open_store(bf.make_plugin_manager(), data_dir, backend_options={"writer_process": False})
+    store = bf.open_store(bf.make_plugin_manager(), data_dir)
     try:
         now = datetime.now(UTC)
         ids = [p.offline_id for p in store.claim("alone", n, 3600, now)]
         cpu, wall = time.thread_time(), time.perf_counter()
-        for i in range(0, len(ids), batch):
-            store.apply_claim_updates([AttemptUpdate(x, "alone", now) for x in ids[i : i + batch]])
-        for i in range(0, len(ids), batch):
-            chunk = ids[i : i + batch]
-            store.apply_claim_updates([OutcomeUpdate(x, "alone", PaymentState.FORWARDED, now) for x in chunk])
+        for x in ids:
+            store.record_attempt(x, "alone", now, ("create_and_confirm",))
+        for x in ids:
+            store.complete(x, "alone", PaymentState.FORWARDED, now)
         return {"cpu": 1000 * (time.thread_time() - cpu) / n, "wall": 1000 * (time.perf_counter() - wall) / n}
     finally:
         store.close()
@@ -160,7 +158,6 @@ def _cpu_seconds(pid: int) -> float:
 def run(n: int, concurrency: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     cpu: dict[str, tuple[float, float]] = {}  # (client, simulator) CPU ms per payment
-    writer_cpu = 0.0
     with tempfile.TemporaryDirectory() as tmp, bf.running_simulator(subprocess=True) as sim:
         sim_pid = sim.process.pid  # type: ignore[attr-defined]
         pristine = Path(tmp) / "backlog"
@@ -178,8 +175,6 @@ def run(n: int, concurrency: int) -> dict[str, Any]:
             report = json.loads(out.strip().splitlines()[-1])
             results[variant] = report["per_second"]
             cpu[variant] = (report["client_cpu_ms"], 1000 * (_cpu_seconds(sim_pid) - sim_before) / n)
-            if "writer_cpu_ms" in report:
-                writer_cpu = report["writer_cpu_ms"]
         alone_dir = Path(tmp) / "alone"
         shutil.copytree(pristine, alone_dir)
         alone = claim_writes_alone(alone_dir, n)
@@ -193,7 +188,6 @@ def run(n: int, concurrency: int) -> dict[str, Any]:
         **{f"{v}_per_second": round(results[v], 1) for v in VARIANTS},
         **{f"{v}_ratio": round(results[v] / baseline, 3) for v in VARIANTS},
         **{f"{k}_cpu_ms_per_payment": {"client": round(c, 2), "simulator": round(s, 2)} for k, (c, s) in cpu.items()},
-        "shipped_writer_process_cpu_ms_per_payment": round(writer_cpu, 3),
         "claim_writes_alone_ms_per_payment": {k: round(v, 3) for k, v in alone.items()},
     }
 
@@ -228,9 +222,8 @@ def main() -> None:
         )
     w = r["claim_writes_alone_ms_per_payment"]
     print(
-        f"the store's writer process in the shipped drain: {r['shipped_writer_process_cpu_ms_per_payment']} ms "
-        f"CPU per payment; the attempt and outcome records alone (in-process, nothing else running): "
-        f"{w['cpu']} ms CPU, {w['wall']} ms wall"
+        f"the attempt and outcome records alone (nothing else running): {w['cpu']} ms CPU, {w['wall']} ms wall "
+        "per payment"
     )
 
 

@@ -204,12 +204,8 @@ class Station:
 
 
 def worker_config(station: Station, url: str, seed: int) -> dict[str, Any]:
-    """Short timeouts and leases so that one life (and one kill) costs about a second.
-
-    Odd seeds put the drain's bookkeeping in the store's writer process from the start
-    (``writer_process_after = 0``), so kills also land on a POS whose writes go through a child.
-    """
-    store = {"reserve_bytes": 262144, **({"writer_process_after": 0} if seed % 2 else {})}
+    """Short timeouts and leases so that one life (and one kill) costs about a second."""
+    store = {"reserve_bytes": 262144}
     return {
         "terminal": {
             "data_dir": str(station.data),
