@@ -132,7 +132,7 @@ class ProcessorClient(httpx.AsyncClient):
         super().__init__(**kwargs)
         self._no_cookies = _NoCookies()
 
-    @property  # type: ignore[override]
+    @property
     def cookies(self) -> httpx.Cookies:
         return self._no_cookies
 
