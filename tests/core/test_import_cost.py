@@ -87,7 +87,8 @@ import offterm.plugins.storage.sqlcipher as store_pkg
 import offterm.plugins.transport.stripe as stripe_pkg
 before = loaded(HEAVY)
 from offterm.plugins.storage.sqlcipher import SqlCipherStore, StoreConfig, new_idempotency_key
-from offterm.plugins.transport.stripe import StripeTransport, step_key
+from offterm.plugins.transport.stripe import StripeTransport
+from offterm.core.keys import step_key
 after = loaded(HEAVY)
 from offterm.plugins.storage.sqlcipher import store
 from offterm.plugins.transport.stripe import transport

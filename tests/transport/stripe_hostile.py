@@ -9,7 +9,7 @@ from collections import Counter
 
 import httpx
 
-#: Paths a payment's submission touches (create, card step, confirm).
+#: Paths a payment's requests touch (card step, create / create-and-confirm, confirm).
 PAYMENT_PATHS = ("/v1/payment_intents", "/device/v1/payment_methods")
 _HOP_BY_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"})
 
@@ -138,6 +138,21 @@ class HostileFront:
         body = packer.compress(b"\0" * (64 << 20)) + packer.flush()
         headers = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")]
         w.write(_head("200 OK", [*headers, ("Content-Length", str(len(body)))]) + body)
+        await w.drain()
+
+    async def _bare_decline(self, w: asyncio.StreamWriter) -> None:
+        """A 402 card_error that names no PaymentIntent (Stripe's always does on a confirm)."""
+        body = json.dumps(
+            {"error": {"type": "card_error", "code": "card_declined", "decline_code": "do_not_honor", "message": "No."}}
+        ).encode()
+        headers = [("Content-Type", "application/json"), ("Request-Id", "req_hostile")]
+        w.write(_head("402 Payment Required", [*headers, ("Content-Length", str(len(body)))]) + body)
+        await w.drain()
+
+    async def _not_an_intent(self, w: asyncio.StreamWriter) -> None:
+        """A 200 whose JSON is some other object than the one asked for."""
+        body = json.dumps({"object": "list", "data": [], "has_more": False}).encode()
+        w.write(_head("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]) + body)
         await w.drain()
 
     async def _drip(self, w: asyncio.StreamWriter) -> None:

@@ -20,9 +20,11 @@ import pytest
 from stripe_hostile import HostileFront
 
 from offterm.core import OfflineBehavior, Terminal
-from offterm.core.contracts import ConnectionToken, ProcessorSession, Submission
-from offterm.core.errors import OutcomeUnknown, TransientProcessorError
-from offterm.core.models import CaptureMethod, IntentStatus
+from offterm.core.contracts import CardResult, ConnectionToken, ProcessorSession
+from offterm.core.contracts.forwarding import IntentRequest, IntentSnapshot
+from offterm.core.errors import CardDeclined, OutcomeUnknown, TransientProcessorError
+from offterm.core.keys import Step, step_key
+from offterm.core.models import CaptureMethod
 from offterm.plugins.transport.stripe import StripeTransport
 from offterm.sim.processor import SimHandle
 from offterm.sim.processor.testing import card_result
@@ -32,8 +34,8 @@ from offterm.testing import terminal_config
 FLOOD_CEILING = 16 << 20
 
 STEP_PATHS = {
-    "create": ("/v1/payment_intents",),
     "payment_method": ("/device/v1/payment_methods",),
+    "create_and_confirm": ("/v1/payment_intents",),
     "confirm": ("/v1/payment_intents/",),
 }
 
@@ -49,22 +51,48 @@ async def _session(t: StripeTransport, sim: SimHandle) -> ProcessorSession:
     return await t.authenticate(ConnectionToken(sim.connection_token()))
 
 
-def _submission() -> Submission:
-    return Submission(
-        offline_id="offpi_" + uuid.uuid4().hex,
-        idempotency_key="offterm-" + uuid.uuid4().hex,
-        amount=1250,
-        currency="usd",
-        capture_method=CaptureMethod.AUTOMATIC,
-        metadata={},
-        card=card_result(),
-    )
+class _Payment:
+    """One payment as the core forwards it, under fixed keys: the card step, then create-and-confirm
+    (or, once ``intent_id`` is known, confirm)."""
+
+    def __init__(self) -> None:
+        self.request = IntentRequest(
+            offline_id="offpi_" + uuid.uuid4().hex,
+            amount=1250,
+            currency="usd",
+            capture_method=CaptureMethod.AUTOMATIC,
+            metadata={},
+        )
+        self.key = "offterm-" + uuid.uuid4().hex
+        self.card: CardResult = card_result()
+        self.intent_id: str | None = None
+
+    async def send(self, t: StripeTransport, session: ProcessorSession) -> IntentSnapshot:
+        pm = await t.create_payment_method(session, self.card, idempotency_key=step_key(self.key, Step.PAYMENT_METHOD))
+        if self.intent_id is None:
+            return await t.create_intent(
+                session,
+                self.request,
+                idempotency_key=step_key(self.key, Step.CREATE_AND_CONFIRM),
+                payment_method=pm,
+            )
+        return await t.confirm_intent(
+            session, self.intent_id, payment_method=pm, idempotency_key=step_key(self.key, Step.CONFIRM)
+        )
 
 
-async def _retry_charges_once(t: StripeTransport, session: ProcessorSession, sim: SimHandle, sub: Submission) -> None:
-    result = await t.submit(session, sub)
-    assert result.status is IntentStatus.SUCCEEDED
-    assert sim.successful_charges() == {sub.offline_id: 1}
+async def _created(t: StripeTransport, session: ProcessorSession) -> _Payment:
+    """A payment whose intent was created (online, unconfirmed), so its next step is a confirm."""
+    payment = _Payment()
+    snapshot = await t.create_intent(session, payment.request, idempotency_key=step_key(payment.key, Step.CREATE))
+    payment.intent_id = snapshot.id
+    return payment
+
+
+async def _retry_charges_once(t: StripeTransport, session: ProcessorSession, sim: SimHandle, p: _Payment) -> None:
+    snapshot = await p.send(t, session)
+    assert snapshot.status == "succeeded"
+    assert sim.successful_charges() == {p.request.offline_id: 1}
 
 
 # -- cookies ---------------------------------------------------------------------------------------
@@ -75,12 +103,12 @@ async def test_cookies_set_by_the_processor_are_never_sent_back(
 ) -> None:
     hostile.set_cookie = "session=from-the-processor; Path=/; Max-Age=3600"
     session = await _session(transport, sim)
-    first, second = _submission(), _submission()
-    for sub in (first, second):
-        assert (await transport.submit(session, sub)).status is IntentStatus.SUCCEEDED
-    assert len(hostile.seen) >= 7, "a session, then three requests per payment, all through the front"
+    first, second = _Payment(), _Payment()
+    for payment in (first, second):
+        assert (await payment.send(transport, session)).status == "succeeded"
+    assert len(hostile.seen) >= 5, "a session, then two requests per payment, all through the front"
     assert all("cookie" not in headers for _, _, headers in hostile.seen), "no request carried a cookie back"
-    assert sim.successful_charges() == {first.offline_id: 1, second.offline_id: 1}
+    assert sim.successful_charges() == {first.request.offline_id: 1, second.request.offline_id: 1}
 
 
 # -- redirects -------------------------------------------------------------------------------------
@@ -100,10 +128,10 @@ async def test_a_redirect_is_transient_and_never_followed(
     try:
         hostile.redirect_to = f"http://127.0.0.1:{elsewhere.sockets[0].getsockname()[1]}/steal"
         session = await _session(transport, sim)
-        sub = _submission()
+        payment = await _created(transport, session) if step == "confirm" else _Payment()
         hostile.arm("redirect", paths=STEP_PATHS[step])
         with pytest.raises(TransientProcessorError) as info:
-            await transport.submit(session, sub)
+            await payment.send(transport, session)
         await asyncio.sleep(0.05)  # a followed redirect would have connected by now
     finally:
         elsewhere.close()
@@ -112,7 +140,7 @@ async def test_a_redirect_is_transient_and_never_followed(
     assert info.value.code == "unexpected_redirect" and "302" in str(info.value)
     assert info.value.http_status is None, "not the processor's answer"
     assert visits == [], "a payment request must never go to another host"
-    await _retry_charges_once(transport, session, sim, sub)
+    await _retry_charges_once(transport, session, sim, payment)
 
 
 async def test_a_probe_answered_by_a_redirect_finds_the_processor_unreachable(
@@ -123,6 +151,69 @@ async def test_a_probe_answered_by_a_redirect_finds_the_processor_unreachable(
     assert await transport.probe() is True
 
 
+async def test_a_redirected_lookup_is_transient(
+    sim: SimHandle, hostile: HostileFront, transport: StripeTransport
+) -> None:
+    session = await _session(transport, sim)
+    payment = _Payment()
+    paid = await payment.send(transport, session)
+    hostile.arm("redirect", paths=("/v1/payment_intents/search",))
+    with pytest.raises(TransientProcessorError) as info:
+        await transport.find_intent(session, payment.request.offline_id)
+    assert info.value.code == "unexpected_redirect"
+    found = await transport.find_intent(session, payment.request.offline_id)
+    assert found is not None and found.id == paid.id
+
+
+# -- answers that are not what was asked for -----------------------------------------------------------
+
+
+async def test_a_decline_without_an_intent_is_card_declined(
+    sim: SimHandle, hostile: HostileFront, transport: StripeTransport
+) -> None:
+    """Stripe's decline of a confirm carries the PaymentIntent (returned as a snapshot); one that does not
+    cannot be returned as an intent, so it stays CardDeclined."""
+    session = await _session(transport, sim)
+    payment = _Payment()
+    hostile.arm("bare_decline", paths=STEP_PATHS["create_and_confirm"])
+    with pytest.raises(CardDeclined) as info:
+        await payment.send(transport, session)
+    assert info.value.decline_code == "do_not_honor" and info.value.http_status == 402
+    assert info.value.request_id == "req_hostile"
+    assert sim.successful_charges() == {}, "the front answered: the processor never saw the request"
+
+
+@pytest.mark.parametrize("step", ["create_and_confirm", "confirm"])
+async def test_a_posts_answer_that_is_not_an_intent_is_an_unknown_outcome(
+    sim: SimHandle, hostile: HostileFront, transport: StripeTransport, step: str
+) -> None:
+    session = await _session(transport, sim)
+    payment = await _created(transport, session) if step == "confirm" else _Payment()
+    hostile.arm("not_an_intent", paths=STEP_PATHS[step])
+    with pytest.raises(OutcomeUnknown) as info:
+        await payment.send(transport, session)
+    assert "not a PaymentIntent" in str(info.value)
+    await _retry_charges_once(transport, session, sim, payment)
+
+
+async def test_a_lookups_answer_that_is_not_what_was_asked_is_transient(
+    sim: SimHandle, hostile: HostileFront, transport: StripeTransport
+) -> None:
+    session = await _session(transport, sim)
+    payment = _Payment()
+    paid = await payment.send(transport, session)
+    hostile.arm("not_an_intent", paths=(f"/v1/payment_intents/{paid.id}",))
+    with pytest.raises(TransientProcessorError) as info:
+        await transport.retrieve_intent(session, paid.id)
+    assert not isinstance(info.value, OutcomeUnknown), "a GET changes nothing"
+    assert info.value.code == "unreadable_answer"
+    hostile.arm("not_an_intent", paths=("/v1/payment_intents/search",))
+    with pytest.raises(TransientProcessorError) as info:
+        await transport.find_intent(session, payment.request.offline_id)
+    assert not isinstance(info.value, OutcomeUnknown) and info.value.code == "unreadable_answer"
+    assert (await transport.retrieve_intent(session, paid.id)).status == "succeeded"
+
+
 # -- answers too large to read -----------------------------------------------------------------------
 
 
@@ -131,29 +222,28 @@ async def test_a_flood_is_cut_off_as_an_unknown_outcome(
     sim: SimHandle, hostile: HostileFront, transport: StripeTransport, act: str
 ) -> None:
     session = await _session(transport, sim)
-    sub = _submission()
-    hostile.arm(act, paths=STEP_PATHS["create"])
+    payment = _Payment()
+    hostile.arm(act, paths=STEP_PATHS["create_and_confirm"])
     with pytest.raises(OutcomeUnknown) as info:  # a POST went out; its answer could not be read
-        await transport.submit(session, sub)
+        await payment.send(transport, session)
     assert info.value.http_status == 200
     assert hostile.sent[act] < FLOOD_CEILING, hostile.sent[act]
     [(_, _, headers)] = [seen for seen in hostile.seen if seen[1] == "/v1/payment_intents"]
     assert headers.get("accept-encoding") == "identity"
-    await _retry_charges_once(transport, session, sim, sub)
+    await _retry_charges_once(transport, session, sim, payment)
 
 
 async def test_a_flooded_read_is_transient_not_unknown(
     sim: SimHandle, hostile: HostileFront, transport: StripeTransport
 ) -> None:
     session = await _session(transport, sim)
-    sub = _submission()
-    intent_id = (await transport.submit(session, sub)).intent_id
+    intent_id = (await _Payment().send(transport, session)).id
     hostile.arm("endless", paths=(f"/v1/payment_intents/{intent_id}",))
     with pytest.raises(TransientProcessorError) as info:
         await transport.retrieve_intent(session, intent_id)
     assert not isinstance(info.value, OutcomeUnknown), "a GET changes nothing"
     assert info.value.code == "unreadable_answer"
-    assert (await transport.retrieve_intent(session, intent_id))["status"] == "succeeded"
+    assert (await transport.retrieve_intent(session, intent_id)).status == "succeeded"
 
 
 # -- the total deadline --------------------------------------------------------------------------------
@@ -163,14 +253,14 @@ async def test_a_dripped_answer_ends_at_the_total_deadline(sim: SimHandle, hosti
     t = StripeTransport(hostile.url, timeout=0.5, connect_timeout=0.5)
     try:
         session = await _session(t, sim)
-        sub = _submission()
+        payment = await _created(t, session)
         hostile.arm("drip", paths=STEP_PATHS["confirm"])  # ~150 bytes at 0.2 s each: half a minute
         async with asyncio.timeout(20):  # liveness only: without a total deadline this takes ~30 s
             with pytest.raises(OutcomeUnknown) as info:
-                await t.submit(session, sub)
+                await payment.send(t, session)
         assert "within 0.5 s" in str(info.value) and info.value.http_status is None
         assert 0 < hostile.sent["drip"] < 100, "abandoned mid-drip"
-        await _retry_charges_once(t, session, sim, sub)
+        await _retry_charges_once(t, session, sim, payment)
     finally:
         await t.close()
 
@@ -184,9 +274,9 @@ async def test_a_deadline_spent_waiting_for_a_connection_is_transient_not_unknow
         hostile.arm("endless", paths=("/hold",))
         async with t.http.client.stream("GET", hostile.url + "/hold"):  # holds the only connection
             with pytest.raises(TransientProcessorError) as info:
-                await t.submit(session, _submission())
+                await _Payment().send(t, session)
         assert not isinstance(info.value, OutcomeUnknown), "nothing was sent"
-        assert not [r for r in sim.requests() if r["path"] == "/v1/payment_intents"]
+        assert not [r for r in sim.requests() if r["auth"] == "session"]
     finally:
         await t.close()
 

@@ -1,10 +1,11 @@
 """The bundled forwarding transport: Stripe's API (``[forwarding] transport = "stripe"``).
 
-Public names: :class:`StripeTransport`, :data:`OPTIONS`, :func:`step_key`.
-The device-only steps live in :mod:`offterm.plugins.transport.stripe.device`.
+Public names: :class:`StripeTransport`, :data:`OPTIONS`, :func:`build`.
+The device-only steps live in :mod:`offterm.plugins.transport.stripe.device`;
+idempotency keys come from the core (:func:`offterm.core.keys.step_key`).
 
 This hook module stays light: httpx comes in with ``.transport``, imported by
-the factory or on first use of ``StripeTransport`` / ``step_key`` from here.
+the factory or on first use of ``StripeTransport`` from here.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from offterm.core.registrations import ComponentContext, ForwardingTransportRegi
 from .defaults import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION
 
 if TYPE_CHECKING:
-    from .transport import StripeTransport, step_key
+    from .transport import StripeTransport
 
 #: Names re-exported from ``.transport`` on first access (it imports httpx).
-_LAZY = frozenset({"StripeTransport", "step_key"})
+_LAZY = frozenset({"StripeTransport"})
 
 
 def __getattr__(name: str) -> Any:
@@ -35,7 +36,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["OPTIONS", "StripeTransport", "build", "step_key"]
+__all__ = ["OPTIONS", "StripeTransport", "build"]
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
@@ -77,6 +78,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec("probe_path", str, "/healthcheck", "Path requested (unauthenticated) to test reachability."),
     OptionSpec("probe_timeout", (int, float), 5.0, "Seconds a reachability probe may take.", minimum=0.01, maximum=600),
+    OptionSpec(
+        "search_delay",
+        (int, float),
+        60.0,
+        "Seconds after a PaymentIntent's creation before Stripe's search is trusted to find it "
+        "(generally within a minute; up to an hour during Stripe incidents). Until then, "
+        "finding nothing does not mean there is nothing.",
+        minimum=0,
+        maximum=86_400,
+    ),
 )
 
 #: a dated version, optionally with a release name and beta flags ("2025-03-31.basil; feature_beta=v1")
@@ -116,6 +127,7 @@ def build(context: ComponentContext) -> StripeTransport:
         device_api_base=device_base,
         probe_path=probe_path,
         probe_timeout=float(opts.get("probe_timeout", 5.0)),
+        search_delay=float(opts.get("search_delay", 60.0)),
     )
 
 

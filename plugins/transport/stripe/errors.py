@@ -7,8 +7,8 @@ the same idempotency key), never a plain failure.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -21,6 +21,9 @@ from offterm.core.errors import (
     ProcessorError,
     TransientProcessorError,
 )
+
+from . import intents
+from .redact import scrub
 
 #: Error codes that mean "this credential is no good": get a new session.
 AUTH_CODES = frozenset(
@@ -35,13 +38,6 @@ AUTH_CODES = frozenset(
 )
 #: Codes worth retrying whatever the status says.
 RETRY_CODES = frozenset({"lock_timeout", "rate_limit", "idempotency_key_in_use"})
-
-# Anything that looks like a credential or a card number is cut from messages.
-_SECRETS = re.compile(r"\b(?:sk|rk|pk|pst|dss)_[A-Za-z0-9_\-*]+|\b\d{12,19}\b")
-
-
-def scrub(text: str) -> str:
-    return _SECRETS.sub("[redacted]", text)[:500]
 
 
 def _should_retry(headers: Mapping[str, str]) -> bool | None:
@@ -60,8 +56,13 @@ def from_response(
     have been made), so only a retry with the same idempotency key may follow, and an app must not be told
     the payment was not taken.
 
-    The error's PaymentIntent, when Stripe includes one, is kept as
-    ``exc.payment_intent`` = ``{"id", "status"}`` (nothing else of it).
+    The error's PaymentIntent, when Stripe includes one (a decline, a
+    ``payment_intent_unexpected_state``), is kept twice, and nothing else of
+    it (its client secret, the card's details): ``exc.payment_intent`` =
+    ``{"id", "status"}``, and ``exc.intent_snapshot``, an ``IntentSnapshot``
+    (None when the error carries no readable PaymentIntent).  A decline's
+    snapshot without a ``last_payment_error`` gets the error's own code,
+    decline code and message.
     """
     error = _classify(status, body, headers, step=step)
     if status >= 500 and method == "POST" and not isinstance(error, OutcomeUnknown):
@@ -73,8 +74,13 @@ def from_response(
         )
     err = body.get("error") if isinstance(body, dict) else None
     intent = err.get("payment_intent") if isinstance(err, dict) else None
-    error.payment_intent = (
-        {"id": intent.get("id"), "status": intent.get("status")} if isinstance(intent, dict) else None
+    snapshot = intents.parse(intent, error.request_id)
+    if snapshot is not None and snapshot.last_payment_error is None and isinstance(error, CardDeclined):
+        snapshot = replace(snapshot, last_payment_error=intents.payment_error(err))
+    # Attributes the core's ProcessorError does not declare: set through __dict__ (pickled with the error).
+    error.__dict__.update(
+        payment_intent={"id": intent.get("id"), "status": intent.get("status")} if isinstance(intent, dict) else None,
+        intent_snapshot=snapshot,
     )
     return error
 
