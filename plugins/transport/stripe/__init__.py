@@ -83,8 +83,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         (int, float),
         60.0,
         "Seconds after a PaymentIntent's creation before Stripe's search is trusted to find it "
-        "(generally within a minute; up to an hour during Stripe incidents). Until then, "
-        "finding nothing does not mean there is nothing.",
+        "(Stripe: under a minute normally, longer during an outage; raise it, up to 3600, then). "
+        "Until then, finding nothing does not mean there is nothing.",
         minimum=0,
         maximum=86_400,
     ),

@@ -70,8 +70,8 @@ from .http import Answer, ProcessorClient, StripeHttp, check_base_url
 log = structlog.get_logger("offterm.transport.stripe")
 
 OFFLINE_ID_KEY = intents.OFFLINE_ID_KEY
-#: Default seconds before Stripe's search finds a new intent ("generally within a minute";
-#: during an incident it can lag up to an hour).
+#: Default seconds before Stripe's search finds a new intent (Stripe: "under 1 minute" normally;
+#: "could be delayed during an outage", with no bound given: raise it, e.g. to an hour, then).
 DEFAULT_SEARCH_DELAY = 60.0
 #: Matches asked of a search; one is expected, a few at most (one per key generation).
 SEARCH_LIMIT = 100
