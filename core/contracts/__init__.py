@@ -4,7 +4,13 @@ Hooks return registrations (``offterm.core.registrations``) whose factories
 build objects implementing these contracts.
 """
 
-from .forwarding import ForwardingTransport, ProcessorSession, Submission, SubmissionResult
+from .forwarding import (
+    ForwardingTransport,
+    IntentRequest,
+    IntentSnapshot,
+    PaymentError,
+    ProcessorSession,
+)
 from .policies import AcceptanceRequest, ForwardingPolicy, OfflineAcceptancePolicy
 from .readers import CardDetails, CardResult, CollectRequest, ReaderConnection, ReaderInfo, ReaderTransport
 from .storage import (
@@ -29,8 +35,11 @@ __all__ = [
     "ForwardingPolicy",
     "ForwardingTransport",
     "HistoryEntry",
+    "IntentRequest",
+    "IntentSnapshot",
     "NewPayment",
     "OfflineAcceptancePolicy",
+    "PaymentError",
     "OnlineAttempt",
     "PaymentState",
     "PaymentStore",
@@ -41,7 +50,5 @@ __all__ = [
     "StorageKeyProvider",
     "StoreSummary",
     "StoredPayment",
-    "Submission",
-    "SubmissionResult",
     "TokenRequest",
 ]

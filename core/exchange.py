@@ -1,0 +1,314 @@
+"""One payment's exchange with the processor, by the processor's real rules.
+
+Used for every payment that carries card data to the processor: the
+Terminal's online confirm and the forwarder's stored payments run the
+same code, with the same steps, parameters and keys (``offterm.core.keys``),
+so a payment that falls back offline is finished under the keys its online
+attempt used and can never leave a second intent behind.
+
+The rules, in the order they apply:
+
+1. **A resend the processor may have forgotten is looked up first.**  Stripe
+   prunes idempotency keys once they are 24 hours old, and a request with a
+   pruned key is a new request.  When the payment's first request of its
+   key generation is older than the idempotency window (23 h by default),
+   the payment is looked up: by intent id when known, else by its offline
+   id in the intent's metadata (search; trusted only once its indexing
+   delay has passed since the last request that could have created it).
+   Paid -> forwarded, never sent again; declined -> declined; found unpaid ->
+   confirm that intent; not found -> create anew.  Either way the payment
+   moves to a new key generation, durably, before anything is sent.
+2. **A confirm that went out is checked before it is resent.**  When the
+   intent id is known and a confirm was sent, the intent is retrieved and
+   judged (``offterm.core.outcomes``); only an unpaid intent is confirmed again.
+3. **A create whose answer was lost is replayed, never repeated with other
+   parameters**, so the processor returns the intent it made.
+4. **Every step is recorded durably before it is sent** (the ledger), and
+   the intent id as soon as it is known.
+5. **Answers are judged by the intent's status**: only ``succeeded`` and
+   ``requires_capture`` are paid; ``processing`` is retrieved until final,
+   within a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from .contracts.forwarding import ForwardingTransport, IntentRequest, IntentSnapshot, ProcessorSession
+from .contracts.readers import CardResult
+from .errors import PaymentNotFound
+from .keys import CONFIRMING_STEPS, CREATING_STEPS, Step, step_key
+from .outcomes import Verdict, attention_code, judge
+
+log = structlog.get_logger("offterm.exchange")
+
+#: step name -> (first sent, last sent), within one key generation
+StepsSent = dict[str, tuple[datetime, datetime]]
+
+
+@dataclass(frozen=True)
+class ExchangeSettings:
+    """How the exchange follows the processor's rules (``[forwarding]`` options)."""
+
+    #: Seconds after a step's first request within which a resend is trusted to replay.  Below the
+    #: processor's own window (Stripe: keys pruned once 24 h old), so clocks and delays never cross it.
+    idempotency_window: float = 23 * 3600.0
+    #: Retrievals of an intent the processor reports as ``processing`` before giving up for now.
+    processing_checks: int = 5
+    #: Seconds before the first retrieval of a ``processing`` intent (doubling after each).
+    processing_interval: float = 0.5
+
+
+class Ledger(Protocol):
+    """Where the exchange writes what must survive a crash; every method is durable when it returns."""
+
+    async def sending(self, steps: Collection[Step], now: datetime) -> None:
+        """``steps`` are about to be sent (before the first byte goes out)."""
+
+    async def intent_known(self, intent_id: str, now: datetime) -> None:
+        """The processor's intent id for this payment."""
+
+    async def new_generation(self, intent_id: str | None, now: datetime) -> None:
+        """A lookup found the payment unpaid (``intent_id``) or absent (None): keys start afresh."""
+
+
+@dataclass
+class PaymentView:
+    """What the exchange knows of one payment; kept current as it goes."""
+
+    offline_id: str
+    key: str
+    request: IntentRequest
+    card: CardResult
+    intent_id: str | None = None
+    generation: int = 0
+    steps_sent: StepsSent = field(default_factory=dict)
+    stored_at: datetime | None = None
+
+    @property
+    def first_request_at(self) -> datetime | None:
+        return min((first for first, _ in self.steps_sent.values()), default=None)
+
+    def last_sent(self, steps: Collection[Step]) -> datetime | None:
+        return max((self.steps_sent[s][1] for s in steps if s in self.steps_sent), default=None)
+
+    def note_sent(self, steps: Collection[Step], now: datetime) -> None:
+        for step in steps:
+            first = self.steps_sent.get(step, (now, now))[0]
+            self.steps_sent[step] = (first, now)
+
+
+class Outcome(enum.StrEnum):
+    FORWARDED = "forwarded"
+    DECLINED = "declined"
+    NEEDS_ATTENTION = "needs_attention"
+    #: not final: try again later (``retry_in`` when the wait is known)
+    PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    intent: IntentSnapshot | None = None
+    code: str | None = None
+    message: str | None = None
+    retry_in: float | None = None
+
+    @property
+    def intent_id(self) -> str | None:
+        return None if self.intent is None else self.intent.id
+
+
+Clock = Callable[[], datetime]
+
+
+class Exchange:
+    """Runs one payment to a result; transport errors propagate to the caller, typed."""
+
+    def __init__(
+        self,
+        transport: ForwardingTransport,
+        settings: ExchangeSettings,
+        clock: Clock,
+        before_request: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._settings = settings
+        self._clock = clock
+        self._before_request = before_request
+
+    async def _request(self) -> None:
+        if self._before_request is not None:
+            await self._before_request()
+
+    async def run(self, session: ProcessorSession, view: PaymentView, ledger: Ledger) -> Result:
+        now = self._clock()
+        first = view.first_request_at
+        if first is not None and now - first >= timedelta(seconds=self._settings.idempotency_window):
+            settled = await self._look_up(session, view, ledger)
+            if settled is not None:
+                return settled
+        elif view.intent_id is not None and not CONFIRMING_STEPS.isdisjoint(view.steps_sent):
+            await self._request()
+            current = await self._transport.retrieve_intent(session, view.intent_id)
+            settled = await self._settle(session, current, confirmable_means_go_on=True)
+            if settled is not None:
+                return settled
+        elif view.intent_id is None and Step.CREATE in view.steps_sent:
+            # The online create's answer was lost: the same request, same key, returns the intent it made.
+            await self._send(view, ledger, (Step.CREATE,))
+            await self._request()
+            made = await self._transport.create_intent(
+                session, view.request, idempotency_key=step_key(view.key, Step.CREATE, view.generation)
+            )
+            await self._learn(view, ledger, made.id)
+        return await self._confirm(session, view, ledger)
+
+    async def _confirm(self, session: ProcessorSession, view: PaymentView, ledger: Ledger) -> Result:
+        """The payment method and the confirmation: two requests, whatever the path."""
+        final = Step.CONFIRM if view.intent_id is not None else Step.CREATE_AND_CONFIRM
+        await self._send(view, ledger, (Step.PAYMENT_METHOD, final))
+        await self._request()
+        payment_method = await self._transport.create_payment_method(
+            session,
+            view.card,
+            idempotency_key=step_key(view.key, Step.PAYMENT_METHOD, view.generation),
+            stored_at=view.stored_at,
+        )
+        await self._request()
+        key = step_key(view.key, final, view.generation)
+        if view.intent_id is not None:
+            answer = await self._transport.confirm_intent(
+                session, view.intent_id, payment_method=payment_method, idempotency_key=key
+            )
+        else:
+            answer = await self._transport.create_intent(
+                session, view.request, idempotency_key=key, payment_method=payment_method
+            )
+        if answer.id != view.intent_id:
+            view.intent_id = answer.id  # recorded with the result (or before polling, below)
+        settled = await self._settle(session, answer, confirmable_means_go_on=False, view=view, ledger=ledger)
+        assert settled is not None
+        return settled
+
+    async def _send(self, view: PaymentView, ledger: Ledger, steps: tuple[Step, ...]) -> None:
+        now = self._clock()
+        await ledger.sending(steps, now)
+        view.note_sent(steps, now)
+
+    async def _learn(self, view: PaymentView, ledger: Ledger, intent_id: str) -> None:
+        view.intent_id = intent_id
+        await ledger.intent_known(intent_id, self._clock())
+
+    async def _settle(
+        self,
+        session: ProcessorSession,
+        intent: IntentSnapshot,
+        *,
+        confirmable_means_go_on: bool,
+        view: PaymentView | None = None,
+        ledger: Ledger | None = None,
+    ) -> Result | None:
+        """The result ``intent`` means; None when it is unpaid and the caller goes on to confirm it."""
+        verdict = judge(intent)
+        if verdict is Verdict.PROCESSING:
+            if view is not None and ledger is not None:
+                await ledger.intent_known(intent.id, self._clock())  # durable before we wait on it
+            intent = await self._until_final(session, intent)
+            verdict = judge(intent)
+        if verdict is Verdict.PAID:
+            return Result(Outcome.FORWARDED, intent)
+        if verdict is Verdict.DECLINED:
+            error = intent.last_payment_error
+            assert error is not None
+            return Result(
+                Outcome.DECLINED,
+                intent,
+                code=error.decline_code or error.code or "card_declined",
+                message=error.message,
+            )
+        if verdict is Verdict.PROCESSING:
+            return Result(
+                Outcome.PENDING, intent, code="intent_processing", message="the processor is still processing it"
+            )
+        if verdict is Verdict.UNPAID:
+            if confirmable_means_go_on:
+                return None
+            return Result(
+                Outcome.PENDING,
+                intent,
+                code="intent_not_confirmed",
+                message="the confirmation was answered but the intent is still unpaid",
+            )
+        return Result(
+            Outcome.NEEDS_ATTENTION,
+            intent,
+            code=attention_code(intent),
+            message=f"the processor reports the intent as {intent.status!r}",
+        )
+
+    async def _until_final(self, session: ProcessorSession, intent: IntentSnapshot) -> IntentSnapshot:
+        delay = self._settings.processing_interval
+        for _ in range(self._settings.processing_checks):
+            await asyncio.sleep(delay)
+            delay *= 2
+            await self._request()
+            intent = await self._transport.retrieve_intent(session, intent.id)
+            if judge(intent) is not Verdict.PROCESSING:
+                break
+        return intent
+
+    async def _look_up(self, session: ProcessorSession, view: PaymentView, ledger: Ledger) -> Result | None:
+        """Rule 1: find out what the processor has before resending anything it may have forgotten."""
+        found: IntentSnapshot | None = None
+        if view.intent_id is not None:
+            await self._request()
+            try:
+                found = await self._transport.retrieve_intent(session, view.intent_id)
+            except PaymentNotFound:
+                return Result(
+                    Outcome.NEEDS_ATTENTION,
+                    code="intent_missing",
+                    message=f"the processor has no intent {view.intent_id}, which this payment recorded",
+                )
+        elif view.last_sent(CREATING_STEPS) is not None:
+            last = view.last_sent(CREATING_STEPS)
+            assert last is not None
+            waited = (self._clock() - last).total_seconds()
+            delay = self._transport.search_delay
+            if waited < delay:  # search may not show an intent made this recently: come back when it would
+                return Result(
+                    Outcome.PENDING,
+                    code="awaiting_search_index",
+                    message="waiting out search's indexing delay",
+                    retry_in=delay - waited,
+                )
+            await self._request()
+            found = await self._transport.find_intent(session, view.offline_id)
+        # (no creating step was ever sent: the processor cannot have an intent for it)
+        if found is not None:
+            settled = await self._settle(session, found, confirmable_means_go_on=True, view=view, ledger=ledger)
+            if settled is not None:
+                if found.id != view.intent_id:
+                    view.intent_id = found.id
+                return settled
+        intent_id = None if found is None else found.id
+        log.info(
+            "payment_looked_up",
+            offline_id=view.offline_id,
+            found=found is not None,
+            intent_id=intent_id,
+            generation=view.generation + 1,
+        )
+        await ledger.new_generation(intent_id, self._clock())
+        view.generation += 1
+        view.steps_sent = {}
+        view.intent_id = intent_id
+        return None
