@@ -67,8 +67,9 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
         OptionSpec(
             "probe_max_interval",
             (int, float),
-            30.0,
-            "Longest delay between probes while offline (backoff).",
+            1.0,
+            "Longest delay between probes while offline (backoff); it bounds how long forwarding waits "
+            "after the network returns.",
             minimum=0.01,
             maximum=86400,
         ),
@@ -131,6 +132,31 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
         ),
         OptionSpec(
             "close_timeout", (int, float), 10.0, "Seconds close() spends trying to forward what remains.", maximum=3600
+        ),
+        OptionSpec(
+            "idempotency_window",
+            (int, float),
+            23 * 3600.0,
+            "Seconds after a payment's first request within which a resend is trusted to replay; past it the "
+            "payment is looked up at the processor first (Stripe prunes keys once 24 h old).",
+            minimum=60,
+            maximum=30 * 86400,
+        ),
+        OptionSpec(
+            "processing_checks",
+            int,
+            5,
+            "Retrievals of an intent the processor reports as processing before it waits for a later round.",
+            minimum=0,
+            maximum=100,
+        ),
+        OptionSpec(
+            "processing_interval",
+            (int, float),
+            0.5,
+            "Seconds before the first retrieval of a processing intent (doubling after each).",
+            minimum=0.0,
+            maximum=600,
         ),
     ),
     "acceptance": (),

@@ -1,15 +1,19 @@
-"""Forward stored payments to the processor, exactly once.
+"""Forward stored payments to the processor, exactly once by the processor's rules.
 
 Why it cannot double-charge: every payment carries the idempotency key it
-was stored with, and every attempt (after a timeout, a crash, a restart, in
-another process) reuses it.  Why it cannot lose one: a payment leaves the
-queue only when the processor answered; a claim that dies with its process
-expires and is recovered (``outcome_unknown`` if a request had gone out).
+was stored with; each step derives its key from it (``offterm.core.keys``),
+is recorded durably before it is sent, and the intent id is recorded as
+soon as the processor gives it.  A resend the processor may have forgotten
+(its keys are pruned after 24 h) is looked up first (``offterm.core.exchange``).
+Why it cannot lose one: a payment leaves the queue only when the processor
+answered with a final status; a claim that dies with its process is
+recovered (``outcome_unknown`` if a request had gone out), at once when its
+process is provably gone, else when its lease runs out.
 
 A round runs a pipeline: one feeder claims small batches from the store
 (oldest first) just ahead of ``concurrency`` workers, each forwarding one
-payment at a time under a token-bucket rate limit.  A slow or failing
-payment holds one worker, never the queue.
+payment at a time.  Every request takes one token of the processor's rate
+limit, so a drain costs what the processor allows and no more.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,16 +29,14 @@ from typing import Any
 import structlog
 from aiolimiter import AsyncLimiter
 
-from .claim_writer import ClaimWriter
 from .contracts import (
     ForwardingPolicy,
     ForwardingTransport,
     PaymentState,
     ProcessorSession,
     StoredPayment,
-    Submission,
 )
-from .contracts.storage import AttemptUpdate, AttemptWithdrawal, OutcomeUpdate
+from .contracts.forwarding import IntentRequest
 from .errors import (
     AccountMismatch,
     AuthenticationFailed,
@@ -48,10 +49,14 @@ from .errors import (
     ProcessorError,
     TransientProcessorError,
 )
+from .exchange import Exchange, ExchangeSettings, Outcome, PaymentView, Result
 from .intents import intent_from_stored
+from .keys import Step
 from .logs import payment_scoped
 from .models import NetworkStatus
 from .network import NetworkMonitor
+from .owners import make_owner, owner_gone
+from .recovery import OnlineRecovery
 from .session import SessionManager
 from .store_runner import AsyncStore
 
@@ -59,9 +64,9 @@ log = structlog.get_logger("offterm.forwarder")
 
 Emit = Callable[..., None]
 
-#: Requests one submission may make (create, card_present payment method, confirm):
-#: the rate limit is in requests per second, so each payment takes this many tokens.
-REQUESTS_PER_PAYMENT = 3
+#: Requests a stored payment costs when all goes well: the card_present payment method, then the
+#: intent created and confirmed in one request.  (An intent created online costs a confirm instead.)
+REQUESTS_PER_PAYMENT = 2
 #: Seconds between two offline-status refreshes while a round runs.
 PROGRESS_EVERY = 0.25
 #: Seconds between two recoveries of expired claims (a crashed peer) within a round.
@@ -75,6 +80,7 @@ class ForwardingSettings:
     rate_limit: float
     batch_size: int
     lease_seconds: float
+    exchange: ExchangeSettings = ExchangeSettings()
 
 
 def utcnow() -> datetime:
@@ -84,12 +90,13 @@ def utcnow() -> datetime:
 class _Round:
     """What one round's feeder and workers share."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore_backoff: bool) -> None:
         self.session: ProcessorSession | None = None
         self.queued: set[str] = set()  # offline_ids handed to workers and not finished yet
         self.finished = 0
         self.stopped = False
         self.failure: BaseException | None = None
+        self.ignore_backoff = ignore_backoff
 
     def stop(self, failure: BaseException | None = None) -> None:
         """Stop taking payments; ``failure`` is reported as a forwarding failure once the round ends."""
@@ -98,45 +105,23 @@ class _Round:
             self.failure = failure
 
 
-class _Slot:
-    """A claimed payment waiting for a worker, with its attempt record if one was started ahead."""
+class _StoreLedger:
+    """The exchange's ledger for a claimed payment: the store, under this forwarder's claim."""
 
-    __slots__ = ("attempt", "attempt_at", "payment")
+    def __init__(self, store: AsyncStore, owner: str, offline_id: str) -> None:
+        self._store = store
+        self._owner = owner
+        self._offline_id = offline_id
+        self.attempt: StoredPayment | None = None
 
-    def __init__(self, payment: StoredPayment) -> None:
-        self.payment = payment
-        self.attempt: asyncio.Future[StoredPayment] | None = None
-        self.attempt_at = 0.0  # loop time the attempt was submitted: it renewed the lease then
+    async def sending(self, steps: Collection[Step], now: datetime) -> None:
+        self.attempt = await self._store.record_attempt(self._offline_id, self._owner, now, [s.value for s in steps])
 
+    async def intent_known(self, intent_id: str, now: datetime) -> None:
+        await self._store.record_intent(self._offline_id, self._owner, intent_id, now)
 
-class _Unsent:
-    """The attempt a worker must take back if it stops before the request goes out (None once sent)."""
-
-    __slots__ = ("attempt",)
-
-    def __init__(self, attempt: asyncio.Future[StoredPayment] | None) -> None:
-        self.attempt = attempt
-
-
-class _WorkQueue(asyncio.Queue[_Slot | None]):
-    """The round's queue of claimed payments, in order; None marks the end of the work."""
-
-    def first_unrecorded(self) -> _Slot | None:
-        """The first waiting payment whose attempt nobody started, left in its place."""
-        waiting: Iterable[_Slot | None] = self._queue  # type: ignore[attr-defined]  # Queue's storage, as subclasses use
-        for slot in waiting:
-            if slot is not None and slot.attempt is None:
-                return slot
-        return None
-
-    def leftover(self) -> list[_Slot]:
-        """Take out whatever no worker took (the round is over)."""
-        out = []
-        while not self.empty():
-            slot = self.get_nowait()
-            if slot is not None:
-                out.append(slot)
-        return out
+    async def new_generation(self, intent_id: str | None, now: datetime) -> None:
+        await self._store.start_key_generation(self._offline_id, self._owner, now, intent_id)
 
 
 class Forwarder:
@@ -159,16 +144,17 @@ class Forwarder:
         self._emit = emit
         self._settings = settings
         self._on_progress = on_progress
-        self.owner = f"fwd-{uuid.uuid4().hex[:12]}"
-        rate = max(1.0, float(settings.rate_limit))
-        self._limiter = AsyncLimiter(rate, 1.0)
-        self._weight = min(float(REQUESTS_PER_PAYMENT), rate)
+        self.owner = make_owner("fwd")
+        rate = max(0.01, float(settings.rate_limit))
+        # One token per request; a burst of at most one second's worth (Stripe counts per second).
+        self._limiter = AsyncLimiter(max(1.0, rate), max(1.0, rate) / rate)
+        self._exchange = Exchange(transport, settings.exchange, utcnow, self._limiter.acquire)
+        self.recovery = OnlineRecovery(store, transport, emit, settings.exchange, utcnow, self._limiter.acquire)
         # Claim no more than the rate limit lets us send within half a lease, so claims do not expire queued.
-        per_half_lease = int(rate / self._weight * settings.lease_seconds / 2)
+        per_half_lease = int(rate / REQUESTS_PER_PAYMENT * settings.lease_seconds / 2)
         self._claim_size = max(1, min(settings.batch_size, per_half_lease))
-        self._writer = ClaimWriter(store)  # attempts and outcomes of all workers, group-committed
-        self._ending: set[asyncio.Future[None]] = set()  # round endings that outlived a cancelled round
         self._wake = asyncio.Event()
+        self._ignore_backoff = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -187,24 +173,28 @@ class Forwarder:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
-        for ending in list(self._ending):  # a round cancelled while ending: let it finish its release
-            with contextlib.suppress(Exception):
-                await ending
         try:
             await self._store.release(self.owner, utcnow())
         except OfftermError as exc:
-            # A full or read-only disk: the claims stay until their lease runs out, then any forwarder
-            # (this one after a restart) recovers them.  Nothing is lost by not releasing them now.
+            # A full or read-only disk: the claims stay until this process is gone (then at once) or their
+            # lease runs out; nothing is lost by not releasing them now.
             log.warning("release_claims_failed", error_type=type(exc).__name__, code=exc.code)
 
-    def trigger(self) -> None:
-        """Ask for a forwarding round soon (network back, payment stored, forward_now)."""
+    def trigger(self, *, ignore_backoff: bool = False) -> None:
+        """Ask for a forwarding round soon (network back, payment stored, forward_now).
+
+        ``ignore_backoff``: the next round also takes payments whose retry is
+        not due yet (the network just came back: they failed for lack of it).
+        """
+        self._ignore_backoff = self._ignore_backoff or ignore_backoff
         self._wake.set()
+
+    async def recover_claims(self) -> int:
+        """Take back claims of forwarders that are provably gone (this device) or whose lease ran out."""
+        return await self._store.recover_expired_claims(utcnow(), owner_gone)
 
     def _schedule(self, delay: float) -> None:
         """Make sure a round runs after ``delay`` seconds (a retry falls due).
@@ -226,13 +216,11 @@ class Forwarder:
             timeout = self._settings.interval
             if self._due:
                 timeout = min(timeout, max(0.0, self._due[0] - loop.time()))
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
-                # together with a wake-up, and then stop() (and close()) would wait forever.
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands together
+            # with a wake-up, and then stop() (and close()) would wait forever.
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
-            except TimeoutError:
-                pass
             self._wake.clear()
             if self._network.status is NetworkStatus.OFFLINE:
                 continue
@@ -246,21 +234,26 @@ class Forwarder:
 
     # -- one round --------------------------------------------------------------
 
-    async def run_round(self) -> int:
-        """Forward everything due now.  Returns how many payments reached a final or needs_attention state."""
+    async def run_round(self, *, ignore_backoff: bool = False) -> int:
+        """Forward everything due now.  Returns how many payments reached a final or needs_attention state.
+
+        ``ignore_backoff`` (or a pending ``trigger(ignore_backoff=True)``) also
+        takes payments whose retry is not due yet.
+        """
         async with self._round_lock:
             self._idle.clear()
             try:
                 now = asyncio.get_running_loop().time()
                 while self._due and self._due[0] <= now:  # this round claims whatever fell due
                     heapq.heappop(self._due)
-                return await self._round()
+                ignore_backoff, self._ignore_backoff = ignore_backoff or self._ignore_backoff, False
+                return await self._round(ignore_backoff)
             finally:
                 self._idle.set()
 
-    async def _round(self) -> int:
-        state = _Round()
-        queue = _WorkQueue(maxsize=self._settings.concurrency)
+    async def _round(self, ignore_backoff: bool) -> int:
+        state = _Round(ignore_backoff)
+        queue: asyncio.Queue[StoredPayment | None] = asyncio.Queue(maxsize=self._settings.concurrency)
         tasks = [asyncio.create_task(self._feed(queue, state), name="offterm-forward-feeder")]
         tasks += [
             asyncio.create_task(self._work(queue, state), name=f"offterm-forward-worker-{i}")
@@ -269,50 +262,52 @@ class Forwarder:
         try:
             await asyncio.gather(*tasks)
         finally:
-            # One task, shielded: a deadline or close() landing meanwhile cannot skip any step of the ending.
-            ending = asyncio.ensure_future(self._end_round(tasks, queue, state))
-            self._ending.add(ending)
-            ending.add_done_callback(self._ending.discard)
-            await asyncio.shield(ending)
+            # Shielded: a deadline or close() landing meanwhile cannot skip the release.
+            await asyncio.shield(self._end_round(tasks))
         if state.failure is not None:
             await self._report_round_failure(state.failure)
         elif state.session is not None:
             self._round_failures = 0
         return state.finished
 
-    async def _end_round(self, tasks: list[asyncio.Task[None]], queue: _WorkQueue, state: _Round) -> None:
-        """Stop the feeder and workers, withdraw unsent attempts, write and announce every outcome, release."""
+    async def _end_round(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop the feeder and workers, then give back whatever was claimed and not finished."""
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for slot in queue.leftover():  # attempts recorded ahead for payments no worker took
-            if slot.attempt is not None:
-                self._withdraw(state, slot.payment, slot.attempt)
-        # Outcomes (and withdrawals) still being written are written, and announced, before anything goes back.
-        await self._writer.drain()
-        # Whatever was claimed and not finished goes back: unsent as it was, sent as outcome_unknown.
-        await self._store.release(self.owner, utcnow())
+        try:
+            await self._store.release(self.owner, utcnow())  # unsent as it was, sent as outcome_unknown
+        except OfftermError as exc:
+            log.warning("release_claims_failed", error_type=type(exc).__name__, code=exc.code)
         self._on_progress()
 
-    async def _feed(self, queue: _WorkQueue, state: _Round) -> None:
+    async def _feed(self, queue: asyncio.Queue[StoredPayment | None], state: _Round) -> None:
         """Claim batches just ahead of the workers, oldest first; authenticate once there is work."""
         loop = asyncio.get_running_loop()
         try:
             while not state.stopped:
                 if loop.time() - self._last_recover >= RECOVER_EVERY:
                     self._last_recover = loop.time()
-                    await self._store.recover_expired_claims(utcnow())
+                    await self.recover_claims()
                 if state.session is None:
-                    # Authenticate before claiming: if the token provider fails, no payment was touched.
-                    if not (await self._store.summary()).pending_count:
+                    has_work = (await self._store.summary()).pending_count or await self.recovery.has_work()
+                    if not has_work:
                         break
+                    # Authenticate before claiming: if the token provider fails, no payment was touched.
                     try:
                         state.session = await self._sessions.get("forwarding")
                     except Exception as exc:
                         state.stop(exc)
                         break
                     self._network.record_success()
-                batch = await self._store.claim(self.owner, self._claim_size, self._settings.lease_seconds, utcnow())
+                    await self.recovery.run(state.session)
+                batch = await self._store.claim(
+                    self.owner,
+                    self._claim_size,
+                    self._settings.lease_seconds,
+                    utcnow(),
+                    ignore_backoff=state.ignore_backoff,
+                )
                 if not batch:
                     break
                 for payment in self._policy.order(batch):
@@ -321,76 +316,27 @@ class Forwarder:
                     if payment.offline_id in state.queued:
                         continue  # our own lease ran out and we claimed it again: one worker has it already
                     state.queued.add(payment.offline_id)
-                    await queue.put(_Slot(payment))
+                    await queue.put(payment)
         except Exception as exc:  # the store failed: stop, leave everything claimable
             log.error("forwarding_claim_failed", error_type=type(exc).__name__, error=str(exc))
             state.stop()
         await queue.put(None)
 
-    async def _work(self, queue: _WorkQueue, state: _Round) -> None:
-        """Forward payments one at a time, the next one's attempt recorded while this one is sent.
-
-        The attempt must be durable before a payment's first request goes
-        out.  Waiting for it between payments would leave the connection
-        idle for a store round trip each time; instead, as a payment's
-        requests start, the first payment still waiting in the queue has
-        its attempt written meanwhile (:meth:`_look_ahead`).  It stays in its
-        place in the queue, for whichever worker is free first, so a stuck
-        payment never holds another one.  If the round stops before it is
-        sent, the attempt is withdrawn: nothing is counted that was not sent.
-        """
+    async def _work(self, queue: asyncio.Queue[StoredPayment | None], state: _Round) -> None:
         while True:
-            slot = await queue.get()
-            if slot is None:
+            payment = await queue.get()
+            if payment is None:
                 queue.put_nowait(None)  # pass the end-of-work mark to the next worker
                 return
-            payment = slot.payment
-            if state.stopped:
-                if slot.attempt is not None:
-                    self._withdraw(state, payment, slot.attempt)
-                continue  # else left claimed; the round's release gives it back untouched
-            recording = False
             try:
-                recording = await self._forward_one(state, payment, slot, lambda: self._look_ahead(queue, state))
+                if not state.stopped:  # else left claimed; the round's release gives it back untouched
+                    await self._forward_one(state, payment)
             except Exception as exc:  # a bug or a broken store: keep the payment, stop this round
                 log.error("forwarding_worker_failed", error_type=type(exc).__name__, error=str(exc))
                 state.stop()
             finally:
-                if not recording:  # else it leaves the queue once its outcome is written (_announce)
-                    state.queued.discard(payment.offline_id)
-            self._progress()
-
-    def _look_ahead(self, queue: _WorkQueue, state: _Round) -> None:
-        """Start writing the attempt of the first waiting payment that has none yet (with other workers' writes)."""
-        if state.stopped:
-            return
-        slot = queue.first_unrecorded()
-        if slot is not None:
-            slot.attempt = self._writer.submit(AttemptUpdate(slot.payment.offline_id, self.owner, utcnow()))
-            slot.attempt_at = asyncio.get_running_loop().time()
-
-    def _withdraw(self, state: _Round, payment: StoredPayment, attempt: asyncio.Future[StoredPayment]) -> None:
-        """The payment's attempt was recorded ahead but its request never went out: take it back."""
-
-        def settled(withdrawn: asyncio.Future[StoredPayment]) -> None:
-            state.queued.discard(payment.offline_id)
-            _log_withdrawal(payment, withdrawn)
-
-        def recorded(done: asyncio.Future[StoredPayment]) -> None:
-            if done.cancelled() or done.exception() is not None:  # never recorded: nothing to take back
                 state.queued.discard(payment.offline_id)
-                return
-            withdrawal = AttemptWithdrawal(payment.offline_id, self.owner, utcnow())
-            self._writer.submit(withdrawal).add_done_callback(settled)
-
-        if attempt.done():  # at once, so a round's drain that follows waits for the withdrawal too
-            recorded(attempt)
-        else:  # the writer has it: the withdrawal follows as soon as it is written, before drain() returns
-            attempt.add_done_callback(recorded)
-
-    @staticmethod
-    def _loop_time() -> float:
-        return asyncio.get_running_loop().time()
+            self._progress()
 
     def _progress(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -430,121 +376,97 @@ class Forwarder:
         return None
 
     @payment_scoped
-    async def _forward_one(
-        self,
-        state: _Round,
-        payment: StoredPayment,
-        slot: _Slot,
-        look_ahead: Callable[[], None],
-    ) -> bool:
-        """Forward one claimed payment.  True when its outcome is being written (announced once written).
-
-        The worker does not wait for the outcome's write: it goes on to its
-        next payment while the write shares a transaction with others
-        (:class:`ClaimWriter`).  It does wait for the attempt's write, which
-        must be durable before the request goes out: ``slot.attempt`` when
-        it was started ahead, while another payment was being sent.
-        Whatever ends this before the request goes out (a refusal, a stop, a
-        cancel while waiting for the rate limiter) takes that attempt back.
-        So does a wait of more than half a lease since it was recorded: the
-        claim is checked again by a fresh attempt, as for any send.
-        """
-        unsent = _Unsent(slot.attempt)
-        if slot.attempt is not None and self._loop_time() - slot.attempt_at > self._settings.lease_seconds / 2:
-            self._withdraw(state, payment, slot.attempt)
-            unsent.attempt = None
-        try:
-            return await self._send(state, payment, unsent, look_ahead)
-        finally:
-            if unsent.attempt is not None:
-                self._withdraw(state, payment, unsent.attempt)
-
-    async def _send(
-        self, state: _Round, payment: StoredPayment, unsent: _Unsent, look_ahead: Callable[[], None]
-    ) -> bool:
+    async def _forward_one(self, state: _Round, payment: StoredPayment) -> None:
         session = state.session
         if session is None:
-            return False
+            return
         refusal = self._refusal(payment, session)
         if refusal is not None:
-            if unsent.attempt is not None:  # recorded ahead, but it is not going to be sent: take it back first
-                try:
-                    await asyncio.shield(unsent.attempt)
-                except (InvalidTransition, PaymentNotFound) as exc:
-                    unsent.attempt = None  # never recorded: nothing to take back
-                    log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
-                    return False
-                unsent.attempt = None
-                self._writer.submit(AttemptWithdrawal(payment.offline_id, self.owner, utcnow())).add_done_callback(
-                    lambda done: _log_withdrawal(payment, done)
-                )
-            return self._finish(state, payment, PaymentState.NEEDS_ATTENTION, refusal)
+            await self._finish(state, payment, PaymentState.NEEDS_ATTENTION, refusal)
+            return
         assert payment.card is not None
-        submission = Submission(
+        view = PaymentView(
             offline_id=payment.offline_id,
-            idempotency_key=payment.idempotency_key,
-            amount=payment.amount,
-            currency=payment.currency,
-            capture_method=payment.capture_method,
-            metadata=payment.metadata,
+            key=payment.idempotency_key,
+            request=IntentRequest(
+                offline_id=payment.offline_id,
+                amount=payment.amount,
+                currency=payment.currency,
+                capture_method=payment.capture_method,
+                metadata=dict(payment.metadata),
+                description=payment.description,
+            ),
             card=payment.card,
             intent_id=payment.intent_id,
-            description=payment.description,
+            generation=payment.key_generation,
+            steps_sent=dict(payment.steps_sent),
             stored_at=payment.stored_at,
         )
-        renewed = sent = False
-        recorded = unsent.attempt
+        ledger = _StoreLedger(self._store, self.owner, payment.offline_id)
+        renewed = False
         while True:
-            await self._limiter.acquire(self._weight)
-            if recorded is None:
-                recorded = self._writer.submit(AttemptUpdate(payment.offline_id, self.owner, utcnow()))
-                if not sent:  # nothing went out under this claim yet: stopping before the send takes it back
-                    unsent.attempt = recorded
             try:
-                attempt = await asyncio.shield(recorded)
+                result = await self._exchange.run(session, view, ledger)
             except (InvalidTransition, PaymentNotFound) as exc:
-                unsent.attempt = None  # never recorded: nothing to take back
+                # Our claim is gone (the lease ran out and another forwarder has it): nothing more is ours to do.
                 log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
-                return False
-            unsent.attempt, recorded, sent = None, None, True  # the request goes out now
-            look_ahead()
-            try:
-                result = await self._transport.submit(session, submission)
+                return
             except AuthenticationFailed as exc:
-                # The session expired or was refused: nothing ran.  One fresh session, then the same key again.
+                # The session expired or was refused: nothing ran.  One fresh session, then the same keys again.
                 if not renewed:
                     renewed = True
                     fresh = await self._renew_session(state, session)
                     if fresh is not None:
                         session = fresh
                         continue
-                recording = self._retry_later(state, payment, attempt, exc, delay=0.0)
+                await self._retry_later(state, payment, view, ledger, exc, delay=0.0)
                 state.stop(exc)
-                return recording
+                return
             except CardDeclined as exc:
                 self._network.record_success()
-                return self._finish(state, payment, PaymentState.DECLINED, exc)
-            except TransientProcessorError as exc:  # includes OutcomeUnknown: same key next time
-                delay = self._policy.retry_delay(attempt.attempts)
-                recording = self._retry_later(state, payment, attempt, exc, delay=delay)
+                await self._finish(state, payment, PaymentState.DECLINED, exc, intent_id=view.intent_id)
+                return
+            except TransientProcessorError as exc:  # includes OutcomeUnknown: same keys next time
+                await self._retry_later(state, payment, view, ledger, exc)
                 if exc.http_status is not None:
                     self._network.record_success()
                 elif not await self._network.verify():
                     state.stop()  # the network is gone: the monitor brings us back
-                return recording
+                return
             except PermanentProcessorError as exc:
                 self._network.record_success()
-                return self._finish(state, payment, PaymentState.NEEDS_ATTENTION, exc)
+                await self._finish(state, payment, PaymentState.NEEDS_ATTENTION, exc, intent_id=view.intent_id)
+                return
             except ProcessorError as exc:
-                return self._finish(state, payment, PaymentState.NEEDS_ATTENTION, exc)
+                await self._finish(state, payment, PaymentState.NEEDS_ATTENTION, exc, intent_id=view.intent_id)
+                return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a transport bug: keep the payment, retry later with the same key
+            except OfftermError:
+                raise  # the store failed: the worker stops the round, the payment stays claimed
+            except Exception as exc:  # a transport bug: keep the payment, retry later with the same keys
                 log.error("transport_crashed", offline_id=payment.offline_id, error_type=type(exc).__name__)
                 bug = TransientProcessorError(f"the transport raised {type(exc).__name__}", code="transport_error")
-                return self._retry_later(state, payment, attempt, bug, delay=self._policy.retry_delay(attempt.attempts))
+                await self._retry_later(state, payment, view, ledger, bug)
+                return
             self._network.record_success()
-            return self._record(state, payment, PaymentState.FORWARDED, None, intent_id=result.intent_id)
+            await self._settled(state, payment, view, ledger, result)
+            return
+
+    async def _settled(
+        self, state: _Round, payment: StoredPayment, view: PaymentView, ledger: _StoreLedger, result: Result
+    ) -> None:
+        if result.outcome is Outcome.FORWARDED:
+            await self._record(state, payment, PaymentState.FORWARDED, None, intent_id=result.intent_id)
+        elif result.outcome is Outcome.DECLINED:
+            declined = CardDeclined(result.message or "the card was declined", decline_code=result.code)
+            await self._finish(state, payment, PaymentState.DECLINED, declined, intent_id=result.intent_id)
+        elif result.outcome is Outcome.NEEDS_ATTENTION:
+            refused = PermanentProcessorError(result.message or "needs attention", code=result.code)
+            await self._finish(state, payment, PaymentState.NEEDS_ATTENTION, refused, intent_id=view.intent_id)
+        else:
+            pending = TransientProcessorError(result.message or "not final yet", code=result.code)
+            await self._retry_later(state, payment, view, ledger, pending, delay=result.retry_in)
 
     async def _renew_session(self, state: _Round, stale: ProcessorSession) -> ProcessorSession | None:
         self._sessions.invalidate(stale)
@@ -557,82 +479,87 @@ class Forwarder:
         log.info("processor_session_renewed")
         return fresh
 
-    def _retry_later(
-        self, state: _Round, payment: StoredPayment, attempt: StoredPayment, exc: ProcessorError, *, delay: float
-    ) -> bool:
-        """Back to the queue as outcome_unknown (a request went out), due after ``delay`` seconds."""
+    async def _retry_later(
+        self,
+        state: _Round,
+        payment: StoredPayment,
+        view: PaymentView,
+        ledger: _StoreLedger,
+        exc: ProcessorError,
+        *,
+        delay: float | None = None,
+    ) -> None:
+        """Back to the queue, due after ``delay`` seconds (the policy's backoff by default).
+
+        ``outcome_unknown`` when a request went out under this claim, else ``stored`` as it was.
+        """
+        attempts = ledger.attempt.attempts if ledger.attempt is not None else payment.attempts
+        if delay is None:
+            delay = self._policy.retry_delay(max(1, attempts))
         due = utcnow() + timedelta(seconds=delay) if delay > 0 else None
-        return self._record(
+        to = PaymentState.OUTCOME_UNKNOWN if ledger.attempt is not None else PaymentState.STORED
+        if to is PaymentState.STORED and payment.state is PaymentState.OUTCOME_UNKNOWN:
+            to = PaymentState.OUTCOME_UNKNOWN  # an earlier claim sent requests: still unknown
+        done = await self._record(
             state,
             payment,
-            PaymentState.OUTCOME_UNKNOWN,
+            to,
             exc,
-            retry=(attempt.attempts, delay),
+            announce=False,
+            intent_id=view.intent_id,
             error_code=exc.code,
             error_message=exc.message,
             next_attempt_at=due,
         )
+        if done:
+            self._schedule(delay)
+            log.info(
+                "forward_retry_scheduled",
+                offline_id=payment.offline_id,
+                attempt=attempts,
+                code=exc.code,
+                delay=round(delay, 3),
+            )
 
-    def _finish(self, state: _Round, payment: StoredPayment, to: PaymentState, error: OfftermError) -> bool:
-        return self._record(
+    async def _finish(
+        self,
+        state: _Round,
+        payment: StoredPayment,
+        to: PaymentState,
+        error: OfftermError,
+        *,
+        intent_id: str | None = None,
+    ) -> None:
+        await self._record(
             state,
             payment,
             to,
             error,
+            intent_id=intent_id,
             error_code=error.code,
             error_message=error.message,
             decline_code=getattr(error, "decline_code", None),
         )
 
-    def _record(
+    async def _record(
         self,
         state: _Round,
         payment: StoredPayment,
         to: PaymentState,
         error: OfftermError | None,
         *,
-        retry: tuple[int, float] | None = None,
+        announce: bool = True,
         **fields: Any,
     ) -> bool:
-        """Hand the outcome to the claim writer; it is announced once written (:meth:`_announce`)."""
-        update = OutcomeUpdate(payment.offline_id, self.owner, to, utcnow(), **fields)
-        written = self._writer.submit(update)
-        written.add_done_callback(lambda done: self._announce(done, state, payment, to, error, retry))
-        return True
-
-    def _announce(
-        self,
-        written: asyncio.Future[StoredPayment],
-        state: _Round,
-        payment: StoredPayment,
-        to: PaymentState,
-        error: OfftermError | None,
-        retry: tuple[int, float] | None,
-    ) -> None:
-        """After the outcome's commit: one payment_intent_forwarded for a final or needs_attention outcome,
-        a scheduled retry for outcome_unknown.  Runs even when the round was stopped meanwhile."""
-        state.queued.discard(payment.offline_id)
-        failure = None if written.cancelled() else written.exception()
-        if written.cancelled() or isinstance(failure, InvalidTransition | PaymentNotFound):
+        """Write the outcome; then one payment_intent_forwarded for a final or needs_attention state."""
+        try:
+            done = await self._store.complete(payment.offline_id, self.owner, to, utcnow(), **fields)
+        except (InvalidTransition, PaymentNotFound) as exc:
             # another forwarder owns the payment now (our lease ran out): its outcome is theirs to record
-            log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(failure))
-            return
-        if failure is not None:  # the store failed: the payment stays claimed and comes back after the lease
-            log.error("forward_outcome_not_recorded", offline_id=payment.offline_id, error_type=type(failure).__name__)
-            state.stop()
-            return
-        done = written.result()
-        if retry is not None:
-            attempts, delay = retry
-            self._schedule(delay)
-            log.info(
-                "forward_retry_scheduled",
-                offline_id=payment.offline_id,
-                attempt=attempts,
-                code=None if error is None else error.code,
-                delay=round(delay, 3),
-            )
-            return
+            log.warning("forward_claim_lost", offline_id=payment.offline_id, error=str(exc))
+            return False
+        if not announce:
+            return True
         state.finished += 1
         log.info(
             "payment_forwarded" if error is None else "payment_forward_finished",
@@ -642,15 +569,10 @@ class Forwarder:
             code=None if error is None else error.code,
         )
         self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=error)
+        return True
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
-
-
-def _log_withdrawal(payment: StoredPayment, withdrawn: asyncio.Future[StoredPayment]) -> None:
-    failure = None if withdrawn.cancelled() else withdrawn.exception()
-    if failure is not None:  # a lost claim, or a failed write: release treats it as sent (outcome_unknown)
-        log.warning("forward_attempt_not_withdrawn", offline_id=payment.offline_id, error=str(failure))
 
 
 def _mode(livemode: bool) -> str:

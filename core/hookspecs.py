@@ -25,6 +25,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .contracts import ReaderInfo
+    from .contracts.storage import OnlineAttempt
     from .errors import OfftermError
     from .models import NetworkStatus, OfflineStatus, PaymentIntent
     from .registrations import (
@@ -181,6 +182,26 @@ def offterm_on_payment_intent_forwarded(intent: PaymentIntent, error: OfftermErr
 
     :param intent: the intent; ``id`` is the processor's id when known.
     :param error: None on success, otherwise why it did not succeed.
+    :return: ignored.
+    """
+
+
+@hookspec
+def offterm_on_online_payment_recovered(payment: OnlineAttempt) -> None:
+    """An online confirm that a crash interrupted was reconciled with the processor.
+
+    Before an online confirm is sent, the Terminal journals it in the store;
+    a process that dies before the answer leaves the entry behind.  Once
+    that process is provably gone, a Terminal on the same store (normally
+    the one started after the crash) looks the payment up at the processor
+    and resolves the entry.  Called once per entry; the same entries are
+    listed by ``Terminal.recovered_payments()``.
+
+    :param payment: the journal entry, resolved: ``resolution`` is
+        ``"charged"`` (the processor has the money: the POS must not take the
+        card again), ``"declined"`` or ``"not_charged"`` (its intent, if one
+        was made, is canceled so nothing can charge it later);
+        ``intent_id`` is the processor's intent when there was one.
     :return: ignored.
     """
 

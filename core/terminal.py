@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -36,9 +36,9 @@ from .contracts import (
     ReaderTransport,
     StoredPayment,
     StoreSummary,
-    Submission,
 )
-from .contracts.storage import HistoryEntry
+from .contracts.forwarding import IntentRequest
+from .contracts.storage import HistoryEntry, OnlineAttempt
 from .currency import normalize_currency, validate_amount
 from .errors import (
     AuthenticationFailed,
@@ -50,14 +50,17 @@ from .errors import (
     OfflineRefused,
     OfftermError,
     OutcomeUnknown,
+    PermanentProcessorError,
     ProcessorError,
     ReaderNotConnected,
     RequireOnlineWhileOffline,
     TransientProcessorError,
     UnexpectedIntentState,
 )
+from .exchange import Exchange, ExchangeSettings, Outcome, PaymentView, StepsSent
 from .forwarder import Forwarder, ForwardingSettings, utcnow
 from .intents import card_present_details, intent_from_stored
+from .keys import Step, step_key
 from .logs import payment_scoped
 from .manager import PluginManager, create_plugin_manager
 from .models import (
@@ -73,6 +76,7 @@ from .models import (
     time_ordered_hex,
 )
 from .network import NetworkMonitor
+from .owners import make_owner
 from .paths import make_private_dir
 from .registrations import ComponentContext, Registration
 from .session import SessionManager
@@ -99,10 +103,56 @@ class CloseReport:
 
 @dataclass
 class _Pending:
-    """In-memory state of an intent between collect and confirm (never persisted)."""
+    """In-memory state of an intent between create and confirm.
 
+    Its idempotency key is made once, when the intent is created, and is the
+    one every request of the payment derives its key from: the online
+    create and confirm, and the forwarder if it falls back offline.  Once an
+    online confirm starts, what it sends is journaled in the store too.
+    """
+
+    idempotency_key: str
     card: CardResult | None = None
-    idempotency_key: str | None = None
+    steps_sent: StepsSent = field(default_factory=dict)
+
+
+class _JournalLedger:
+    """The exchange's ledger for an online confirm: the store's in-flight journal."""
+
+    def __init__(self, terminal: Terminal, intent: PaymentIntent, pending: _Pending) -> None:
+        self._terminal = terminal
+        self._intent = intent
+        self._pending = pending
+        self.started_at = utcnow()
+
+    async def _write(self, steps_sent: StepsSent) -> None:
+        intent, pending = self._intent, self._pending
+        await self._terminal.store.begin_online(
+            OnlineAttempt(
+                offline_id=intent.offline_id,
+                idempotency_key=pending.idempotency_key,
+                amount=intent.amount,
+                currency=intent.currency,
+                owner=self._terminal.owner,
+                started_at=self.started_at,
+                intent_id=intent.id,
+                steps_sent=steps_sent,
+            )
+        )
+
+    async def sending(self, steps: Collection[Step], now: datetime) -> None:
+        sent = dict(self._pending.steps_sent)
+        for step in steps:
+            sent[step] = (sent.get(step, (now, now))[0], now)
+        await self._write(sent)  # durable before the request goes out
+
+    async def intent_known(self, intent_id: str, now: datetime) -> None:
+        self._intent.id = intent_id
+        await self._write(self._pending.steps_sent)
+
+    async def new_generation(self, intent_id: str | None, now: datetime) -> None:
+        # An online confirm never spans the idempotency window: only the forwarder looks payments up.
+        raise UnexpectedIntentState("an online confirm cannot start a new key generation")
 
 
 class Terminal:
@@ -129,6 +179,8 @@ class Terminal:
         self._account: tuple[str, bool] | None = None
         self._reader_records: dict[str, tuple[datetime | None, str | None]] = {}
         self._opened = False
+        #: Who this Terminal is in the store's in-flight journal (process-bound: see offterm.core.owners).
+        self.owner = make_owner("pos")
 
     # -- construction -------------------------------------------------------------
 
@@ -184,9 +236,6 @@ class Terminal:
         self.store = AsyncStore(self._build("storage", store_reg))
         await self.store.open(self._build("storage_key", key_reg))
         try:
-            recovered = await self.store.recover_expired_claims(utcnow())
-            if recovered:
-                log.warning("recovered_claims_after_crash", count=recovered)
             account = await self.store.get_meta(_ACCOUNT_META)
             if account:
                 data = json.loads(account)
@@ -200,6 +249,12 @@ class Terminal:
             )
             self.sessions = SessionManager(providers, self.transport, self._location_id, self._authenticated)
             fwd = cfg["forwarding"]
+            exchange_settings = ExchangeSettings(
+                idempotency_window=float(fwd["idempotency_window"]),
+                processing_checks=fwd["processing_checks"],
+                processing_interval=float(fwd["processing_interval"]),
+            )
+            self._exchange = Exchange(self.transport, exchange_settings, utcnow)
             self.forwarder = Forwarder(
                 self.store,
                 self.transport,
@@ -213,9 +268,14 @@ class Terminal:
                     rate_limit=float(fwd["rate_limit"]),
                     batch_size=fwd["batch_size"],
                     lease_seconds=float(fwd["lease_seconds"]),
+                    exchange=exchange_settings,
                 ),
                 on_progress=self._schedule_status_refresh,
             )
+            # Claims of a forwarder that crashed on this device come back at once, not after their lease.
+            recovered = await self.forwarder.recover_claims()
+            if recovered:
+                log.warning("recovered_claims_after_crash", count=recovered)
         except BaseException:
             await self.store.close()
             raise
@@ -325,7 +385,8 @@ class Terminal:
         if self._opened:
             self._schedule_status_refresh()
             if status is NetworkStatus.ONLINE:
-                self.forwarder.trigger()
+                # Payments that failed while the network was down go now, whatever their backoff.
+                self.forwarder.trigger(ignore_backoff=previous is NetworkStatus.OFFLINE)
 
     def _authenticated(self, session: ProcessorSession) -> None:
         account = (session.account_id, session.livemode)
@@ -415,37 +476,36 @@ class Terminal:
             offline_behavior=behavior,
             created_at=utcnow(),
         )
+        # The payment's one idempotency key, made now: the online create, the confirm and, if it falls
+        # back offline, the forwarder all derive their keys from it (offterm.core.keys).
+        pending = _Pending(idempotency_key="offterm-" + time_ordered_hex())
         if behavior is OfflineBehavior.FORCE_OFFLINE:
             self._require_offline_enabled(forced=True)
         elif behavior is OfflineBehavior.REQUIRE_ONLINE or self.network.status is not NetworkStatus.OFFLINE:
             try:
-                intent.id = await self._with_timeout(behavior, self._create_online(intent))
+                intent.id = await self._with_timeout(behavior, self._create_online(intent, pending))
             except (TransientProcessorError, ConnectionTokenError, TimeoutError) as exc:
                 if behavior is OfflineBehavior.REQUIRE_ONLINE:
                     raise RequireOnlineWhileOffline("the processor is unreachable and REQUIRE_ONLINE is set") from exc
                 log.info("create_offline", offline_id=intent.offline_id, reason=type(exc).__name__)
-        self._pending[intent.offline_id] = _Pending()
+        self._pending[intent.offline_id] = pending
         return intent
 
     @payment_scoped
-    async def _create_online(self, intent: PaymentIntent) -> str:
+    async def _create_online(self, intent: PaymentIntent, pending: _Pending) -> str:
         session = await self._session("online_payment")
+        now = utcnow()
+        # Noted before it goes out: if its answer is lost, the confirm replays it and learns the intent.
+        pending.steps_sent[Step.CREATE] = (pending.steps_sent.get(Step.CREATE, (now, now))[0], now)
         try:
-            intent_id = await self.transport.create_intent(
-                session,
-                offline_id=intent.offline_id,
-                amount=intent.amount,
-                currency=intent.currency,
-                capture_method=intent.capture_method,
-                metadata=intent.metadata,
-                description=intent.description,
-                idempotency_key=f"{intent.offline_id}-create",
+            made = await self.transport.create_intent(
+                session, _intent_request(intent), idempotency_key=step_key(pending.idempotency_key, Step.CREATE)
             )
         except TransientProcessorError:
             self.network.record_failure()
             raise
         self.network.record_success()
-        return intent_id
+        return made.id
 
     async def _session(self, reason: str) -> ProcessorSession:
         try:
@@ -504,9 +564,6 @@ class Terminal:
         assert pending.card is not None
         behavior = OfflineBehavior(offline_behavior) if offline_behavior else intent.offline_behavior
         intent.offline_behavior = behavior
-        if pending.idempotency_key is None:
-            # Made once; reused by the online attempt AND by the stored payment.
-            pending.idempotency_key = "offterm-" + time_ordered_hex()
         if behavior is OfflineBehavior.FORCE_OFFLINE:
             self._require_offline_enabled(forced=True)
             return await self._store_offline(intent, pending)
@@ -517,7 +574,12 @@ class Terminal:
             confirmed: PaymentIntent = await self._with_timeout(behavior, self._confirm_online(intent, pending))
             return confirmed
         except CardDeclined:
+            # Stripe's flow: collect another card and confirm again.  That is a new confirmation, so the
+            # payment and confirm steps get a fresh key (the intent, if any, stays).
+            await self.store.end_online(intent.offline_id)
             pending.card = None
+            pending.idempotency_key = "offterm-" + time_ordered_hex()
+            pending.steps_sent = {}
             intent.status = IntentStatus.REQUIRES_PAYMENT_METHOD
             raise
         except (TransientProcessorError, ConnectionTokenError, AuthenticationFailed, TimeoutError) as exc:
@@ -542,29 +604,37 @@ class Terminal:
                 raise
 
     async def _confirm_online(self, intent: PaymentIntent, pending: _Pending) -> PaymentIntent:
-        assert pending.card is not None and pending.idempotency_key is not None
+        """The same exchange as the forwarder's, journaled: a crash mid-confirm is reconciled at the next open."""
+        assert pending.card is not None
         session = await self._session("online_payment")
+        view = PaymentView(
+            offline_id=intent.offline_id,
+            key=pending.idempotency_key,
+            request=_intent_request(intent),
+            card=pending.card,
+            intent_id=intent.id,
+            steps_sent=pending.steps_sent,  # the same dict: a second confirm resends under the same keys
+        )
         try:
-            result = await self.transport.submit(
-                session,
-                Submission(
-                    offline_id=intent.offline_id,
-                    idempotency_key=pending.idempotency_key,
-                    amount=intent.amount,
-                    currency=intent.currency,
-                    capture_method=intent.capture_method,
-                    metadata=intent.metadata,
-                    card=pending.card,
-                    intent_id=intent.id,
-                    description=intent.description,
-                ),
-            )
-        except (TransientProcessorError, OutcomeUnknown):
-            self.network.record_failure()
+            result = await self._exchange.run(session, view, _JournalLedger(self, intent, pending))
+        except TransientProcessorError as exc:
+            if exc.http_status is None:
+                self.network.record_failure()
             raise
+        intent.id = view.intent_id
         self.network.record_success()
-        intent.id = result.intent_id
-        intent.status = result.status
+        if result.outcome is Outcome.PENDING:  # processing and still not final: the journal keeps it
+            raise OutcomeUnknown(
+                f"the processor has not finished the payment ({result.code}); call confirm_payment_intent again"
+            )
+        await self.store.end_online(intent.offline_id)
+        if result.outcome is Outcome.DECLINED:
+            raise CardDeclined(result.message or "the card was declined", decline_code=result.code)
+        if result.outcome is Outcome.NEEDS_ATTENTION:
+            self._pending.pop(intent.offline_id, None)
+            raise PermanentProcessorError(result.message or "the payment cannot be completed", code=result.code)
+        assert result.intent is not None
+        intent.status = IntentStatus(result.intent.status)
         self._pending.pop(intent.offline_id, None)
         return intent
 
@@ -624,7 +694,7 @@ class Terminal:
         self._evaluate(intent, replace(request, summary=await self.store.summary()))
 
     async def _store_offline(self, intent: PaymentIntent, pending: _Pending) -> PaymentIntent:
-        assert pending.card is not None and pending.idempotency_key is not None
+        assert pending.card is not None
         if self._account is None:
             raise NoLastSeenAccount("this terminal has never authenticated online, so it cannot store payments yet")
         account_id, livemode = self._account
@@ -642,6 +712,7 @@ class Terminal:
             card=pending.card,
             intent_id=intent.id,
             description=intent.description,
+            steps_sent=dict(pending.steps_sent),  # what the online attempt sent: the forwarder replays, never repeats
         )
 
         seen: list[StoreSummary] = []
@@ -654,7 +725,9 @@ class Terminal:
 
         stored = await self.store.store(payment, check)
         before = seen[0] if seen else await self.store.summary()  # empty: it was already stored
-        # Durable from here on.
+        # Durable from here on: the forwarder owns it now, so an online attempt's journal entry goes.
+        if pending.steps_sent:
+            await self.store.end_online(intent.offline_id)
         self._pending.pop(intent.offline_id, None)
         result = intent_from_stored(stored)
         intent.status = result.status
@@ -709,8 +782,30 @@ class Terminal:
     async def payment_history(self, offline_id: str) -> list[HistoryEntry]:
         return await self.store.history(offline_id)
 
+    async def recovered_payments(self) -> list[OnlineAttempt]:
+        """Online confirms a crash interrupted, as reconciled with the processor (oldest first).
+
+        Each has ``resolution`` "charged" (the processor has the money: do not take the card
+        again), "declined" or "not_charged" (its intent was canceled so nothing can charge it
+        later), and the intent id when there was one.  Each was also announced once through
+        ``offterm_on_online_payment_recovered``.
+        """
+        return await self.store.online_attempts(resolved=True)
+
     async def refresh_offline_status(self) -> OfflineStatus:
         return await self._refresh_status()
+
+
+def _intent_request(intent: PaymentIntent) -> IntentRequest:
+    """What creating the intent asks the processor: the same bytes online and from the store."""
+    return IntentRequest(
+        offline_id=intent.offline_id,
+        amount=intent.amount,
+        currency=intent.currency,
+        capture_method=intent.capture_method,
+        metadata=dict(intent.metadata),
+        description=intent.description,
+    )
 
 
 def _unknown_outcome(cause: BaseException) -> OutcomeUnknown:

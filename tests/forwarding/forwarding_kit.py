@@ -29,10 +29,9 @@ from offterm.core.contracts import (
     PaymentState,
     ProcessorSession,
     StoredPayment,
-    Submission,
-    SubmissionResult,
     TokenRequest,
 )
+from offterm.core.contracts.forwarding import IntentRequest, IntentSnapshot
 from offterm.core.models import CaptureMethod, new_offline_id
 from offterm.core.registrations import (
     ComponentContext,
@@ -118,8 +117,7 @@ def config(
 ) -> dict[str, Any]:
     """A Terminal config against ``url`` (the simulator, or a FaultProxy in front of it), tuned for speed.
 
-    ``sqlcipher``: options of the store (``{"writer_process_after": 0}`` puts the drain's bookkeeping
-    in the store's writer process from the start).
+    ``sqlcipher``: options of the store.
     """
     target = SimpleNamespace(url=url, backend_url=url + "/backend/connection_token")
     base = terminal_config(target, data_dir)
@@ -213,20 +211,32 @@ class SubmitCall:
     idempotency_key: str
 
 
-class ObservedTransport(ForwardingTransport):
-    """The bundled Stripe transport, watched: in-flight count, submissions, sessions.
+@dataclass(frozen=True)
+class Confirming:
+    """What a ``hold`` hook is told: which payment is about to be confirmed, under which key."""
 
-    ``hold`` maps an offline_id to an async callable run before its submit
-    (a test uses it to hang or fail one named payment).
+    offline_id: str
+    idempotency_key: str
+
+
+class ObservedTransport(ForwardingTransport):
+    """The bundled Stripe transport, watched: in-flight confirmations, their keys, sessions.
+
+    A payment's confirmation is its create-and-confirm request, or the
+    confirm of an intent it already has.  ``hold`` maps an offline_id to an
+    async callable run before that request (a test uses it to hang or fail
+    one named payment).
     """
 
     def __init__(self, inner: ForwardingTransport) -> None:
         self.inner = inner
+        self.search_delay = inner.search_delay
         self.in_flight = 0
         self.max_in_flight = 0
         self.calls: list[SubmitCall] = []
         self.session_secrets: list[str] = []
-        self.hold: dict[str, Callable[[Submission], Awaitable[None]]] = {}
+        self.hold: dict[str, Callable[[Confirming], Awaitable[None]]] = {}
+        self.offline_ids: dict[str, str] = {}  # intent id -> offline id, as learned from answers
 
     async def open(self) -> None:
         await self.inner.open()
@@ -239,25 +249,73 @@ class ObservedTransport(ForwardingTransport):
         self.session_secrets.append(session.secret)
         return session
 
-    async def create_intent(self, session: ProcessorSession, **kw: Any) -> str:
-        return await self.inner.create_intent(session, **kw)
+    def _learn(self, intent: IntentSnapshot | None) -> IntentSnapshot | None:
+        if intent is not None and intent.offline_id:
+            self.offline_ids[intent.id] = intent.offline_id
+        return intent
 
-    async def submit(self, session: ProcessorSession, submission: Submission) -> SubmissionResult:
+    async def _confirming(
+        self, offline_id: str, key: str, send: Callable[[], Awaitable[IntentSnapshot]]
+    ) -> IntentSnapshot:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        self.calls.append(
-            SubmitCall(asyncio.get_running_loop().time(), submission.offline_id, submission.idempotency_key)
-        )
+        self.calls.append(SubmitCall(asyncio.get_running_loop().time(), offline_id, key))
         try:
-            hook = self.hold.get(submission.offline_id)
+            hook = self.hold.get(offline_id)
             if hook is not None:
-                await hook(submission)
-            return await self.inner.submit(session, submission)
+                await hook(Confirming(offline_id, key))
+            answer = await send()
+            self._learn(answer)
+            return answer
         finally:
             self.in_flight -= 1
 
-    async def cancel_intent(self, session: ProcessorSession, intent_id: str) -> None:
-        await self.inner.cancel_intent(session, intent_id)
+    async def create_intent(
+        self,
+        session: ProcessorSession,
+        request: IntentRequest,
+        *,
+        idempotency_key: str,
+        payment_method: str | None = None,
+    ) -> IntentSnapshot:
+        async def send() -> IntentSnapshot:
+            return await self.inner.create_intent(
+                session, request, idempotency_key=idempotency_key, payment_method=payment_method
+            )
+
+        if payment_method is None:
+            made = await send()
+            self._learn(made)
+            return made
+        return await self._confirming(request.offline_id, idempotency_key, send)
+
+    async def create_payment_method(
+        self, session: ProcessorSession, card: CardResult, *, idempotency_key: str, stored_at: datetime | None = None
+    ) -> str:
+        return await self.inner.create_payment_method(
+            session, card, idempotency_key=idempotency_key, stored_at=stored_at
+        )
+
+    async def confirm_intent(
+        self, session: ProcessorSession, intent_id: str, *, payment_method: str, idempotency_key: str
+    ) -> IntentSnapshot:
+        async def send() -> IntentSnapshot:
+            return await self.inner.confirm_intent(
+                session, intent_id, payment_method=payment_method, idempotency_key=idempotency_key
+            )
+
+        return await self._confirming(self.offline_ids.get(intent_id, intent_id), idempotency_key, send)
+
+    async def retrieve_intent(self, session: ProcessorSession, intent_id: str) -> IntentSnapshot:
+        found = await self.inner.retrieve_intent(session, intent_id)
+        self._learn(found)
+        return found
+
+    async def find_intent(self, session: ProcessorSession, offline_id: str) -> IntentSnapshot | None:
+        return self._learn(await self.inner.find_intent(session, offline_id))
+
+    async def cancel_intent(self, session: ProcessorSession, intent_id: str) -> IntentSnapshot:
+        return await self.inner.cancel_intent(session, intent_id)
 
     async def probe(self) -> bool:
         return await self.inner.probe()

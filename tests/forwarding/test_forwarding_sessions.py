@@ -53,7 +53,7 @@ async def test_sessions_expire_mid_drain_and_are_renewed_from_fresh_tokens_never
             data_dir,
             sim.url,
             transport="observed",
-            forwarding={"rate_limit": 90.0, "concurrency": 4},  # 30 payments/s: the drain outlives several sessions
+            forwarding={"rate_limit": 30.0, "concurrency": 4},  # 15 payments/s: the drain outlives several sessions
             tokens={"providers": ["recording"], "recording": {"url": sim.backend_url}},
         )
         async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder, kit), background=False) as t:
