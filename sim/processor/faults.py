@@ -145,6 +145,10 @@ class FaultMiddleware:
         elif fault.isdigit():
             await _error_response(send, int(fault))
         elif fault in ("reset", "drop"):
+            if fault == "drop":
+                # Read the request first: closing with unread bytes (or bytes still on the way)
+                # makes the kernel answer with an RST, and a drop must read as a clean close.
+                await _drain(receive)
             if not await _cut(send, reset=fault == "reset"):
                 await _error_response(send, 500)
         elif fault == "commit_drop":
@@ -165,3 +169,11 @@ class FaultMiddleware:
 
 async def _swallow(message: Message) -> None:
     return None
+
+
+async def _drain(receive: Receive) -> None:
+    """Receive the whole request body (its bytes are discarded)."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
