@@ -16,6 +16,11 @@ def _rate(text: str) -> tuple[int, float]:
     return int(status), float(rate)
 
 
+def _status_rate(text: str) -> tuple[str, float]:
+    status, _, rate = text.partition("=")
+    return status, float(rate)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m offterm.sim.processor", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -23,7 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-json", help="SimConfig as JSON, or '-' to read it from stdin")
     parser.add_argument("--secret-key")
     parser.add_argument("--error-rate", action="append", type=_rate, default=[], metavar="STATUS=RATE")
-    for name in ("reset-rate", "drop-rate", "commit-drop-rate", "commit-delay-rate", "commit-delay", "latency"):
+    parser.add_argument(
+        "--confirm-status",
+        action="append",
+        type=_status_rate,
+        default=[],
+        metavar="STATUS=RATE",
+        help="answer confirms with a non-final status: processing=RATE or requires_action=RATE",
+    )
+    fault_flags = ("reset-rate", "drop-rate", "commit-drop-rate", "commit-delay-rate", "commit-delay", "latency")
+    for name in (*fault_flags, "processing-for", "idempotency-ttl", "search-delay"):
         parser.add_argument(f"--{name}", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--log-level", default="warning")
@@ -35,14 +49,19 @@ def main(argv: list[str] | None = None) -> None:
         data = json.loads(text)
     if args.secret_key:
         data["secret_key"] = args.secret_key
-    faults = dict(data.get("faults") or {})
+    for name in ("idempotency_ttl", "search_delay"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    fault_data = dict(data.get("faults") or {})
     if args.error_rate:
-        faults["error_rates"] = {str(s): r for s, r in args.error_rate}
-    for name in ("reset_rate", "drop_rate", "commit_drop_rate", "commit_delay_rate", "commit_delay", "latency", "seed"):
+        fault_data["error_rates"] = {str(s): r for s, r in args.error_rate}
+    if args.confirm_status:
+        fault_data["confirm_status"] = dict(args.confirm_status)
+    for name in (*(f.replace("-", "_") for f in fault_flags), "processing_for", "seed"):
         value = getattr(args, name)
         if value is not None:
-            faults[name] = value
-    data["faults"] = FaultConfig.from_json(faults).to_json()
+            fault_data[name] = value
+    data["faults"] = FaultConfig.from_json(fault_data).to_json()
     serve(args.host, args.port, log_level=args.log_level, config=config_from_json(data))
 
 

@@ -4,13 +4,14 @@ Routes:
 
 * Secret-key API (Bearer ``sk_test_...``; public endpoints also take a device
   session): ``POST /v1/terminal/connection_tokens``, PaymentIntents (create,
-  list, retrieve, confirm, capture, cancel), ``POST /v1/refunds``.
+  list, search, retrieve, confirm, capture, cancel), ``POST /v1/refunds``.
 * Device API (private at Stripe; simulated here): ``POST /device/v1/sessions``
   (Bearer: a connection token, single-use) and ``POST /device/v1/payment_methods``
   (Bearer: the device session; the reader's encrypted card data; for a
   payment collected offline, ``Offterm-Stored-At``).
 * "Your backend": ``POST /backend/connection_token`` -> ``{"secret": ...}``.
-* ``GET /healthcheck`` (no auth), and admin under ``/_sim`` (never faulted).
+* ``GET /healthcheck`` (no auth), and admin under ``/_sim`` (never faulted):
+  ledger, faults, requests, and the account's clock (``/_sim/clock``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .books import Books
+from .clock import SimClock
 from .config import FaultConfig, SimConfig
 from .errors import SimError
 from .faults import LATENCY_SCOPE_KEY, FaultInjector, FaultMiddleware, Receive, Scope, Send
@@ -50,6 +52,7 @@ class SimState:
     """Everything one app instance owns; reachable as ``app.state.sim``."""
 
     config: SimConfig
+    clock: SimClock
     books: Books
     idempotency: IdempotencyStore
     faults: FaultInjector
@@ -235,12 +238,26 @@ def _intent_id(request: Request) -> str:
     return str(request.path_params["intent"])
 
 
+def _confirm_faults(request: Request) -> dict[str, Any]:
+    """What a confirm passes the books so the injector can answer it "processing" / "requires_action"."""
+    sim: SimState = request.app.state.sim
+    return {
+        "confirm_status": partial(sim.faults.confirm_status, request.url.path),
+        "processing_for": sim.faults.config.processing_for,
+    }
+
+
 def _create_intent(request: Request, params: dict[str, Any]) -> dict[str, Any]:
-    return request.app.state.sim.books.create_intent(params)  # type: ignore[no-any-return]
+    sim: SimState = request.app.state.sim
+    return sim.books.create_intent(params, **_confirm_faults(request))
 
 
 def _list_intents(request: Request, params: dict[str, Any]) -> dict[str, Any]:
     return request.app.state.sim.books.list_intents(params)  # type: ignore[no-any-return]
+
+
+def _search_intents(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.search_intents(params)  # type: ignore[no-any-return]
 
 
 def _get_intent(request: Request, params: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +265,8 @@ def _get_intent(request: Request, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _confirm(request: Request, params: dict[str, Any]) -> dict[str, Any]:
-    return request.app.state.sim.books.confirm(_intent_id(request), params)  # type: ignore[no-any-return]
+    sim: SimState = request.app.state.sim
+    return sim.books.confirm(_intent_id(request), params, **_confirm_faults(request))
 
 
 def _capture(request: Request, params: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +303,21 @@ async def _admin_faults(request: Request) -> Response:
     return JSONResponse({"faults": sim.faults.config.to_json(), "injected": dict(sim.faults.counts)})
 
 
+async def _admin_clock(request: Request) -> Response:
+    """``GET`` -> ``{"now", "offset"}``; ``POST {"advance": seconds}`` moves the account's clock forward."""
+    sim: SimState = request.app.state.sim
+    if request.method == "POST":
+        try:
+            body = await request.json()
+            advance = body["advance"] if isinstance(body, dict) and set(body) == {"advance"} else None
+            if isinstance(advance, bool) or not isinstance(advance, int | float):
+                raise ValueError('expected {"advance": seconds}')
+            sim.clock.advance(advance)
+        except ValueError as exc:
+            return JSONResponse({"error": {"type": "invalid_request_error", "message": str(exc)}}, status_code=400)
+    return JSONResponse({"now": sim.clock(), "offset": sim.clock.offset})
+
+
 async def _admin_requests(request: Request) -> Response:
     sim: SimState = request.app.state.sim
     return JSONResponse({"requests": sim.request_log(), "spec_violations": sim.spec_violations})
@@ -298,10 +331,12 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         from .spec import StripeSpec
 
         spec = StripeSpec.load(config.spec_path)
+    clock = SimClock()
     state = SimState(
         config=config,
-        books=Books(config),
-        idempotency=IdempotencyStore(),
+        clock=clock,
+        books=Books(config, clock=clock),
+        idempotency=IdempotencyStore(ttl=config.idempotency_ttl, clock=clock),
         faults=FaultInjector(config.faults),
         requests=deque(maxlen=config.request_log_size),
         spec=spec,
@@ -312,6 +347,8 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/v1/terminal/connection_tokens", e(_connection_token, auth="secret_key"), methods=["POST"]),
         Route("/v1/payment_intents", e(_create_intent, auth="any"), methods=["POST"]),
         Route("/v1/payment_intents", e(_list_intents, auth="any"), methods=["GET"]),
+        # Before /{intent}, or "search" would be taken for an intent id.
+        Route("/v1/payment_intents/search", e(_search_intents, auth="any"), methods=["GET"]),
         Route("/v1/payment_intents/{intent}", e(_get_intent, auth="any"), methods=["GET"]),
         Route("/v1/payment_intents/{intent}/confirm", e(_confirm, auth="any"), methods=["POST"]),
         Route("/v1/payment_intents/{intent}/capture", e(_capture, auth="any"), methods=["POST"]),
@@ -323,6 +360,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/_sim/ledger", _admin_ledger, methods=["GET"]),
         Route("/_sim/faults", _admin_faults, methods=["GET", "POST"]),
         Route("/_sim/requests", _admin_requests, methods=["GET"]),
+        Route("/_sim/clock", _admin_clock, methods=["GET", "POST"]),
     ]
     app = SimulatorApp(routes=routes)
     app.state.sim = state

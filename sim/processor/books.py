@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+import re
 import secrets
 import threading
 import time
@@ -27,6 +29,18 @@ from .errors import SimError, bad_param, missing
 OFFLINE_ID_KEY = "offterm_offline_id"
 INTENT_STATUSES_CONFIRMABLE = ("requires_payment_method", "requires_confirmation")
 CANCELABLE = ("requires_payment_method", "requires_confirmation", "requires_capture", "requires_action")
+#: A charge's fields that a "processing" confirm keeps aside until the intent settles.
+_OUTCOME_FIELDS = ("amount_captured", "captured", "failure_code", "failure_message", "outcome", "paid", "status")
+#: Fields a search query may name besides ``metadata['KEY']``; values compare exactly.
+SEARCH_FIELDS = ("status", "currency")
+MAX_SEARCH_CLAUSES = 10
+# One clause: metadata['KEY'] or a plain field, ':', a quoted value ('...' or "...", backslash escapes).
+_CLAUSE = re.compile(
+    r"""\s*(?:metadata\[(?P<kq>['"])(?P<key>(?:\\.|(?!(?P=kq)).)*)(?P=kq)\]|(?P<field>[a-z_]+))"""
+    r"""\s*:\s*(?P<vq>['"])(?P<value>(?:\\.|(?!(?P=vq)).)*)(?P=vq)\s*""",
+    re.DOTALL,
+)
+_JOINER = re.compile(r"(AND|OR)\s+")
 
 
 def _id(prefix: str) -> str:
@@ -50,6 +64,64 @@ class _PaymentMethod:
     obj: dict[str, Any]
     decision: Decision
     stored_at: int | None = None  # collected offline, stored then (unix seconds)
+
+
+@dataclass
+class _Processing:
+    """A confirm answered "processing": its charge's real outcome, applied at ``due``."""
+
+    due: float
+    pm: _PaymentMethod
+    charge_id: str
+    outcome: dict[str, Any]
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text, flags=re.DOTALL)
+
+
+def parse_search_query(query: str) -> tuple[str, list[tuple[str, str | None, str]]]:
+    """Parse a search query into ("AND" | "OR", [(field, metadata key or None, value)]).
+
+    Understood: ``metadata['KEY']:'VALUE'``, ``metadata["KEY"]:"VALUE"``,
+    ``status:'...'``, ``currency:'...'``, joined by ``AND`` or ``OR`` (not
+    both; a bare space means AND), at most 10 clauses.  Raises SimError 400.
+    """
+
+    def invalid(why: str) -> SimError:
+        return bad_param("query", f"Invalid search query: {why}.")
+
+    clauses: list[tuple[str, str | None, str]] = []
+    joiners: set[str] = set()
+    pos = 0
+    while True:
+        match = _CLAUSE.match(query, pos)
+        if match is None:
+            raise invalid(f"expected a clause such as metadata['key']:'value' at character {pos}")
+        field = match["field"]
+        if field is not None and field not in SEARCH_FIELDS:
+            raise invalid(f"the field {field!r} cannot be searched here")
+        key = None if field is not None else _unescape(match["key"])
+        clauses.append(("metadata" if field is None else field, key, _unescape(match["value"])))
+        pos = match.end()
+        if pos == len(query):
+            break
+        if not query[pos - 1].isspace():
+            raise invalid(f"expected AND or OR at character {pos}")
+        joiner = _JOINER.match(query, pos)
+        joiners.add(joiner.group(1) if joiner else "AND")  # a bare space means AND
+        if joiner:
+            pos = joiner.end()
+    if len(joiners) > 1:
+        raise invalid("AND and OR cannot be combined in one query")
+    if len(clauses) > MAX_SEARCH_CLAUSES:
+        raise invalid(f"at most {MAX_SEARCH_CLAUSES} clauses are allowed")
+    return (joiners.pop() if joiners else "AND"), clauses
+
+
+def _next_action() -> dict[str, Any]:
+    """What a confirm answered "requires_action" asks for (customer authentication, e.g. 3-D Secure)."""
+    return {"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect"}}
 
 
 def _int(params: dict[str, Any], name: str, *, required: bool = False, minimum: int = 0) -> int | None:
@@ -110,6 +182,8 @@ class Books:
         self.charges: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
         self.charges_by_offline_id: dict[str, list[str]] = {}
+        self.created_at: dict[str, float] = {}  # intent id -> creation time on the clock (search indexing)
+        self.processing: dict[str, _Processing] = {}  # intents answered "processing", not yet settled
 
     # -- auth ---------------------------------------------------------------------
 
@@ -223,7 +297,14 @@ class Books:
 
     # -- payment intents --------------------------------------------------------------
 
-    def create_intent(self, params: dict[str, Any]) -> dict[str, Any]:
+    def create_intent(
+        self,
+        params: dict[str, Any],
+        *,
+        confirm_status: Callable[[], str | None] | None = None,
+        processing_for: float = 1.0,
+    ) -> dict[str, Any]:
+        """Create an intent; with ``confirm=true`` confirm it too (``confirm_status`` as for :meth:`confirm`)."""
         amount = _int(params, "amount", required=True, minimum=1)
         currency = params.get("currency")
         if not currency:
@@ -294,12 +375,14 @@ class Books:
                 intent["payment_method"] = pm
                 intent["status"] = "requires_confirmation"
             self.intents[intent_id] = intent
+            self.created_at[intent_id] = self.clock()
         if _bool(params, "confirm"):
-            return self.confirm(intent_id, {})
+            return self.confirm(intent_id, {}, confirm_status=confirm_status, processing_for=processing_for)
         return dict(intent)
 
     def get_intent(self, intent_id: str) -> dict[str, Any]:
         with self.lock:
+            self._settle()
             intent = self.intents.get(intent_id)
             if intent is None:
                 raise missing("payment_intent", intent_id, "intent")
@@ -309,6 +392,7 @@ class Books:
         limit = _int(params, "limit", minimum=1) or 10
         limit = min(limit, 100)
         with self.lock:
+            self._settle()
             items = list(reversed(self.intents.values()))  # newest first, as Stripe lists
             after = params.get("starting_after")
             before = params.get("ending_before")
@@ -325,6 +409,36 @@ class Books:
             has_more = len(items) > limit
         return {"object": "list", "data": page, "has_more": has_more, "url": "/v1/payment_intents"}
 
+    def search_intents(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's PaymentIntent search: matching intents, newest first, created at least ``search_delay`` ago."""
+        query = params.get("query")
+        if query is None or query == "":
+            raise SimError(400, "Missing required param: query.", code="parameter_missing", param="query")
+        if not isinstance(query, str):
+            raise bad_param("query", "Invalid string")
+        joiner, clauses = parse_search_query(query)
+        limit = min(_int(params, "limit", minimum=1) or 10, 100)
+        offset = _page_offset(params.get("page"))
+        with self.lock:
+            self._settle()
+            indexed_before = self.clock() - self.config.search_delay
+            hits = []
+            for intent_id, intent in reversed(self.intents.items()):
+                if self.created_at[intent_id] > indexed_before:
+                    continue  # not in the search index yet
+                found = [_clause_matches(intent, clause) for clause in clauses]
+                if all(found) if joiner == "AND" else any(found):
+                    hits.append(intent)
+            page = [dict(i) for i in hits[offset : offset + limit]]
+            has_more = len(hits) > offset + limit
+        return {
+            "object": "search_result",
+            "data": page,
+            "has_more": has_more,
+            "next_page": _page_token(offset + limit) if has_more else None,
+            "url": "/v1/payment_intents/search",
+        }
+
     def _unexpected(self, intent: dict[str, Any], action: str) -> SimError:
         return SimError(
             400,
@@ -334,8 +448,23 @@ class Books:
             saved=True,
         )
 
-    def confirm(self, intent_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    def confirm(
+        self,
+        intent_id: str,
+        params: dict[str, Any],
+        *,
+        confirm_status: Callable[[], str | None] | None = None,
+        processing_for: float = 1.0,
+    ) -> dict[str, Any]:
+        """Confirm: charge the payment method and answer the intent.
+
+        ``confirm_status`` (the fault injector) is asked, once the confirm is
+        about to charge, for a non-final status to answer with instead:
+        "processing" (the charge's outcome applies ``processing_for`` seconds
+        later on the clock) or "requires_action" (no charge is made).
+        """
         with self.lock:
+            self._settle()
             intent = self.intents.get(intent_id)
             if intent is None:
                 raise missing("payment_intent", intent_id, "intent")
@@ -366,18 +495,28 @@ class Books:
                     raise bad_param("capture_method", "Invalid capture_method")
                 intent["capture_method"] = params["capture_method"]
             intent["payment_method"] = pm_id
+            forced = confirm_status() if confirm_status is not None else None
+            if forced == "requires_action":
+                intent.update(status="requires_action", next_action=_next_action(), last_payment_error=None)
+                return dict(intent)
             charge = self._charge(intent, pm)
+            if forced == "processing":
+                outcome = {name: charge[name] for name in _OUTCOME_FIELDS}
+                charge.update(
+                    status="pending",
+                    paid=False,
+                    captured=False,
+                    amount_captured=0,
+                    failure_code=None,
+                    failure_message=None,
+                    outcome=None,
+                )
+                due = self.clock() + processing_for
+                self.processing[intent_id] = _Processing(due=due, pm=pm, charge_id=charge["id"], outcome=outcome)
+                intent.update(status="processing", last_payment_error=None)
+                return dict(intent)
+            self._apply_outcome(intent, pm, charge)
             if not pm.decision.approved:
-                error = {
-                    "type": "card_error",
-                    "code": pm.decision.code,
-                    "message": pm.decision.message,
-                    "charge": charge["id"],
-                    "payment_method": dict(pm.obj),
-                }
-                if pm.decision.decline_code:
-                    error["decline_code"] = pm.decision.decline_code
-                intent.update(status="requires_payment_method", last_payment_error=error, payment_method=None)
                 raise SimError(
                     402,
                     pm.decision.message,
@@ -387,12 +526,45 @@ class Books:
                     extra={"charge": charge["id"], "payment_intent": dict(intent), "payment_method": dict(pm.obj)},
                     saved=True,
                 )
-            intent["last_payment_error"] = None
-            if intent["capture_method"] == "manual":
-                intent.update(status="requires_capture", amount_capturable=intent["amount"])
-            else:
-                intent.update(status="succeeded", amount_received=intent["amount"])
             return dict(intent)
+
+    def _apply_outcome(self, intent: dict[str, Any], pm: _PaymentMethod, charge: dict[str, Any]) -> None:
+        """Move a confirmed intent to the charge's outcome (caller holds the lock)."""
+        if not pm.decision.approved:
+            error = {
+                "type": "card_error",
+                "code": pm.decision.code,
+                "message": pm.decision.message,
+                "charge": charge["id"],
+                "payment_method": dict(pm.obj),
+            }
+            if pm.decision.decline_code:
+                error["decline_code"] = pm.decision.decline_code
+            intent.update(status="requires_payment_method", last_payment_error=error, payment_method=None)
+            return
+        intent["last_payment_error"] = None
+        if intent["capture_method"] == "manual":
+            intent.update(status="requires_capture", amount_capturable=intent["amount"])
+        else:
+            intent.update(status="succeeded", amount_received=intent["amount"])
+
+    def _settle(self) -> None:
+        """Give intents answered "processing" their real outcome once due (caller holds the lock)."""
+        if not self.processing:
+            return
+        now = self.clock()
+        for intent_id, pending in list(self.processing.items()):
+            if pending.due > now:
+                continue
+            del self.processing[intent_id]
+            charge = self.charges[pending.charge_id]
+            charge.update(pending.outcome)
+            self._apply_outcome(self.intents[intent_id], pending.pm, charge)
+
+    def settle(self) -> None:
+        """Apply every "processing" outcome that is due now (reads do this themselves)."""
+        with self.lock:
+            self._settle()
 
     def _charge(self, intent: dict[str, Any], pm: _PaymentMethod) -> dict[str, Any]:
         """Record one authorisation attempt (caller holds the lock)."""
@@ -457,6 +629,7 @@ class Books:
 
     def capture(self, intent_id: str, params: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
+            self._settle()
             intent = self.intents.get(intent_id)
             if intent is None:
                 raise missing("payment_intent", intent_id, "intent")
@@ -476,6 +649,7 @@ class Books:
         if reason is not None and reason not in ("abandoned", "duplicate", "fraudulent", "requested_by_customer"):
             raise bad_param("cancellation_reason", f"Invalid cancellation_reason: {reason}")
         with self.lock:
+            self._settle()
             intent = self.intents.get(intent_id)
             if intent is None:
                 raise missing("payment_intent", intent_id, "intent")
@@ -489,6 +663,7 @@ class Books:
                 canceled_at=self._now(),
                 cancellation_reason=reason,
                 amount_capturable=0,
+                next_action=None,
             )
             return dict(intent)
 
@@ -496,6 +671,7 @@ class Books:
 
     def refund(self, params: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
+            self._settle()
             charge_id = params.get("charge")
             pi_id = params.get("payment_intent")
             if pi_id:
@@ -555,8 +731,9 @@ class Books:
     # -- the ledger -------------------------------------------------------------------
 
     def ledger(self) -> dict[str, list[dict[str, Any]]]:
-        """Every authorisation attempt per offline id, oldest first."""
+        """Every authorisation attempt per offline id, oldest first ("pending" while processing)."""
         with self.lock:
+            self._settle()
             out: dict[str, list[dict[str, Any]]] = {}
             for offline_id, charge_ids in self.charges_by_offline_id.items():
                 entries = []
@@ -571,7 +748,7 @@ class Books:
                             "status": ch["status"],
                             "captured": ch["captured"],
                             "amount_refunded": ch["amount_refunded"],
-                            "decline_code": ch["outcome"]["reason"],
+                            "decline_code": ch["outcome"]["reason"] if ch["outcome"] else None,
                             "offline": ch["payment_method_details"]["card_present"]["offline"],
                         }
                     )
@@ -581,7 +758,37 @@ class Books:
     def successful_counts(self) -> dict[str, int]:
         """Successful charges per offline id: exactly-once means every value is 1."""
         with self.lock:
+            self._settle()
             return {
                 oid: sum(1 for cid in cids if self.charges[cid]["status"] == "succeeded")
                 for oid, cids in self.charges_by_offline_id.items()
             }
+
+
+def _clause_matches(intent: dict[str, Any], clause: tuple[str, str | None, str]) -> bool:
+    field, key, value = clause
+    if field == "metadata":
+        return bool(intent["metadata"].get(key) == value)
+    return bool(intent.get(field) == value)
+
+
+def _page_token(offset: int) -> str:
+    raw = json.dumps({"offset": offset}, separators=(",", ":")).encode()
+    return "page_" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _page_offset(page: Any) -> int:
+    """The offset a ``next_page`` token stands for (0 without one); SimError 400 if it is not ours."""
+    if page is None or page == "":
+        return 0
+    try:
+        if not isinstance(page, str) or not page.startswith("page_"):
+            raise ValueError(page)
+        text = page[5:]
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        offset = data["offset"]
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(page)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise bad_param("page", "Invalid page token.") from None
+    return offset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -10,6 +11,8 @@ from offterm.plugins.readers.card_encryption import TEST_BASE_KEY_HEX
 
 #: Statuses the simulator can answer with on purpose, as Stripe would.
 FAULT_STATUSES = (500, 502, 503, 429)
+#: Non-final PaymentIntent statuses a confirm can answer with on purpose (``confirm_status``).
+CONFIRM_STATUSES = ("processing", "requires_action")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,15 @@ class FaultConfig:
     timeout, so the client gives up).  ``latency`` seconds are added before
     every faultable request.  Only paths starting with one of ``paths`` are
     faulted (empty: every path except the admin ones, which never are).
+
+    ``confirm_status`` maps a non-final PaymentIntent status ("processing",
+    "requires_action") to the rate at which a confirm that would charge
+    (``POST /v1/payment_intents/{id}/confirm``, or a create with
+    ``confirm=true``) answers with it instead: "processing" settles to the
+    card's real outcome ``processing_for`` seconds later on the account's
+    clock; "requires_action" makes no charge and stays (an offline card cannot
+    complete it).  These rates are drawn after the request got through the
+    transport faults, so they add up to at most 1 on their own.
     """
 
     error_rates: dict[int, float] = field(default_factory=dict)
@@ -35,6 +47,8 @@ class FaultConfig:
     commit_delay: float = 30.0
     latency: float = 0.0
     paths: tuple[str, ...] = ()
+    confirm_status: dict[str, float] = field(default_factory=dict)
+    processing_for: float = 1.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -53,6 +67,16 @@ class FaultConfig:
         if self.latency < 0 or self.commit_delay < 0:
             raise ValueError("latency and commit_delay must be >= 0")
         object.__setattr__(self, "paths", tuple(self.paths))
+        statuses = dict(self.confirm_status)
+        for name, rate in statuses.items():
+            if name not in CONFIRM_STATUSES:
+                raise ValueError(f"confirm status must be one of {CONFIRM_STATUSES}, got {name!r}")
+            _check_rate(f"confirm_status[{name}]", rate)
+        object.__setattr__(self, "confirm_status", {str(k): float(v) for k, v in statuses.items()})
+        if sum(self.confirm_status.values()) > 1.0 + 1e-9:
+            raise ValueError("confirm_status rates add up to more than 1")
+        if not math.isfinite(self.processing_for) or self.processing_for < 0:
+            raise ValueError("processing_for must be >= 0")
 
     @property
     def active(self) -> bool:
@@ -69,6 +93,7 @@ class FaultConfig:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["error_rates"] = {str(k): v for k, v in self.error_rates.items()}
         data["paths"] = list(self.paths)
+        data["confirm_status"] = dict(self.confirm_status)
         return data
 
     @classmethod
@@ -82,6 +107,8 @@ class FaultConfig:
             data["error_rates"] = {int(k): float(v) for k, v in (data["error_rates"] or {}).items()}
         if "paths" in data:
             data["paths"] = tuple(data["paths"] or ())
+        if "confirm_status" in data:
+            data["confirm_status"] = {str(k): float(v) for k, v in (data["confirm_status"] or {}).items()}
         return cls(**data)
 
 
@@ -100,6 +127,11 @@ class SimConfig:
     the processor-side card-data key (the readers' test key by default).
     ``spec_path`` makes the simulator check every public request against
     Stripe's OpenAPI spec and refuse those that do not conform.
+    ``idempotency_ttl`` is how long an idempotency key is remembered after
+    its first use (Stripe: at least 24 hours); ``search_delay`` is how long
+    after its creation a PaymentIntent becomes visible to search (Stripe's
+    index lags, "under a minute" normally).  Both are measured on the
+    account's clock, which tests move with ``SimHandle.advance_clock``.
     """
 
     secret_key: str = field(default_factory=lambda: "sk_test_sim" + secrets.token_hex(12), repr=False)
@@ -113,6 +145,8 @@ class SimConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     spec_path: str | None = None
     request_log_size: int = 10_000
+    idempotency_ttl: float = 86_400.0
+    search_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.secret_key.startswith(("sk_test_", "sk_live_")):
@@ -123,6 +157,10 @@ class SimConfig:
             raise ValueError("base_key_hex must be 32 bytes of hex")
         if self.connection_token_ttl <= 0 or self.session_ttl <= 0:
             raise ValueError("token and session lifetimes must be positive")
+        if not self.idempotency_ttl > 0:
+            raise ValueError("idempotency_ttl must be positive")
+        if not (math.isfinite(self.search_delay) and self.search_delay >= 0):
+            raise ValueError("search_delay must be >= 0")
 
     def with_faults(self, faults: FaultConfig) -> SimConfig:
         return replace(self, faults=faults)

@@ -77,6 +77,26 @@ class FaultInjector:
                     return name
             return None
 
+    def confirm_status(self, path: str) -> str | None:
+        """Pick a non-final status for a confirm to ``path`` ("processing", "requires_action") or None.
+
+        Drawn only for confirms that would charge, after the transport faults.
+        """
+        with self._lock:
+            cfg = self.config
+            if not cfg.confirm_status or path.startswith(ADMIN_PREFIX):
+                return None
+            if cfg.paths and not any(path.startswith(p) for p in cfg.paths):
+                return None
+            roll = self._rng.random()
+            edge = 0.0
+            for name, rate in sorted(cfg.confirm_status.items()):
+                edge += rate
+                if roll < edge:
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                    return name
+            return None
+
 
 def _transport(send: Send) -> asyncio.Transport | None:
     cycle = getattr(send, "__self__", None)

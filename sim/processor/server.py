@@ -105,6 +105,23 @@ class SimHandle:
             return dict(self._state.faults.counts)
         return self._admin("GET", "/_sim/faults")["injected"]  # type: ignore[no-any-return]
 
+    def advance_clock(self, seconds: float) -> float:
+        """Move the account's clock forward by ``seconds``; returns its new time (unix seconds).
+
+        Everything timed in the account follows: idempotency keys expire,
+        search sees intents past ``search_delay``, "processing" intents
+        settle, and connection tokens and device sessions age too.
+        """
+        if self._state is not None:
+            return self._state.clock.advance(seconds)
+        return float(self._admin("POST", "/_sim/clock", {"advance": seconds})["now"])
+
+    def now(self) -> float:
+        """The account's clock (unix seconds): real time plus every ``advance_clock``."""
+        if self._state is not None:
+            return self._state.clock()
+        return float(self._admin("GET", "/_sim/clock")["now"])
+
     def requests(self) -> list[dict[str, Any]]:
         """The request log (method, path, params, headers of interest; never credentials)."""
         if self._state is not None:
