@@ -139,7 +139,7 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
             23 * 3600.0,
             "Seconds after a payment's first request within which a resend is trusted to replay; past it the "
             "payment is looked up at the processor first (Stripe prunes keys once 24 h old).",
-            minimum=60,
+            minimum=0,
             maximum=30 * 86400,
         ),
         OptionSpec(

@@ -497,9 +497,8 @@ class Forwarder:
         if delay is None:
             delay = self._policy.retry_delay(max(1, attempts))
         due = utcnow() + timedelta(seconds=delay) if delay > 0 else None
-        to = PaymentState.OUTCOME_UNKNOWN if ledger.attempt is not None else PaymentState.STORED
-        if to is PaymentState.STORED and payment.state is PaymentState.OUTCOME_UNKNOWN:
-            to = PaymentState.OUTCOME_UNKNOWN  # an earlier claim sent requests: still unknown
+        sent = ledger.attempt is not None or payment.attempts > 0  # by this claim, or an earlier one
+        to = PaymentState.OUTCOME_UNKNOWN if sent else PaymentState.STORED
         done = await self._record(
             state,
             payment,

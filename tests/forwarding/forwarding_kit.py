@@ -425,8 +425,9 @@ async def connect_online(terminal: Any) -> None:
 class Worker:
     """forwarding_worker.py in a child process; its JSON lines collected as they come."""
 
-    def __init__(self, config_path: Path, store: int = 0) -> None:
+    def __init__(self, config_path: Path, store: int = 0, online: int = 0) -> None:
         self.args = [str(WORKER), str(config_path)] + (["--store", str(store)] if store else [])
+        self.args += ["--online", str(online)] if online else []
         self.lines: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -1,6 +1,6 @@
 """A Terminal in its own OS process, for the crash and two-process tests.
 
-    python forwarding_worker.py CONFIG_JSON [--store N]
+    python forwarding_worker.py CONFIG_JSON [--store N] [--online N]
 
 Prints one JSON object per line: {"ready": true} once loaded, then waits for
 a line on stdin (so a test can start several workers at the same moment);
@@ -8,6 +8,9 @@ then {"stored": offline_id} per new payment taken (``--store N``: N payments
 stored offline through the public API while forwarding runs),
 {"forwarded": offline_id, "error": code-or-null} per payment_intent_forwarded
 event, and {"done": true, "remaining": n} when nothing is left to forward.
+``--online N``: N REQUIRE_ONLINE payments, each announced as {"confirming":
+offline_id, "intent": id} just before its confirm (a test kills the worker
+while one is in flight) and {"confirmed": offline_id} or {"unknown": ...} after.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from forwarding_kit import connect_online, pay  # noqa: E402
 
 from offterm.core import OfflineBehavior, Terminal, hookimpl  # noqa: E402
+from offterm.core.errors import OutcomeUnknown  # noqa: E402
 from offterm.testing import make_plugin_manager  # noqa: E402
 
 
@@ -38,11 +42,30 @@ class Reporter:
         say(forwarded=intent.offline_id, error=None if error is None else error.code)
 
 
-async def main(config: dict[str, Any], store: int) -> None:
+async def take_online(terminal: Terminal, count: int) -> None:
+    await connect_online(terminal)
+    for i in range(count):
+        intent = await terminal.create_payment_intent(
+            {"amount": 700 + i, "currency": "usd"}, offline_behavior=OfflineBehavior.REQUIRE_ONLINE
+        )
+        terminal.connected_reader.present_card("visa")
+        intent = await terminal.collect_payment_method(intent)
+        say(confirming=intent.offline_id, intent=intent.id)
+        try:
+            await terminal.confirm_payment_intent(intent)
+        except OutcomeUnknown:
+            say(unknown=intent.offline_id)
+        else:
+            say(confirmed=intent.offline_id)
+
+
+async def main(config: dict[str, Any], store: int, online: int = 0) -> None:
     terminal = Terminal.from_config(config, plugin_manager=make_plugin_manager(plugins={"reporter": Reporter()}))
     say(ready=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     async with terminal:
+        if online:
+            await take_online(terminal, online)
         if store:
             await connect_online(terminal)
             for i in range(store):
@@ -59,5 +82,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
     parser.add_argument("--store", type=int, default=0)
+    parser.add_argument("--online", type=int, default=0)
     args = parser.parse_args()
-    asyncio.run(main(json.loads(Path(args.config).read_text()), args.store))
+    asyncio.run(main(json.loads(Path(args.config).read_text()), args.store, args.online))
