@@ -31,7 +31,7 @@ from forwarding_kit import (
     wait_until,
 )
 
-from offterm.core import OfflineBehavior, Terminal
+from offterm.core import OfflineBehavior, Terminal, hookimpl
 from offterm.core.contracts import OnlineAttempt, PaymentState
 from offterm.sim.processor import start_simulator
 from offterm.testing import make_plugin_manager, open_store
@@ -233,6 +233,17 @@ async def test_a_fallback_whose_online_create_answer_was_lost_leaves_one_intent(
     assert sim.successful_charges() == {intent.offline_id: 1}
 
 
+class AppListener:
+    """How an app hears of a payment recovered from the journal: its own hook implementation."""
+
+    def __init__(self) -> None:
+        self.recovered: list[OnlineAttempt] = []
+
+    @hookimpl
+    def offterm_on_online_payment_recovered(self, payment: OnlineAttempt) -> None:
+        self.recovered.append(payment)
+
+
 def _dead_owner() -> str:
     """A journal owner whose process has exited (a POS that crashed)."""
     code = "from offterm.core.owners import make_owner; print(make_owner('pos'))"
@@ -325,9 +336,12 @@ async def test_a_journaled_confirm_whose_intent_id_was_never_heard_is_found_by_s
         )
     finally:
         store.close()
-    async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder)) as terminal:
-        await wait_until(lambda: recorder.getcalls("online_payment_recovered"), timeout=20, what="recovery")
+    app = AppListener()
+    pm = make_plugin_manager(plugins={"recorder": recorder, "app": app})
+    async with Terminal.from_config(cfg, plugin_manager=pm) as terminal:
+        await wait_until(lambda: app.recovered, timeout=20, what="recovery")
         [recovered] = await terminal.recovered_payments()
+    assert [p.offline_id for p in app.recovered] == [recovered.offline_id], "the app's own listener, told once"
     assert (recovered.resolution, recovered.intent_id) == (
         "charged",
         sim.ledger()[intent.offline_id][0]["payment_intent"],
