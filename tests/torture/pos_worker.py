@@ -11,18 +11,23 @@ side file, one JSON object per line, appended with a single ``write(2)``:
   merchant "stored".  fsynced BEFORE the worker can be killed after confirm;
 * ``online``   confirm returned an authorised payment (fsynced the same way);
 * ``declined`` / ``refused`` / ``error``  confirm raised a typed error (``code``);
+* ``unknown``  confirm kept answering "outcome unknown" after the POS confirmed again;
+* ``recovered`` (final drain only) an online confirm a kill interrupted, as the in-flight
+  journal reconciled it: ``resolution`` charged / declined / not_charged;
 * ``phase``    where the worker is (open, migrated, forward...), for classifying kills;
 * ``crash``    an exception that is not an OfftermError: a failure of the library.
 
 A plan may ask the worker to SIGKILL itself at an exact point (inside the
-store's insert, right after a confirm was reported, after a forwarded request
-was answered but before the answer was recorded, inside a schema migration);
-otherwise the harness kills it from outside at a random moment.
+store's insert, right after a confirm was reported, with a forwarded or an
+online confirm in flight at the processor, after its answer came back but
+before it was recorded, inside a schema migration); otherwise the harness
+kills it from outside at a random moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import random
@@ -31,6 +36,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,33 +147,63 @@ def install_store_hooks(terminal: Terminal, kill: KillPlan) -> None:
     backend.store = store  # type: ignore[method-assign]
 
 
+#: Set by the payment-method step of the running exchange (the same task sends its confirm next):
+#: True for a stored payment being forwarded (its request carries ``stored_at``), False online.
+_FORWARDING: contextvars.ContextVar[bool] = contextvars.ContextVar("torture_forwarding", default=False)
+
+FORWARD_POINTS = ("forward_inflight", "forward_answered")
+ONLINE_POINTS = ("online_inflight", "online_answered")
+
+
 def install_forward_hooks(terminal: Terminal, kill: KillPlan) -> None:
-    """Kill while the forwarder's request is in flight, or after its answer came back but before it was recorded."""
-    if kill.point not in ("forward_inflight", "forward_answered"):
+    """Kill while a confirm is at the processor, or after its answer came back but before it was recorded.
+
+    The transport makes one request per method; the confirming ones are ``create_intent`` with a
+    payment method (create and confirm in one) and ``confirm_intent``.  Whether a confirm belongs to
+    a stored payment being forwarded or to an online confirm is told by the payment-method step just
+    before it in the same task: a stored payment's carries ``stored_at``, an online one's does not.
+    """
+    if kill.point not in FORWARD_POINTS + ONLINE_POINTS:
         return
     transport = terminal.transport
-    real_submit = transport.submit
+    real_method = transport.create_payment_method
+    real_create = transport.create_intent
+    real_confirm = transport.confirm_intent
+    forwarding_point = kill.point in FORWARD_POINTS
 
-    async def submit(session: Any, submission: Any) -> Any:
-        forwarding = submission.stored_at is not None  # online confirms carry no stored_at
-        if forwarding and kill.hit(kill.point):
-            if kill.point == "forward_inflight":
+    async def create_payment_method(session: Any, card: Any, **kwargs: Any) -> Any:
+        _FORWARDING.set(kwargs.get("stored_at") is not None)
+        return await real_method(session, card, **kwargs)
+
+    async def confirming(send: Callable[[], Awaitable[Any]]) -> Any:
+        if _FORWARDING.get() is forwarding_point and kill.hit(kill.point):
+            if kill.point.endswith("_inflight"):
                 die_after(kill.delay or 0.0)
-                return await real_submit(session, submission)
+                return await send()
             try:
-                return await real_submit(session, submission)
+                return await send()
             finally:
                 die()
-        return await real_submit(session, submission)
+        return await send()
 
-    transport.submit = submit  # type: ignore[method-assign]
+    async def create_intent(session: Any, request: Any, **kwargs: Any) -> Any:
+        if kwargs.get("payment_method") is None:  # a bare create (online, at create time) moves no money
+            return await real_create(session, request, **kwargs)
+        return await confirming(lambda: real_create(session, request, **kwargs))
+
+    async def confirm_intent(session: Any, intent_id: str, **kwargs: Any) -> Any:
+        return await confirming(lambda: real_confirm(session, intent_id, **kwargs))
+
+    transport.create_payment_method = create_payment_method  # type: ignore[method-assign]
+    transport.create_intent = create_intent  # type: ignore[method-assign]
+    transport.confirm_intent = confirm_intent  # type: ignore[method-assign]
 
 
 UNKNOWN_RETRIES = 3
 
 
 async def take_payment(terminal: Terminal, rng: random.Random, side: SideFile, kill: KillPlan, life: int) -> str:
-    behavior = rng.choices(list(BEHAVIORS), weights=(80, 17, 3))[0]
+    behavior = rng.choices(list(BEHAVIORS), weights=(55, 25, 20))[0]
     card = rng.choice(CARDS)
     amount = rng.randint(100, 90_000)
     try:
@@ -257,21 +293,37 @@ async def run(plan: dict[str, Any]) -> int:
 
 
 async def drain(terminal: Terminal, side: SideFile, plan: dict[str, Any]) -> int:
-    """Forward until nothing is pending (expired claims of killed lives are recovered on the way)."""
+    """Forward until nothing is pending and the in-flight journal is reconciled, then say what it found.
+
+    Expired claims of killed lives come back on the way; online confirms a kill interrupted are looked
+    up at the processor (every earlier life is dead, so each entry's owner is provably gone).  Each
+    reconciled entry is written as a ``recovered`` record: the POS's own account of those payments.
+    """
     deadline = time.monotonic() + float(plan.get("drain_seconds", 60.0))
-    remaining = -1
+    remaining, unresolved = -1, -1
     while time.monotonic() < deadline:
         try:
             remaining = await terminal.forward_now(timeout=5.0)
         except OfftermError as exc:
             side.write({"e": "forward_error", "code": exc.code, "message": exc.message}, durable=True)
             remaining = -1
-        if remaining == 0:
+        unresolved = len(await terminal.store.online_attempts(resolved=False))
+        if remaining == 0 and unresolved == 0:
             break
         await asyncio.sleep(0.2)
+    for attempt in await terminal.recovered_payments():
+        side.write(
+            {
+                "e": "recovered",
+                "id": attempt.offline_id,
+                "resolution": attempt.resolution,
+                "intent": attempt.intent_id,
+                "code": attempt.error_code,
+            }
+        )
     await terminal.close(timeout=0)
-    side.write({"e": "drained", "remaining": remaining}, durable=True)
-    return 0 if remaining == 0 else 4
+    side.write({"e": "drained", "remaining": remaining, "unresolved": unresolved}, durable=True)
+    return 0 if remaining == 0 and unresolved == 0 else 4
 
 
 def main(argv: list[str]) -> int:

@@ -45,10 +45,24 @@ STORAGE_TESTS = Path(os.environ.get("OFFTERM_TORTURE_STORAGE_TESTS") or HERE.par
 # The simulator's test account; payments seeded into old-schema databases must belong to it.
 SIM_ACCOUNT = "acct_1SimulatedOfftrm"
 
-KILL_POINTS = ("timer", "store", "after_confirm", "forward_inflight", "forward_answered")
+KILL_POINTS = (
+    "timer",
+    "store",
+    "after_confirm",
+    "forward_inflight",
+    "forward_answered",
+    "online_inflight",
+    "online_answered",
+)
+KILL_WEIGHTS = (34, 12, 12, 12, 12, 10, 8)
 MIGRATION_POINTS = ("migration", "migration_backed_up", "migration_committed")
-WEATHERS = ("clear", "sim_faults", "proxy_flaps", "slow_network", "storm")
-WEATHER_WEIGHTS = (15, 25, 25, 10, 25)
+WEATHERS = ("clear", "sim_faults", "proxy_flaps", "slow_network", "storm", "slow_confirms")
+WEATHER_WEIGHTS = (14, 22, 22, 9, 22, 11)
+#: The POS's [forwarding] idempotency_window: tiny, so a resend after a kill (or after the simulator's
+#: clock jumped a day) goes through the lookup path, as it would a day later with the real window.
+IDEMPOTENCY_WINDOW = 1.0
+#: How far the simulator's clock jumps when keys are made to expire (Stripe prunes them at 24 h).
+KEY_EXPIRY_JUMP = 25 * 3600.0
 
 
 @dataclass
@@ -61,6 +75,10 @@ class Settings:
     payments_per_life: tuple[int, int] = (6, 18)
     legacy_payments: int = 40
     max_life_seconds: float = 90.0
+    #: Chance, after each life, that the simulator's clock jumps 25 h (every key it holds expires).
+    key_expiry_rate: float = 0.1
+    #: Wall-time budget: past it no new station starts, even if the targets are not met (None: no budget).
+    max_seconds: float | None = None
     log: Callable[[str], None] = lambda line: None
 
 
@@ -80,8 +98,16 @@ class Stats:
     final_states: Counter[str] = field(default_factory=Counter)
     lost: int = 0
     duplicated: int = 0
-    unreported_online_charges: int = 0
+    #: Successful charges on the ledger that the POS never reported as paid, stored or recovered "charged".
+    unreported_charges: int = 0
     charged_but_reported_refused: int = 0
+    clock_jumps: int = 0
+    #: The wall-time budget ended the run before the kill and payment targets were met.
+    out_of_time: bool = False
+    #: Online confirms a kill interrupted, as the in-flight journal reconciled them, by resolution.
+    recovered: Counter[str] = field(default_factory=Counter)
+    #: Reported outcomes by the payment's offline behaviour ("require_online: online"...).
+    reported_by_behavior: Counter[str] = field(default_factory=Counter)
     opens: int = 0
     open_failures: int = 0
     migrations_interrupted: int = 0
@@ -226,7 +252,16 @@ def worker_config(station: Station, url: str, seed: int) -> dict[str, Any]:
             "batch_size": 8,
             "lease_seconds": 2.0,
             "close_timeout": 0.3,
-            "stripe": {"api_base": url, "timeout": 1.0, "connect_timeout": 0.5, "probe_timeout": 0.5},
+            "idempotency_window": IDEMPOTENCY_WINDOW,
+            "processing_checks": 3,
+            "processing_interval": 0.1,
+            "stripe": {
+                "api_base": url,
+                "timeout": 1.0,
+                "connect_timeout": 0.5,
+                "probe_timeout": 0.5,
+                "search_delay": 0.3,  # the simulator's index has no lag (SimConfig.search_delay 0)
+            },
         },
         "forwarding_policy": {"default": {"base_delay": 0.05, "max_delay": 0.5, "max_attempts": 0, "seed": seed}},
         "acceptance": {
@@ -247,6 +282,20 @@ def sim_faults(rng: random.Random) -> dict[str, Any]:
         "commit_delay_rate": 0.02,
         "commit_delay": 1.5,
         "latency": rng.choice((0.0, 0.005, 0.02)),
+        "confirm_status": {"processing": 0.05, "requires_action": 0.01},
+        "processing_for": rng.choice((0.2, 0.5, 2.0)),
+        "seed": rng.randrange(2**31),
+    }
+
+
+def slow_confirms(rng: random.Random) -> dict[str, Any]:
+    """Confirms held at the processor: it charges, then answers after the client gave up (or was killed)."""
+    return {
+        "commit_delay_rate": rng.choice((0.2, 0.35, 0.5)),
+        "commit_delay": rng.uniform(1.2, 2.0),
+        "paths": ("/v1/payment_intents",),
+        "confirm_status": {"processing": 0.15},
+        "processing_for": rng.choice((0.2, 0.5, 2.0)),
         "seed": rng.randrange(2**31),
     }
 
@@ -281,7 +330,10 @@ class Chaos:
 
 
 def start_weather(rig: Rig, rng: random.Random, weather: str, stats: Stats) -> Chaos | None:
-    rig.sim.set_faults(**(sim_faults(rng) if weather in ("sim_faults", "storm") else {}))
+    if weather == "slow_confirms":
+        rig.sim.set_faults(**slow_confirms(rng))
+    else:
+        rig.sim.set_faults(**(sim_faults(rng) if weather in ("sim_faults", "storm") else {}))
     if weather == "proxy_flaps":
         return Chaos(rig, rng, ("pass", "pass", "down", "reset", "blackhole"), stats).start()
     if weather == "slow_network":
@@ -371,6 +423,8 @@ def kill_point_of(plan_point: str, result: LifeResult) -> str:
         "after_confirm": "right after confirm returned",
         "forward_inflight": "forward request in flight",
         "forward_answered": "forward answered, not recorded",
+        "online_inflight": "online confirm in flight",
+        "online_answered": "online confirm answered, not recorded",
         "migration_backed_up": "migration: after backup",
         "migration_committed": "migration: after commit",
     }.get(plan_point, plan_point)
@@ -383,7 +437,7 @@ def choose_kill(rng: random.Random, station: Station, payments: int) -> tuple[di
         # An upgrade of a small database takes a few milliseconds; the timer lands inside it or just after.
         point = rng.choice(MIGRATION_POINTS)
         return {"point": point, "delay": rng.uniform(0.0, 0.006)}, backstop
-    point = rng.choices(KILL_POINTS, weights=(40, 15, 15, 15, 15))[0]
+    point = rng.choices(KILL_POINTS, weights=KILL_WEIGHTS)[0]
     if point == "timer":
         return {"point": "none"}, rng.uniform(0.3, 2.5)
     if point == "store":
@@ -391,6 +445,11 @@ def choose_kill(rng: random.Random, station: Station, payments: int) -> tuple[di
         return {"point": "store", "nth": rng.randint(1, 4), "delay": delay}, backstop
     if point == "after_confirm":
         return {"point": "after_confirm", "nth": rng.randint(1, max(1, payments))}, backstop
+    if point == "online_inflight":
+        # Up to past the client's 1 s timeout: the kill lands while a held confirm is at the processor.
+        return {"point": point, "nth": rng.randint(1, 4), "delay": rng.uniform(0.0, 1.4)}, backstop + 1.5
+    if point == "online_answered":
+        return {"point": point, "nth": rng.randint(1, 4)}, backstop
     return {"point": point, "nth": rng.randint(1, 6), "delay": rng.uniform(0.0, 0.03)}, backstop
 
 
@@ -412,8 +471,18 @@ def inspect_station(station: Station, url: str) -> dict[str, Any]:
     return asyncio.run(read())
 
 
-def verify_station(station: Station, rig: Rig, stats: Stats) -> None:
-    """Every reported payment is on the ledger exactly once or in a named final state; none doubled."""
+REPORT_KINDS = ("stored", "online", "declined", "refused", "error", "unknown")
+
+
+def verify_station(station: Station, rig: Rig, stats: Stats, ledger: dict[str, list[dict[str, Any]]]) -> set[str]:
+    """Check one drained station against the simulator's ledger; returns every offline id it knows.
+
+    * lost: a payment reported stored or authorised that is not charged once and not in a named
+      final state (declined, needs_attention);
+    * duplicated: charged more than once;
+    * unreported charges: a successful charge for a payment the POS never reported as paid online,
+      never stored (then forwarded), and never recovered as "charged" through its in-flight journal.
+    """
     from offterm.core.errors import OfftermError
 
     records = station.records()
@@ -421,84 +490,89 @@ def verify_station(station: Station, rig: Rig, stats: Stats) -> None:
         stored = inspect_station(station, rig.url)
     except OfftermError as exc:
         stats.failures.append(f"station {station.number}: the database does not open after the run: {exc}")
-        return
-    ledger = rig.sim.ledger()
+        return set()
     charged = {oid: sum(1 for c in charges if c["status"] == "succeeded") for oid, charges in ledger.items()}
     where = f"station {station.number}"
 
     reported: dict[str, str] = {}
     codes: dict[str, str] = {}
+    recovered: dict[str, str] = {}
     for rec in records:
-        if rec.get("e") in ("stored", "online", "declined", "refused", "error", "unknown"):
+        if rec.get("e") in REPORT_KINDS:
             reported[rec["id"]] = rec["e"]
             codes[rec["id"]] = str(rec.get("code"))
+        elif rec.get("e") == "recovered":
+            recovered[rec["id"]] = str(rec.get("resolution"))
     for oid in station.legacy_ids:
         reported[oid] = "stored"
+    tried = {rec["id"] for rec in records if rec.get("e") == "try"}
+    known = tried | set(reported) | set(stored)
+    for resolution in recovered.values():
+        stats.recovered[resolution] += 1
 
-    for oid, kind in reported.items():
+    for oid in sorted(known):
         n = charged.get(oid, 0)
+        kind = reported.get(oid, "unreported")
+        payment = stored.get(oid)
+        state = None if payment is None else payment.state.value
         if n > 1:
             stats.duplicated += 1
             stats.failures.append(f"{where}: {oid} ({kind}) charged {n} times")
-        if kind == "stored":
-            payment = stored.get(oid)
-            if payment is None:
-                stats.lost += 1
-                stats.failures.append(f"{where}: {oid} was reported stored but is not in the database")
-                continue
-            state = payment.state.value
-            stats.final_states[state] += 1
+        # What the POS itself knows of this payment: the verdict on it comes from the POS's records.
+        if payment is not None:
+            stats.final_states[state if kind == "stored" else f"unreported, {state}"] += 1
             if state == "needs_attention":
                 stats.attention_reasons[str(payment.last_error_code)] += 1
             if state == "forwarded" and n != 1:
-                stats.lost += n == 0
-                stats.failures.append(f"{where}: {oid} is forwarded but charged {n} times")
+                stats.lost += kind == "stored" and n == 0
+                stats.failures.append(f"{where}: {oid} ({kind}) is forwarded but charged {n} times")
             elif state == "declined" and n != 0:
-                stats.failures.append(f"{where}: {oid} is declined but charged {n} times")
+                stats.failures.append(f"{where}: {oid} ({kind}) is declined but charged {n} times")
             elif state not in ("forwarded", "declined", "needs_attention"):
-                stats.lost += 1
-                stats.failures.append(f"{where}: {oid} reported stored is still {state} after the final drain")
-        elif kind == "online":
+                stats.lost += kind == "stored"
+                stats.failures.append(f"{where}: {oid} ({kind}) is still {state} after the final drain")
+        elif kind == "stored":
+            stats.lost += 1
+            stats.failures.append(f"{where}: {oid} was reported stored but is not in the database")
+        if kind == "online":
             stats.final_states["authorised online"] += 1
             if n == 0:
                 stats.lost += 1
                 stats.failures.append(f"{where}: {oid} was reported authorised online but is not on the ledger")
         elif kind == "declined" and n:
             stats.failures.append(f"{where}: {oid} was reported declined but charged {n} times")
-        elif kind in ("refused", "error") and n:
+        elif kind in ("refused", "error") and n and payment is None and recovered.get(oid) != "charged":
             # Told "not taken" while the processor charged it: the app would hand the goods over unpaid or
             # charge again.  (Once a bug: test_found_bugs.py::test_require_online_confirm_with_an_unknown_
             # outcome_says_so and ::test_an_unknown_online_outcome_is_not_reported_as_an_offline_refusal.)
             stats.charged_but_reported_refused += 1
             stats.failures.append(f"{where}: {oid} was reported {kind} ({codes.get(oid)}) but the processor charged it")
         elif kind == "unknown":
-            # Still unknown after the POS confirmed again: the merchant reconciles; charged at most once.
-            stats.final_states[f"outcome unknown to the POS, charged {n}"] += 1
+            stats.final_states[f"outcome unknown to the POS, then recovered {recovered.get(oid, 'never')}"] += 1
+        elif kind == "unreported" and payment is None:
+            stats.final_states[f"killed mid-confirm, recovered {recovered.get(oid, 'never')}"] += 1
 
-    # Payments stored by a life killed before it could report them: still exactly once.
-    for oid, payment in stored.items():
-        n = charged.get(oid, 0)
-        if oid not in reported:
-            stats.final_states[f"unreported, {payment.state.value}"] += 1
-            if payment.state.value == "needs_attention":
-                stats.attention_reasons[str(payment.last_error_code)] += 1
-            if payment.state.value == "forwarded" and n != 1:
-                stats.failures.append(f"{where}: unreported {oid} is forwarded but charged {n} times")
-            if payment.state.value not in ("forwarded", "declined", "needs_attention"):
-                stats.failures.append(f"{where}: unreported {oid} is still {payment.state.value} after the drain")
-        if n > 1 and oid not in reported:
-            stats.duplicated += 1
-            stats.failures.append(f"{where}: unreported {oid} charged {n} times")
-    tried = {rec["id"] for rec in records if rec.get("e") == "try"}
-    for oid in tried - set(reported) - set(stored):
-        n = charged.get(oid, 0)
-        if n > 1:
-            stats.duplicated += 1
-            stats.failures.append(f"{where}: {oid} (killed mid-confirm) charged {n} times")
-        elif n == 1:
-            # Killed while an online confirm was in flight: authorised, never acknowledged to the
-            # merchant and not stored (the app reconciles these through the processor).
-            stats.unreported_online_charges += 1
+        resolution = recovered.get(oid)
+        if resolution == "charged" and n == 0:
+            stats.failures.append(f"{where}: {oid} was recovered as charged but the processor has no charge")
+        elif resolution in ("declined", "not_charged") and n:
+            stats.failures.append(f"{where}: {oid} was recovered as {resolution} but the processor charged it")
+        accounted = kind == "online" or state == "forwarded" or resolution == "charged"
+        if n and not accounted:
+            stats.unreported_charges += 1
+            stats.failures.append(
+                f"{where}: {oid} ({kind}, {state or 'not stored'}, recovered {resolution}) is charged at the "
+                "processor but the POS never reported it paid, stored or recovered"
+            )
+    return known
+
+
+def check_strangers(rig: Rig, stats: Stats, known: set[str]) -> None:
+    """A successful charge for an offline id no station ever tried is a charge no POS could report."""
+    for oid, charges in rig.sim.ledger().items():
+        if oid not in known and any(c["status"] == "succeeded" for c in charges):
+            stats.unreported_charges += 1
+            stats.failures.append(f"{oid} is charged at the processor but no station ever tried it")
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -518,12 +592,18 @@ def run(settings: Settings, workdir: Path) -> Stats:
     try:
         station: Station | None = None
         reported_failures = 0
+        known: set[str] = set()
         while True:
             if station is None or station.lives >= settings.lives_per_station:
                 if station is not None:
-                    finish_station(station, rig, stats, settings)
-                if stats.kills >= settings.kills and stats.payments >= settings.payments:
+                    known |= finish_station(station, rig, stats, settings)
+                over_budget = settings.max_seconds is not None and time.monotonic() - started > settings.max_seconds
+                if over_budget or (stats.kills >= settings.kills and stats.payments >= settings.payments):
+                    stats.out_of_time = over_budget and not (
+                        stats.kills >= settings.kills and stats.payments >= settings.payments
+                    )
                     station = None
+                    check_strangers(rig, stats, known)
                     break
                 stats.stations += 1
                 station = Station(workdir, stats.stations)
@@ -563,6 +643,8 @@ def life(
     else:
         weather = rng.choices(WEATHERS, weights=WEATHER_WEIGHTS)[0]
         kill, outside = choose_kill(rng, station, payments)
+        if kill["point"].startswith("online") and rng.random() < 0.5:
+            weather = "slow_confirms"  # so the kill often finds a confirm the processor ran and still holds
     plan = {
         "side_file": str(station.side),
         "life": station.lives,
@@ -584,15 +666,32 @@ def life(
     station.lives += 1
     stats.lives += 1
     account(result, kill["point"], station, stats)
+    if not calm_first and rng.random() < settings.key_expiry_rate:
+        jump_clock(rig, stats)
+
+
+def jump_clock(rig: Rig, stats: Stats) -> None:
+    """A day passes at the processor between two lives: every idempotency key it holds expires.
+
+    The POS's own clock does not move; its idempotency window is tiny instead.  Waiting that window
+    out here makes sure every step sent before the jump is past it when the next life resends it (the
+    processor has forgotten the key, so only the lookup path stands between a resend and a second charge).
+    """
+    rig.sim.advance_clock(KEY_EXPIRY_JUMP)
+    stats.clock_jumps += 1
+    time.sleep(IDEMPOTENCY_WINDOW)
 
 
 def account(result: LifeResult, point: str, station: Station, stats: Stats) -> None:
+    behavior: dict[str, str] = {}
     for rec in result.records:
         kind = rec.get("e")
         if kind == "try":
             stats.attempted += 1
-        elif kind in ("stored", "online", "declined", "refused", "error", "unknown"):
+            behavior[rec["id"]] = str(rec.get("b"))
+        elif kind in REPORT_KINDS:
             stats.reported[kind] += 1
+            stats.reported_by_behavior[f"{behavior.get(rec['id'], '?')}: {kind}"] += 1
             if kind in ("refused", "error", "unknown"):
                 stats.typed_errors[rec.get("code", "?")] += 1
         elif kind == "not_taken":
@@ -631,8 +730,9 @@ def account(result: LifeResult, point: str, station: Station, stats: Stats) -> N
         )
 
 
-def finish_station(station: Station, rig: Rig, stats: Stats, settings: Settings) -> None:
-    """Drain on a calm network (expired claims of killed lives come back), then check against the ledger."""
+def finish_station(station: Station, rig: Rig, stats: Stats, settings: Settings) -> set[str]:
+    """The final pass: one last Terminal on the store, on a calm network, forwards what remains (expired
+    claims of killed lives come back) and reconciles the in-flight journal; then check against the ledger."""
     calm(rig)
     time.sleep(2.1)  # the lease of the last killed forwarder
     plan = {
@@ -655,4 +755,4 @@ def finish_station(station: Station, rig: Rig, stats: Stats, settings: Settings)
         if rec.get("e") == "open_failed":
             stats.open_failures += 1
             stats.failures.append(f"station {station.number}: the database did not open for the drain")
-    verify_station(station, rig, stats)
+    return verify_station(station, rig, stats, rig.sim.ledger())
