@@ -58,6 +58,7 @@ def run_crash(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         kills=args.kills,
         payments=args.payments,
         lives_per_station=8 if args.quick else 25,
+        max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0,
         log=log,
     )
     stats = torture_crash.run(settings, workdir / "crash")
@@ -124,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=None, help="SIGKILLs to reach (default 1000; 20 with --quick)")
     parser.add_argument("--payments", type=int, default=None, help="reported payments to reach (default 10000)")
     parser.add_argument("--quick", action="store_true", help="a small run (CI-sized)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="crash run: start no new station after this many minutes, even short of the targets (says so)",
+    )
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help="comma-separated subset of: " + ", ".join(SECTIONS)
     )
