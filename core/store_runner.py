@@ -108,6 +108,9 @@ class AsyncStore:
     async def online_attempts(self, *, resolved: bool | None = None) -> list[OnlineAttempt]:
         return await self._run(self.backend.online_attempts, resolved=resolved)
 
+    async def requeue(self, offline_id: str, now: datetime, *, reason: str | None = None) -> StoredPayment:
+        return await self._run(self.backend.requeue, offline_id, now, reason=reason)
+
     async def history(self, offline_id: str) -> list[HistoryEntry]:
         return await self._run(self.backend.history, offline_id)
 

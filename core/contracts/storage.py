@@ -1,5 +1,10 @@
 """Secure storage: where offline payments live until the processor has them.
 
+The contract has two halves: ``PaymentLedger`` (what a store is: durable payments, their history,
+the summary, the in-flight journal, a small key/value area) and ``ClaimQueue`` (what forwarding
+needs from it: claims under leases, and the bookkeeping of each attempt).  A backend implements
+both, as ``PaymentStore``.
+
 Backends are synchronous (SQLCipher has no async driver); the core calls
 them from one worker thread, so a backend sees one call at a time per
 Terminal but must still be safe with other processes on the same files.
@@ -166,51 +171,208 @@ class StoreSummary:
     needs_attention_count: int
 
 
-class PaymentStore(abc.ABC):
-    """A durable, encrypted home for offline payments."""
+class PaymentLedger(abc.ABC):
+    """What a store *is*: the durable, encrypted record of offline payments.
+
+    Guarantees every backend gives (the conformance kit, ``offterm.testing.StoreConformance``,
+    checks each of them):
+
+    * **Durability.**  A write (``store``, ``requeue``, ``set_meta``, the journal calls) is
+      committed before it returns: a store closed and opened again, or killed and opened again,
+      reads back everything a call reported done.  Nothing is ever lost to get past an error: a
+      backend never deletes, truncates or recreates its data because it cannot read it.
+    * **Identity.**  ``offline_id``, ``idempotency_key``, amount, currency, account and
+      ``stored_at`` never change once stored; two payments never share an idempotency key.
+    * **History.**  Every state change appends a ``HistoryEntry``; entries are never changed or
+      removed while the payment exists.  The first entry is ``stored``.
+    * **Summary.**  ``summary()`` counts the payments in ``PENDING_STATES`` (stored, forwarding,
+      outcome_unknown), totals their amounts per currency, gives the oldest pending
+      ``stored_at`` and counts ``needs_attention`` - always equal to a recount of the payments.
+
+    All datetimes given and returned are timezone-aware (UTC); a naive one is ``InvalidRequest``.
+    """
 
     @abc.abstractmethod
     def open(self, keys: StorageKeyProvider) -> None:
         """Open (creating if absent), verify the key by reading, migrate.
 
-        The key comes from ``keys``: ask with ``create=True`` only when no
-        database exists yet.  Raises WrongStorageKey, StorageKeyUnavailable,
-        StorageDamaged, EncryptionUnavailable.  Never deletes, truncates or
-        recreates an existing file.
+        The key comes from ``keys``: ask with ``create=True`` only when no database exists yet.
+        Never deletes, truncates or recreates an existing file.  Opening an open store does nothing.
+
+        :param keys: where the store's key comes from.
+        :raises WrongStorageKey: the key does not decrypt the existing data.
+        :raises StorageKeyUnavailable: there is data but no readable key for it.
+        :raises StorageDamaged: the data is damaged (left untouched).
+        :raises EncryptionUnavailable: the backend cannot encrypt (no plaintext fallback).
+        :raises ConfigError: the backend's options forbid opening it (e.g. the ``memory`` store
+            without its explicit opt-in).
         """
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the store's resources; every call before it returned is durable.  Idempotent."""
 
     @abc.abstractmethod
     def store(self, payment: NewPayment, check: Callable[[StoreSummary], None] | None = None) -> StoredPayment:
         """Persist a new payment in state ``stored``.
 
-        Returns only after a durable commit.  Raises OfflineStorageFull when
-        the disk is full (nothing stored).  Storing the same offline_id twice
-        returns the existing record unchanged.  ``payment.steps_sent`` (requests
-        an online attempt already sent under its key) is stored with it, at key
-        generation 0.
+        Returns only after a durable commit.  Storing the same offline_id twice returns the existing
+        record unchanged.  ``payment.steps_sent`` (requests an online attempt already sent under its
+        key) is stored with it, at key generation 0.
 
-        :param check: called with the store's summary as it is inside the
-            storing transaction, before the insert; whatever it raises aborts
-            the store (nothing written) and propagates.  The Terminal's offline
-            limits run here, so they hold even with several processes on one
+        :param payment: the payment, with its card data as the reader sealed it.
+        :param check: called with the store's summary as it is inside the storing transaction,
+            before the insert; whatever it raises aborts the store (nothing written) and propagates.
+            The Terminal's offline limits run here, so they hold even with several processes on one
             store.  Not called when the payment is already stored.
+        :return: the payment as stored: state ``stored``, attempts 0.
+        :raises InvalidRequest: a malformed payment, or an idempotency key another payment has
+            (nothing written).
+        :raises OfflineStorageFull: the disk is full (nothing stored).
         """
 
     @abc.abstractmethod
     def get(self, offline_id: str) -> StoredPayment:
-        """Raises PaymentNotFound."""
+        """One payment.
+
+        :return: the payment as stored now.
+        :raises PaymentNotFound: no such payment (never stored, or removed by retention).
+        """
 
     @abc.abstractmethod
     def list_payments(
         self, states: Collection[PaymentState] | None = None, limit: int | None = None
     ) -> list[StoredPayment]:
-        """Payments oldest first, optionally filtered by state."""
+        """Payments oldest (``stored_at``) first, ties in storing order.
+
+        :param states: only payments in these states; None for all, empty for none.
+        :param limit: at most this many (a non-negative integer); None for all.
+        :raises InvalidRequest: a bad limit.
+        """
 
     @abc.abstractmethod
-    def summary(self) -> StoreSummary: ...
+    def summary(self) -> StoreSummary:
+        """Counts and totals without loading payment rows (see the class docstring).
+
+        :return: pending count, pending amounts by currency (only currencies with a pending
+            payment), the oldest pending ``stored_at`` (None when nothing is pending), and the
+            ``needs_attention`` count.
+        """
+
+    @abc.abstractmethod
+    def history(self, offline_id: str) -> list[HistoryEntry]:
+        """Every state the payment went through, oldest first; the first entry is ``stored``.
+
+        :return: entries with time, from and to state, the attempt count at that moment and the
+            transition's code (an error code, or a bookkeeping code such as ``claim_expired`` or
+            ``requeued``).
+        :raises PaymentNotFound: no such payment.
+        """
+
+    @abc.abstractmethod
+    def requeue(self, offline_id: str, now: datetime, *, reason: str | None = None) -> StoredPayment:
+        """An operator's action: put a ``needs_attention`` payment back in the queue.
+
+        In one durable commit: state ``stored``, ``next_attempt_at`` cleared (claimable at once),
+        ``last_error_code`` ``"requeued"`` with ``reason`` as ``last_error_message``, and a history
+        entry ``needs_attention -> stored`` with code ``"requeued"`` (the error that put the payment
+        in ``needs_attention`` stays in its own history entry).  The idempotency key, key
+        generation, steps sent and intent id are kept, so forwarding again cannot charge twice.
+
+        :param offline_id: the payment.
+        :param now: when (timezone-aware).
+        :param reason: why, in the operator's words (at most 255 characters); optional.
+        :return: the payment as stored after the update.
+        :raises InvalidTransition: the payment is not in ``needs_attention`` (nothing changed).
+        :raises PaymentNotFound: no such payment.
+        :raises InvalidRequest: a naive ``now`` or a reason that is not a short string.
+        """
+
+    @abc.abstractmethod
+    def get_meta(self, key: str) -> str | None:
+        """Read the small encrypted key/value area (last seen account, reader cache).
+
+        :return: the value last set for ``key``, or None.
+        """
+
+    @abc.abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Set ``key`` to ``value`` (replacing it); durable when it returns.
+
+        :raises InvalidRequest: key or value not a string, or an empty key.
+        """
+
+    # -- the in-flight journal of online confirms ------------------------------------
+
+    @abc.abstractmethod
+    def begin_online(self, attempt: OnlineAttempt) -> None:
+        """Journal an online confirm before its first request goes out; durable when it returns.
+
+        Inserts the entry, or replaces the unresolved entry with the same ``offline_id`` (the
+        Terminal calls again with the updated view, e.g. once the intent id is known).  No card data
+        is stored.
+
+        :param attempt: unresolved (``resolution`` None).
+        :raises InvalidTransition: the entry for that ``offline_id`` is already resolved (it is kept).
+        :raises InvalidRequest: a malformed attempt (nothing written).
+        :raises OfflineStorageFull: the disk is full (nothing written).
+        """
+
+    @abc.abstractmethod
+    def end_online(self, offline_id: str) -> None:
+        """Delete the journal entry: the confirm was answered in-process, or the payment was stored offline.
+
+        Durable when it returns; no error if there is no entry.
+        """
+
+    @abc.abstractmethod
+    def resolve_online(
+        self,
+        offline_id: str,
+        resolution: str,
+        now: datetime,
+        *,
+        intent_id: str | None = None,
+        error_code: str | None = None,
+    ) -> OnlineAttempt:
+        """Mark an entry resolved (what a lookup after a crash found); it is kept so the app can list it.
+
+        Resolving again overwrites the resolution.  Resolved entries are removed with the summaries
+        of finished payments (the store's retention).
+
+        :param resolution: e.g. "charged", "not_charged", "declined" (non-empty).
+        :param intent_id: if given, becomes the entry's intent id; None keeps the stored one.
+        :return: the entry as stored after the update.
+        :raises PaymentNotFound: no entry for ``offline_id``.
+        """
+
+    @abc.abstractmethod
+    def online_attempts(self, *, resolved: bool | None = None) -> list[OnlineAttempt]:
+        """Journal entries, oldest (``started_at``) first.
+
+        :param resolved: None for all, False for unresolved only, True for resolved only.
+        """
+
+
+class ClaimQueue(abc.ABC):
+    """What forwarding needs from a store: a queue of claimable payments, taken under leases.
+
+    Guarantees:
+
+    * **One claim at a time.**  ``claim`` moves payments to ``forwarding`` atomically; a payment is
+      held by at most one owner, across threads, store instances and processes on the same data
+      (a backend whose data cannot be shared says so: the ``memory`` store).
+    * **Leases.**  A claim expires ``lease_seconds`` after it was taken or last renewed
+      (``record_attempt``).  An expired claim can no longer send (``record_attempt`` refuses it)
+      and ``recover_expired_claims`` gives it back; so does ``owner_gone`` for a dead owner.
+    * **Transitions.**  Only ``ALLOWED_TRANSITIONS``; anything else is ``InvalidTransition`` and
+      changes nothing.  A payment given back goes to ``outcome_unknown`` if a request was sent
+      under the claim (``record_attempt``), else to the state it was claimed from.
+    * **Memory for exactly-once.**  Attempts, the steps each request sent, the processor's
+      intent id and the key generation are durable in the call's own commit.
+
+    Every method that changes a claimed payment needs ``owner`` to hold its claim.
+    """
 
     @abc.abstractmethod
     def claim(
@@ -291,10 +453,12 @@ class PaymentStore(abc.ABC):
     ) -> StoredPayment:
         """Leave ``forwarding`` for ``to_state`` and release the claim.
 
-        Appends to the history.
+        Appends to the history (with ``error_code`` as the entry's code).  ``forwarded`` and
+        ``declined`` are final: the card data is purged (``card`` None afterwards), the details stay.
 
         :param intent_id: if given, becomes the payment's intent id (for every target state,
             ``outcome_unknown`` included); None keeps the stored one.
+        :param next_attempt_at: when the payment may be claimed again (None: at once).
         :return: the payment as stored after the update.
         :raises InvalidTransition: a transition not in ALLOWED_TRANSITIONS, a claim ``owner`` does
             not hold, or ``outcome_unknown`` for a payment never sent.
@@ -303,7 +467,14 @@ class PaymentStore(abc.ABC):
 
     @abc.abstractmethod
     def release(self, owner: str, now: datetime) -> int:
-        """Give back every claim ``owner`` holds (clean shutdown)."""
+        """Give back every claim ``owner`` holds (clean shutdown), expired or not.
+
+        Each goes to ``outcome_unknown`` if a request was sent under it, else back to where it was
+        claimed from (history code ``claim_released``).
+
+        :return: how many claims were given back.
+        :raises InvalidRequest: an empty owner.
+        """
 
     @abc.abstractmethod
     def recover_expired_claims(self, now: datetime, owner_gone: Callable[[str], bool] | None = None) -> int:
@@ -311,7 +482,8 @@ class PaymentStore(abc.ABC):
 
         A claim is recovered when its lease expired, or (whatever its lease) when ``owner_gone``
         says its owner is gone.  A recovered payment goes to ``outcome_unknown`` if a request had
-        been sent in that claim, else back to where it was claimed from.
+        been sent in that claim, else back to where it was claimed from (history code
+        ``claim_expired`` or ``claim_owner_gone``).
 
         :param owner_gone: called once per distinct owner of a current (unexpired) claim, before
             the write; True means that owner can no longer act (the core knows a dead process of
@@ -320,66 +492,15 @@ class PaymentStore(abc.ABC):
         :return: how many claims were recovered.
         """
 
-    @abc.abstractmethod
-    def history(self, offline_id: str) -> list[HistoryEntry]: ...
 
-    # -- the in-flight journal of online confirms ------------------------------------
+class PaymentStore(PaymentLedger, ClaimQueue):
+    """A durable, encrypted home for offline payments: a ledger with a claim queue over it.
 
-    @abc.abstractmethod
-    def begin_online(self, attempt: OnlineAttempt) -> None:
-        """Journal an online confirm before its first request goes out; durable when it returns.
-
-        Inserts the entry, or replaces the unresolved entry with the same ``offline_id`` (the
-        Terminal calls again with the updated view, e.g. once the intent id is known).  No card data
-        is stored.
-
-        :param attempt: unresolved (``resolution`` None).
-        :raises InvalidTransition: the entry for that ``offline_id`` is already resolved (it is kept).
-        :raises InvalidRequest: a malformed attempt (nothing written).
-        :raises OfflineStorageFull: the disk is full (nothing written).
-        """
-
-    @abc.abstractmethod
-    def end_online(self, offline_id: str) -> None:
-        """Delete the journal entry: the confirm was answered in-process, or the payment was stored offline.
-
-        Durable when it returns; no error if there is no entry.
-        """
-
-    @abc.abstractmethod
-    def resolve_online(
-        self,
-        offline_id: str,
-        resolution: str,
-        now: datetime,
-        *,
-        intent_id: str | None = None,
-        error_code: str | None = None,
-    ) -> OnlineAttempt:
-        """Mark an entry resolved (what a lookup after a crash found); it is kept so the app can list it.
-
-        Resolving again overwrites the resolution.  Resolved entries are removed with the summaries
-        of finished payments (the store's retention).
-
-        :param resolution: e.g. "charged", "not_charged", "declined" (non-empty).
-        :param intent_id: if given, becomes the entry's intent id; None keeps the stored one.
-        :return: the entry as stored after the update.
-        :raises PaymentNotFound: no entry for ``offline_id``.
-        """
-
-    @abc.abstractmethod
-    def online_attempts(self, *, resolved: bool | None = None) -> list[OnlineAttempt]:
-        """Journal entries, oldest (``started_at``) first.
-
-        :param resolved: None for all, False for unresolved only, True for resolved only.
-        """
-
-    @abc.abstractmethod
-    def get_meta(self, key: str) -> str | None:
-        """Small encrypted key/value area (last seen account, reader cache)."""
-
-    @abc.abstractmethod
-    def set_meta(self, key: str, value: str) -> None: ...
+    This is what a storage backend implements (``offterm_storage_backends``).  The split says
+    which guarantees serve whom: the Terminal stores and reads through ``PaymentLedger``; the
+    forwarder takes work through ``ClaimQueue``.  ``offterm.plugins.storage.memory`` is the
+    short reference implementation; ``offterm.testing.StoreConformance`` proves a backend.
+    """
 
 
 class StorageKeyProvider(abc.ABC):

@@ -698,20 +698,24 @@ class SqlCipherStore(PaymentStore):
         return len(rows)
 
     @_drains_when_full
-    def requeue(self, offline_id: str, now: datetime) -> StoredPayment:
-        """Operator action: put a needs_attention payment back in the queue."""
+    def requeue(self, offline_id: str, now: datetime, *, reason: str | None = None) -> StoredPayment:
+        """Operator action: put a needs_attention payment back in the queue (see the contract)."""
         now_us = to_micros(now, "now")
+        if reason is not None:
+            _check_text(reason, "reason")
         with self._tx(write=True) as conn:
             row = conn.execute(
                 "UPDATE payments SET state = 'stored', next_attempt_at = NULL, transition_code = 'requeued', "
-                "updated_at = ? WHERE offline_id = ? AND state = 'needs_attention'" + _RETURNING,
-                (now_us, offline_id),
+                "last_error_code = 'requeued', last_error_message = ?, updated_at = ? "
+                "WHERE offline_id = ? AND state = 'needs_attention'" + _RETURNING,
+                (reason, now_us, offline_id),
             ).fetchone()
             if row is None:
                 found = conn.execute("SELECT state FROM payments WHERE offline_id = ?", (offline_id,)).fetchone()
                 if found is None:
                     raise PaymentNotFound(f"no stored payment {offline_id!r}")
                 raise InvalidTransition(f"payment {offline_id} is {found[0]}; only needs_attention can be requeued")
+        log.info("payment_requeued", offline_id=offline_id)
         return self._decode_or_view(row)
 
     def history(self, offline_id: str) -> list[HistoryEntry]:
