@@ -12,6 +12,7 @@ side file, one JSON object per line, appended with a single ``write(2)``:
 * ``online``   confirm returned an authorised payment (fsynced the same way);
 * ``declined`` / ``refused`` / ``error``  confirm raised a typed error (``code``);
 * ``unknown``  confirm kept answering "outcome unknown" after the POS confirmed again;
+* ``ended``    the Terminal deleted the payment's in-flight journal entry (answered, or stored);
 * ``recovered`` (final drain only) an online confirm a kill interrupted, as the in-flight
   journal reconciled it: ``resolution`` charged / declined / not_charged;
 * ``phase``    where the worker is (open, migrated, forward...), for classifying kills;
@@ -202,9 +203,27 @@ def install_forward_hooks(terminal: Terminal, kill: KillPlan) -> None:
 UNKNOWN_RETRIES = 3
 
 
-async def take_payment(terminal: Terminal, rng: random.Random, side: SideFile, kill: KillPlan, life: int) -> str:
-    behavior = rng.choices(list(BEHAVIORS), weights=(55, 25, 20))[0]
-    card = rng.choice(CARDS)
+def install_journal_hooks(terminal: Terminal, kill: KillPlan, side: SideFile) -> None:
+    """Note each deletion of an online confirm's journal entry (``ended``: its answer came back, or the
+    payment was stored), so the harness can tell a kill that landed after it from one before; with the
+    ``online_ended`` plan, kill right there, before the confirm returned to the app."""
+    store = terminal.store
+    real_end = store.end_online
+
+    async def end_online(offline_id: str) -> None:
+        await real_end(offline_id)
+        side.write({"e": "ended", "id": offline_id})
+        if kill.hit("online_ended"):
+            die()
+
+    store.end_online = end_online  # type: ignore[method-assign]
+
+
+async def take_payment(
+    terminal: Terminal, rng: random.Random, side: SideFile, kill: KillPlan, life: int, plan: dict[str, Any]
+) -> str:
+    behavior = rng.choices(list(BEHAVIORS), weights=plan.get("behavior_weights", (55, 25, 20)))[0]
+    card = rng.choice(plan.get("cards", CARDS))
     amount = rng.randint(100, 90_000)
     try:
         intent = await terminal.create_payment_intent(
@@ -268,6 +287,7 @@ async def run(plan: dict[str, Any]) -> int:
     side.write({"e": "phase", "p": "open", "from_version": version})
     install_store_hooks(terminal, kill)
     install_forward_hooks(terminal, kill)
+    install_journal_hooks(terminal, kill, side)
     try:
         [reader] = (await terminal.discover_readers())[:1]
         await terminal.connect_reader(reader)
@@ -275,7 +295,7 @@ async def run(plan: dict[str, Any]) -> int:
             return await drain(terminal, side, plan)
         every = max(1, int(plan.get("forward_every", 5)))
         for i in range(int(plan["payments"])):
-            await take_payment(terminal, rng, side, kill, life)
+            await take_payment(terminal, rng, side, kill, life, plan)
             if (i + 1) % every == 0:
                 side.write({"e": "phase", "p": "forward"})
                 try:

@@ -142,3 +142,44 @@ async def test_an_unknown_online_outcome_is_not_reported_as_an_offline_refusal(
         simulator.set_faults()
     assert simulator.successful_charges() == {intent.offline_id: 1}, "the card was charged"
     assert isinstance(raised.value, OutcomeUnknown), f"the app was told: {raised.value}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Terminal._confirm_online deletes the in-flight journal entry (store.end_online) before the "
+    "confirm returns to the app; a POS killed in between leaves a charge it has no record of",
+)
+def test_a_pos_killed_as_its_online_confirm_returns_still_knows_the_charge(
+    simulator: SimHandle, tmp_path: Path
+) -> None:
+    """The crash torture's unreported charges: an online confirm succeeds, its journal entry is deleted, and
+    the process dies (SIGKILL) before ``confirm_payment_intent`` returned.  The processor has the money; the
+    next Terminal on the store must know it (``recovered_payments()``, or any record of the payment)."""
+    from torture_crash import Station, run_life, worker_config
+
+    station = Station(tmp_path, 1)
+    base = {"side_file": str(station.side), "seed": 1, "config": worker_config(station, simulator.url, 1)}
+    # A first life authenticates on a calm network, as a POS does before it takes payments.
+    first = {**base, "life": 0, "payments": 0, "kill": {"point": "none"}}
+    run_life(station, None, first, outside_kill_after=None, max_seconds=60)  # type: ignore[arg-type]
+    plan = {
+        **base,
+        "life": 1,
+        "payments": 1,
+        "behavior_weights": (0, 0, 1),  # REQUIRE_ONLINE
+        "cards": ["visa"],
+        "kill": {"point": "online_ended"},
+    }
+    killed = run_life(station, None, plan, outside_kill_after=None, max_seconds=60)  # type: ignore[arg-type]
+    assert killed.returncode == -9, killed.stderr
+    [tried] = [r["id"] for r in killed.records if r.get("e") == "try"]
+    assert simulator.successful_charges().get(tried) == 1, "the processor charged it"
+
+    async def the_pos_records() -> set[str]:
+        async with Terminal.from_config(worker_config(station, simulator.url, 1)) as terminal:
+            await terminal.forward_now(timeout=10)  # reconciles the in-flight journal
+            recovered = {a.offline_id for a in await terminal.recovered_payments() if a.resolution == "charged"}
+            stored = {p.offline_id for p in await terminal.list_stored_payments()}
+            return recovered | stored
+
+    assert tried in asyncio.run(the_pos_records()), "a charge the POS has no record of"
