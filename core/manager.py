@@ -49,6 +49,7 @@ BUNDLED_PLUGINS: tuple[tuple[str, str], ...] = (
     ("serial-reader", "offterm.plugins.readers.serial"),
     ("ble-reader", "offterm.plugins.readers.ble"),
     ("sqlcipher", "offterm.plugins.storage.sqlcipher"),
+    ("memory-store", "offterm.plugins.storage.memory"),
     ("storage-keys", "offterm.plugins.storage.keys"),
     ("stripe", "offterm.plugins.transport.stripe"),
     ("token-providers", "offterm.plugins.transport.tokens"),
