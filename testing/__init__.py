@@ -38,3 +38,12 @@ __all__ = [
     "open_store",
     "terminal_config",
 ]
+
+# The storage conformance kit (a pytest test class to subclass); without pytest the rest still works.
+try:
+    from .store_kit import StoreConformance
+except ModuleNotFoundError as exc:  # pragma: no cover - pytest absent
+    if exc.name != "pytest":
+        raise
+else:
+    __all__ += ["StoreConformance"]
