@@ -379,6 +379,49 @@ def payments_show(ctx: Context, offline_id: str, as_json: bool) -> None:
     ctx.console.print(table)
 
 
+REQUEUE_EXIT_CODES_HELP = """\b
+Exit codes:
+  0  requeued: the payment is stored again and is forwarded at the next attempt
+  1  nothing changed: no such payment, or it is not in needs_attention
+  2  usage or configuration error
+  3  the payment store could not be opened (wrong key, damaged, unavailable)
+  4  a plugin failed to load or a component is unknown"""
+
+
+@payments.command("requeue", epilog=REQUEUE_EXIT_CODES_HELP)
+@click.argument("offline_id")
+@click.option("--reason", default=None, help="Why, in your words (kept as the payment's last error message).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def payments_requeue(ctx: Context, offline_id: str, reason: str | None, as_json: bool) -> None:
+    """Put a needs_attention payment back in the forwarding queue.
+
+    It keeps its idempotency key, so forwarding it again cannot charge twice.
+    """
+    from datetime import UTC
+
+    from offterm.core.errors import InvalidTransition, PaymentNotFound
+
+    async def go(terminal: Terminal) -> StoredPayment | OfftermError:
+        try:
+            return await terminal.store.requeue(offline_id, datetime.now(UTC), reason=reason)
+        except (PaymentNotFound, InvalidTransition) as exc:  # the store opened: not an exit-3 failure
+            return exc
+
+    result = ctx.run(go)
+    if isinstance(result, OfftermError):
+        ctx.fail(EXIT_ATTENTION, result)
+        return
+    if as_json:
+        _emit_json({**_payment_row(result), "requeued": True})
+        return
+    ctx.console.print(
+        f"requeued {escape(result.offline_id)} ({format_amount(result.amount, result.currency)}): "
+        "needs_attention -> stored; it is forwarded at the next attempt with its original idempotency key",
+        soft_wrap=True,
+    )
+
+
 @cli.command()
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep trying.")
 @click.option("--json", "as_json", is_flag=True)
