@@ -136,7 +136,7 @@ def test_unknown_component_exits_4(tmp_path):
     cfg.write_text(f'[terminal]\ndata_dir = "{tmp_path}"\n[storage]\nbackend = "postgres"\n')
     result = run("--config", str(cfg), "status")
     assert result.exit_code == 4
-    assert "Choose one of: sqlcipher" in result.stderr
+    assert "Choose one of: memory, sqlcipher" in result.stderr
 
 
 def test_plugins_lists_bundled_components():
