@@ -576,7 +576,7 @@ class Terminal:
         except CardDeclined:
             # Stripe's flow: collect another card and confirm again.  That is a new confirmation, so the
             # payment and confirm steps get a fresh key (the intent, if any, stays).
-            await self.store.end_online(intent.offline_id)
+            await self._end_journal(intent.offline_id)
             pending.card = None
             pending.idempotency_key = "offterm-" + time_ordered_hex()
             pending.steps_sent = {}
@@ -627,7 +627,7 @@ class Terminal:
             raise OutcomeUnknown(
                 f"the processor has not finished the payment ({result.code}); call confirm_payment_intent again"
             )
-        await self.store.end_online(intent.offline_id)
+        await self._end_journal(intent.offline_id)
         if result.outcome is Outcome.DECLINED:
             raise CardDeclined(result.message or "the card was declined", decline_code=result.code)
         if result.outcome is Outcome.NEEDS_ATTENTION:
@@ -637,6 +637,14 @@ class Terminal:
         intent.status = IntentStatus(result.intent.status)
         self._pending.pop(intent.offline_id, None)
         return intent
+
+    async def _end_journal(self, offline_id: str) -> None:
+        """The processor answered: the journal entry goes.  Failing to remove it never fails the payment:
+        the entry stays, and recovery later reports what the processor says (nothing is charged again)."""
+        try:
+            await self.store.end_online(offline_id)
+        except OfftermError as exc:
+            log.warning("journal_entry_not_removed", offline_id=offline_id, code=exc.code)
 
     def _require_offline_enabled(self, forced: bool) -> None:
         if not self._offline_enabled:
@@ -727,7 +735,7 @@ class Terminal:
         before = seen[0] if seen else await self.store.summary()  # empty: it was already stored
         # Durable from here on: the forwarder owns it now, so an online attempt's journal entry goes.
         if pending.steps_sent:
-            await self.store.end_online(intent.offline_id)
+            await self._end_journal(intent.offline_id)
         self._pending.pop(intent.offline_id, None)
         result = intent_from_stored(stored)
         intent.status = result.status
