@@ -41,6 +41,9 @@ __all__ = [
 
 # The storage conformance kit (a pytest test class to subclass); without pytest the rest still works.
 try:
+    import pytest
+
+    pytest.register_assert_rewrite("offterm.testing.store_kit")  # its failures show the values compared
     from .store_kit import StoreConformance
 except ModuleNotFoundError as exc:  # pragma: no cover - pytest absent
     if exc.name != "pytest":
