@@ -39,6 +39,27 @@ __all__ = [
     "terminal_config",
 ]
 
+# Conformance kits (pytest test classes to subclass).  Without pytest the rest of this package still works.
+try:
+    import pytest
+
+    # Their checks report with pytest's assertion introspection, wherever offterm is installed.
+    pytest.register_assert_rewrite("offterm.testing.reader_kit", "offterm.testing.transport_kit")
+    from .reader_kit import CardPresenter, LinkAction, ReaderTransportConformance, TransportSource
+    from .transport_kit import ForwardingTransportConformance, TransportFactory
+except ModuleNotFoundError as exc:  # pragma: no cover - pytest absent
+    if exc.name != "pytest":
+        raise
+else:
+    __all__ += [
+        "CardPresenter",
+        "ForwardingTransportConformance",
+        "LinkAction",
+        "ReaderTransportConformance",
+        "TransportFactory",
+        "TransportSource",
+    ]
+
 # The storage conformance kit (a pytest test class to subclass); without pytest the rest still works.
 try:
     import pytest
