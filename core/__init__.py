@@ -32,11 +32,12 @@ if TYPE_CHECKING:
     from .blocking import BlockingTerminal
     from .config import Config, load_config
     from .manager import PluginManager, create_plugin_manager
-    from .terminal import CloseReport, Terminal
+    from .terminal import CloseReport, Terminal, WaitingPayment
 
 _LAZY = {
     "Terminal": "terminal",
     "CloseReport": "terminal",
+    "WaitingPayment": "terminal",
     "BlockingTerminal": "blocking",
     "Config": "config",
     "load_config": "config",
@@ -72,6 +73,7 @@ __all__ = [
     "PluginManager",
     "ReadMethod",
     "Terminal",
+    "WaitingPayment",
     "create_plugin_manager",
     "errors",
     "hookimpl",

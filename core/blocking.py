@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from .config import Config
 from .contracts import ReaderConnection, ReaderInfo, StoredPayment
+from .errors import UnexpectedIntentState
 from .manager import PluginManager
 from .models import OfflineBehavior, OfflineStatus, PaymentIntent, PaymentIntentParams
 from .terminal import CloseReport, Terminal
@@ -28,6 +29,7 @@ class BlockingTerminal:
 
     def __init__(self, terminal: Terminal) -> None:
         self.terminal = terminal
+        self._report: CloseReport | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="offterm-loop", daemon=True)
         self._thread.start()
@@ -42,6 +44,9 @@ class BlockingTerminal:
         return cls(Terminal.from_config(config, plugin_manager=plugin_manager))
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coro.close()  # never started: no "coroutine was never awaited"
+            raise UnexpectedIntentState("this BlockingTerminal is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def __enter__(self) -> BlockingTerminal:
@@ -57,12 +62,17 @@ class BlockingTerminal:
         self._call(self.terminal.open())
 
     def close(self, timeout: float | None = None) -> CloseReport:
+        """Close once; a second close (leaving a ``with`` block after closing in it) returns the same report."""
+        if self._report is not None:
+            return self._report
         try:
-            return self._call(self.terminal.close(timeout))
+            self._report = self._call(self.terminal.close(timeout))
+            return self._report
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
-            self._loop.close()
+            if not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(timeout=5)
+                self._loop.close()
 
     @property
     def offline_status(self) -> OfflineStatus:

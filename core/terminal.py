@@ -38,7 +38,7 @@ from .contracts import (
     StoreSummary,
 )
 from .contracts.forwarding import IntentRequest
-from .contracts.storage import HistoryEntry, OnlineAttempt
+from .contracts.storage import PENDING_STATES, HistoryEntry, OnlineAttempt
 from .currency import normalize_currency, validate_amount
 from .errors import (
     AuthenticationFailed,
@@ -89,16 +89,36 @@ _READER_META = "reader_online:"
 
 
 @dataclass(frozen=True)
+class WaitingPayment:
+    """A payment still waiting for the processor, and why."""
+
+    offline_id: str
+    state: PaymentState
+    reason: str
+
+
+@dataclass(frozen=True)
 class CloseReport:
-    """What ``close()`` left behind: payments still waiting for the processor."""
+    """What ``close()`` left behind: payments still waiting for the processor, each with why."""
 
     remaining: int
     amounts_by_currency: dict[str, int]
     needs_attention: int
+    waiting: tuple[WaitingPayment, ...] = ()
 
     @property
     def safe_to_shut_down(self) -> bool:
         return self.remaining == 0
+
+
+def _why_waiting(payment: StoredPayment) -> str:
+    if payment.state is PaymentState.FORWARDING:
+        return "being forwarded (claimed by a forwarder that may still run)"
+    if payment.last_error_code:
+        return f"last attempt: {payment.last_error_code}"
+    if payment.attempts == 0:
+        return "not tried yet"
+    return "waiting for a retry"
 
 
 @dataclass
@@ -306,14 +326,15 @@ class Terminal:
         self._opened = False
         if timeout is None:  # inspection terminals (background=False) never forward on their own
             timeout = self.config.get("forwarding", "close_timeout") if self._background else 0.0
-        budget = timeout
         self._summary = await self.store.summary()  # another process may have stored payments meanwhile
-        if budget > 0 and self._summary.pending_count and self.network.status is not NetworkStatus.OFFLINE:
-            try:
-                async with asyncio.timeout(budget):
-                    await self.forwarder.run_round()
-            except (TimeoutError, OfftermError) as exc:
-                log.warning("close_flush_incomplete", error_type=type(exc).__name__)
+        if timeout > 0 and self._summary.pending_count and self.network.status is not NetworkStatus.OFFLINE:
+            await self._drain(timeout)
+        waiting: tuple[WaitingPayment, ...] = ()
+        try:
+            left = await self.store.list_payments(PENDING_STATES)
+            waiting = tuple(WaitingPayment(p.offline_id, p.state, _why_waiting(p)) for p in left)
+        except OfftermError as exc:
+            log.warning("close_step_failed", step="waiting", error_type=type(exc).__name__, code=exc.code)
         # Every step runs even if an earlier one fails (a full or read-only disk, a reader gone): a close that
         # stopped half-way would leave the store and the connections open.  Failures are logged, not raised.
         summary = self._summary
@@ -337,7 +358,11 @@ class Terminal:
             except Exception as exc:  # noqa: BLE001 - logged with its type; close must go on
                 code = getattr(exc, "code", None)
                 log.warning("close_step_failed", step=what, error_type=type(exc).__name__, code=code)
-        report = CloseReport(summary.pending_count, dict(summary.amounts_by_currency), summary.needs_attention_count)
+        report = CloseReport(
+            summary.pending_count, dict(summary.amounts_by_currency), summary.needs_attention_count, waiting
+        )
+        for payment in waiting:
+            log.info("payment_still_waiting", offline_id=payment.offline_id, reason=payment.reason)
         log.info("terminal_closed", remaining=report.remaining, needs_attention=report.needs_attention)
         return report
 
@@ -771,16 +796,37 @@ class Terminal:
     # -- stored payments ------------------------------------------------------------
 
     async def forward_now(self, timeout: float = 30.0) -> int:
-        """Forward everything due now; returns how many payments still wait."""
+        """Forward everything waiting, whatever its retry backoff, for up to ``timeout`` seconds.
+
+        Keeps trying for the whole time while the processor answers (a payment that failed
+        is tried again at once, then after a short pause); stops early once nothing waits
+        or the processor cannot be reached.  Returns how many payments still wait
+        (``list_stored_payments`` says why: each one's state and last error).
+        """
         if self.network.status is not NetworkStatus.ONLINE:
             await self.network.check()
-        try:
-            async with asyncio.timeout(timeout):
-                await self.forwarder.run_round()
-        except TimeoutError:
-            log.warning("forward_now_timed_out", timeout=timeout)
+        await self._drain(timeout)
         status = await self._refresh_status()
         return status.sdk.offline_payments_count
+
+    async def _drain(self, budget: float) -> None:
+        """Rounds back to back for up to ``budget`` seconds, ignoring retry backoff, while the processor answers."""
+        pause = 0.05
+        try:
+            async with asyncio.timeout(budget):
+                while True:
+                    await self.forwarder.run_round(ignore_backoff=True)
+                    if not (await self.store.summary()).pending_count:
+                        return
+                    if self.network.status is NetworkStatus.OFFLINE:
+                        log.info("forwarding_stopped_offline")
+                        return
+                    await asyncio.sleep(pause)  # a payment failed again: a short pause, then the next round
+                    pause = min(pause * 2, 1.0)
+        except TimeoutError:
+            log.info("forwarding_time_up", timeout=budget)
+        except OfftermError as exc:
+            log.warning("forwarding_incomplete", error_type=type(exc).__name__, code=exc.code)
 
     async def list_stored_payments(
         self, states: Collection[PaymentState] | None = None, limit: int | None = None

@@ -284,6 +284,22 @@ async def test_a_misspelled_component_table_is_a_config_error(terminal_config):
     from offterm.core.errors import ConfigError
 
     terminal_config["storage"]["sqlciper"] = {"busy_timeout_ms": 10}
-    with pytest.raises(ConfigError, match=r"storage\.sqlciper.*choose one of: sqlcipher"):
+    with pytest.raises(ConfigError, match=r"storage\.sqlciper.*choose one of: memory, sqlcipher"):
         async with _terminal(terminal_config):
             pass
+
+
+def test_blocking_terminal_closed_inside_its_with_block_leaves_it_cleanly(terminal_config, simulator, recorder):
+    """close() inside the block, then leaving it: one close, the same report, no 'Event loop is closed'."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a coroutine never awaited would be a RuntimeWarning
+        with BlockingTerminal.from_config(terminal_config) as terminal:
+            report = terminal.close()
+            assert report.safe_to_shut_down
+            assert terminal.close() is report, "a second close returns the first one's report"
+            with pytest.raises(UnexpectedIntentState, match="closed"):
+                terminal.discover_readers()
+        gc.collect()
