@@ -437,6 +437,8 @@ NOT_COVERED = [
     "is going. `--max-minutes N` stops starting stations after N minutes even short of the targets (the "
     "figures say whether the targets were met). The disk section needs root for its tmpfs and ext4 cases "
     "(it says so when skipped).",
+    "- The raw figures of each published run are kept in `docs/data/reliability-<date>.json` (its `--json` "
+    "output); `--from-json` renders this page from one again.",
     "- Every CI run repeats a small version: `tests/torture/` (20 SIGKILLs and 120 payments in "
     "`test_crash_loop.py`, one case per network fault, the disk faults, and a sample of the bad input).",
     "- The same seed replays the same plans, weather and kill points; where exactly a timed kill lands "
