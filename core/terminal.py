@@ -192,6 +192,8 @@ class Terminal:
         self._offline_enabled: bool = term["offline_enabled"]
         self._offline_timeout: float = float(term["offline_timeout"])
         self._pending: dict[str, _Pending] = {}
+        #: Online confirms answered and returned to the app; their journal entries go at the app's next call.
+        self._answered: dict[str, None] = {}
         self._reader: ReaderConnection | None = None
         self._reader_transport: ReaderTransport | None = None
         self._summary = StoreSummary(0, {}, None, 0)
@@ -323,6 +325,7 @@ class Terminal:
                 dict(self._summary.amounts_by_currency),
                 self._summary.needs_attention_count,
             )
+        await self._acknowledge()
         self._opened = False
         if timeout is None:  # inspection terminals (background=False) never forward on their own
             timeout = self.config.get("forwarding", "close_timeout") if self._background else 0.0
@@ -487,6 +490,7 @@ class Terminal:
         offline_behavior: OfflineBehavior = OfflineBehavior.PREFER_ONLINE,
     ) -> PaymentIntent:
         """Create an intent.  Online it gets a processor id; offline ``id`` stays None."""
+        await self._acknowledge()
         p = PaymentIntentParams.coerce(params)
         currency = normalize_currency(p.currency)
         amount = validate_amount(p.amount)
@@ -583,6 +587,7 @@ class Terminal:
         self, intent: PaymentIntent, offline_behavior: OfflineBehavior | None = None
     ) -> PaymentIntent:
         """Authorise online, or store durably offline; returns only when one of them is done."""
+        await self._acknowledge()
         if intent.status is not IntentStatus.REQUIRES_CONFIRMATION:
             raise UnexpectedIntentState(f"cannot confirm: intent is {intent.status.value}")
         pending = self._pending_for(intent)
@@ -601,7 +606,7 @@ class Terminal:
         except CardDeclined:
             # Stripe's flow: collect another card and confirm again.  That is a new confirmation, so the
             # payment and confirm steps get a fresh key (the intent, if any, stays).
-            await self._end_journal(intent.offline_id)
+            self._answered[intent.offline_id] = None
             pending.card = None
             pending.idempotency_key = "offterm-" + time_ordered_hex()
             pending.steps_sent = {}
@@ -652,7 +657,7 @@ class Terminal:
             raise OutcomeUnknown(
                 f"the processor has not finished the payment ({result.code}); call confirm_payment_intent again"
             )
-        await self._end_journal(intent.offline_id)
+        self._answered[intent.offline_id] = None
         if result.outcome is Outcome.DECLINED:
             raise CardDeclined(result.message or "the card was declined", decline_code=result.code)
         if result.outcome is Outcome.NEEDS_ATTENTION:
@@ -662,6 +667,18 @@ class Terminal:
         intent.status = IntentStatus(result.intent.status)
         self._pending.pop(intent.offline_id, None)
         return intent
+
+    async def _acknowledge(self) -> None:
+        """The app called again, so it received every answer returned so far: their journal entries go.
+
+        Not before: a process killed between removing an entry and the confirm's return would leave a
+        charge nobody knows of.  Kept until the app's next call (or ``close()``), an entry whose process
+        died is reconciled at the next open and announced (once more, at worst: never not at all).
+        """
+        while self._answered:
+            offline_id = next(iter(self._answered))
+            await self._end_journal(offline_id)
+            self._answered.pop(offline_id, None)
 
     async def _end_journal(self, offline_id: str) -> None:
         """The processor answered: the journal entry goes.  Failing to remove it never fails the payment:
@@ -779,6 +796,7 @@ class Terminal:
     @payment_scoped
     async def cancel_payment_intent(self, intent: PaymentIntent) -> PaymentIntent:
         """Cancel an intent that has not been confirmed (stored payments cannot be)."""
+        await self._acknowledge()
         if intent.requires_upload or intent.status in (IntentStatus.SUCCEEDED, IntentStatus.CANCELED):
             raise UnexpectedIntentState(f"cannot cancel: intent is {intent.status.value}")
         self._pending.pop(intent.offline_id, None)
