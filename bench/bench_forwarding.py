@@ -26,8 +26,9 @@ forwarder cost when nothing else bounds the drain.
 payment against the same bare httpx client, alternating, best of each.
 
 **Peak RSS** (``--rss``): each drain runs in a child process
-(``--rss-child``) on a backlog the parent built; the child reports the peak
-RSS (``VmHWM``) of itself and of any process it started, summed.
+(``drain_child.py``, which imports only what a POS app does) on a backlog the
+parent built; the child reports the peak RSS (``VmHWM``) of itself and of any
+process it started, summed.
 
 The simulator is a child process, so the client's event loop does not share
 a GIL with the server.
@@ -395,52 +396,6 @@ def compare_transport(n: int = 10_000, concurrency: int = 8, rounds: int = 2) ->
 # -- 4. peak memory while draining a backlog ---------------------------------------------------
 
 
-def _peak_kib(pid: int | str) -> int:
-    """``VmHWM`` of a process in KiB (its own address space's peak; 0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found += [child, *_descendants(child)]
-    return found
-
-
-def tree_peak_rss_kib() -> dict[str, int]:
-    """Peak RSS of this process and of every process it started that still runs, in KiB.
-
-    ``VmHWM``, not ``ru_maxrss``: the latter survives ``exec``, so a child
-    spawned by a parent that holds a large backlog in memory would report the
-    parent's peak.
-    """
-    own = _peak_kib("self")
-    children = sum(_peak_kib(pid) for pid in _descendants(os.getpid()))
-    return {"own_kib": own, "children_kib": children, "tree_kib": own + children}
-
-
-def _rss_child(url: str, data_dir: str, payments: int, concurrency: int, rate_limit: float) -> None:
-    """In a fresh process: drain the store, print the tree's peak RSS (KiB) as JSON."""
-    result = asyncio.run(drain_with_terminal(url, Path(data_dir), payments, concurrency, rate_limit))
-    print(json.dumps({**tree_peak_rss_kib(), "seconds": round(result.seconds, 1)}))
-
-
 def peak_rss_of_drain(sim: SimHandle, payments: int, concurrency: int, rate_limit: float) -> dict[str, Any]:
     """Store ``payments`` here, then drain them in a child process; its tree's peak RSS and time."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -450,10 +405,12 @@ def peak_rss_of_drain(sim: SimHandle, payments: int, concurrency: int, rate_limi
         store_backlog(data_dir, backlog)
         built = time.perf_counter() - built
         del backlog
-        args = [sys.executable, __file__, "--rss-child", sim.url, str(data_dir), str(payments), str(concurrency)]
-        args.append(str(rate_limit))
+        config = terminal_config(sim.url, data_dir, concurrency=concurrency, rate_limit=rate_limit)
+        args = [sys.executable, str(Path(__file__).with_name("drain_child.py")), json.dumps(config)]
         out = subprocess.run(args, check=True, capture_output=True, text=True).stdout  # noqa: S603
         result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if result["remaining"]:
+        raise RuntimeError(f"{result['remaining']} of {payments} payments were not forwarded")
     result["payments"] = payments
     result["build_seconds"] = round(built, 1)
     return result
@@ -504,13 +461,8 @@ def main() -> None:
     parser.add_argument("--transport", action="store_true", help="only: the Stripe transport alone vs bare httpx")
     parser.add_argument("--no-reference", action="store_true", help="skip the unlimited drain vs bare httpx")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--rss-child", nargs=5, metavar=("URL", "DATA_DIR", "N", "C", "RATE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging(json=True, level="warning", stream=open(os.devnull, "w"))  # noqa: SIM115
-    if args.rss_child:
-        url, data_dir, n, c, rate = args.rss_child
-        _rss_child(url, data_dir, int(n), int(c), float(rate))
-        return
     n = 1000 if args.quick else args.n
     results: dict[str, Any] = {"cpus": os.cpu_count()}
     if args.transport:
