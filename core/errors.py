@@ -205,6 +205,12 @@ class EncryptionUnavailable(StorageError):
     code = "encryption_unavailable"
 
 
+class StoreNotFound(StorageError):
+    """No store where the configuration points, and opening was told not to create one.  Nothing was written."""
+
+    code = "storage_not_found"
+
+
 class PaymentNotFound(StorageError):
     code = "payment_not_found"
 

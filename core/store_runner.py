@@ -33,8 +33,11 @@ class AsyncStore:
         """Run ``fn`` on the store's thread (for a few backend calls that belong together)."""
         return await self._run(fn)
 
-    async def open(self, keys: StorageKeyProvider) -> None:
-        await self._run(self.backend.open, keys)
+    async def open(self, keys: StorageKeyProvider, *, create: bool = True) -> None:
+        if create:  # as before ``create`` existed: a backend written then still opens
+            await self._run(self.backend.open, keys)
+        else:
+            await self._run(self.backend.open, keys, create=False)
 
     async def close(self) -> None:
         try:

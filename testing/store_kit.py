@@ -10,9 +10,9 @@
     class TestAcmeStore(StoreConformance):
         shared_between_instances = True  # two instances on one directory share one ledger
 
-        def open_store(self, directory: Path) -> PaymentStore:
+        def open_store(self, directory: Path, *, create: bool = True) -> PaymentStore:
             store = AcmeStore(directory / "payments.acme")
-            store.open(StaticKeyProvider(b"k" * 32))
+            store.open(StaticKeyProvider(b"k" * 32), create=create)
             return store
 
 pytest collects every ``test_*`` method of the subclass: durability, one claim at a
@@ -20,9 +20,9 @@ time, leases, transitions, attempts and steps, intents and key generations, the
 summary, requeue, history, the in-flight journal and the key/value area.  Each test
 gets a fresh, empty directory; the kit closes every store it opened.
 
-Hooks a subclass may override: ``open_store`` (required), ``reopen`` (default: close,
-then ``open_store`` on the same directory; a store whose data lives in the object
-reopens that object), ``shared_between_instances`` (opt-in: the cross-instance claim
+Hooks a subclass may override: ``open_store`` (required; it passes ``create`` on to
+``open``), ``reopen`` (default: close, then ``open_store`` on the same directory; a store
+whose data lives in the object reopens that object), ``shared_between_instances`` (opt-in: the cross-instance claim
 test), ``new_payment`` (the payments the kit stores).
 """
 
@@ -46,7 +46,7 @@ from offterm.core.contracts.storage import (
     PaymentStore,
     StoreSummary,
 )
-from offterm.core.errors import InvalidRequest, InvalidTransition, PaymentNotFound
+from offterm.core.errors import InvalidRequest, InvalidTransition, PaymentNotFound, StoreNotFound
 from offterm.core.models import CaptureMethod, ReadMethod
 
 __all__ = ["KIT_T0", "StoreConformance"]
@@ -91,8 +91,12 @@ class StoreConformance:
 
     # -- hooks for the subclass ---------------------------------------------------------
 
-    def open_store(self, directory: Path) -> PaymentStore:
-        """Return an opened store whose data lives in ``directory`` (empty the first time)."""
+    def open_store(self, directory: Path, *, create: bool = True) -> PaymentStore:
+        """Return an opened store whose data lives in ``directory`` (empty the first time).
+
+        ``create`` goes to ``PaymentStore.open``: with False, a store that does not exist yet must
+        raise ``StoreNotFound`` and write nothing.
+        """
         raise NotImplementedError("a StoreConformance subclass implements open_store(directory)")
 
     def reopen(self, store: PaymentStore, directory: Path) -> PaymentStore:
@@ -167,6 +171,17 @@ class StoreConformance:
         assert (got.amount, got.currency, got.metadata, got.account_id) == (1001, "usd", {"order": "A-1"}, "acct_kit")
         assert got.stored_at == new.stored_at and got.card == new.card and got.key_generation == 0
         assert got.card_details is not None and got.card_details.last4 == "4242"
+
+    def test_open_without_create_finds_no_store_and_writes_nothing(self, stores: _Stores) -> None:
+        typo = stores.directory / "typo"
+        with pytest.raises(StoreNotFound):
+            stores.opened.append(self.open_store(typo, create=False))
+        assert not typo.exists(), "open(create=False) made the directory of a store that does not exist"
+        with pytest.raises(StoreNotFound):
+            stores.opened.append(self.open_store(stores.directory, create=False))
+        assert list(stores.directory.iterdir()) == [], "open(create=False) wrote files for a missing store"
+        store = stores.open()  # nothing was left half-made: the store is created as usual
+        assert store.summary().pending_count == 0 and store.list_payments() == []
 
     def test_payments_meta_and_journal_survive_a_reopen(self, stores: _Stores) -> None:
         store = stores.open()

@@ -193,19 +193,23 @@ class PaymentLedger(abc.ABC):
     """
 
     @abc.abstractmethod
-    def open(self, keys: StorageKeyProvider) -> None:
-        """Open (creating if absent), verify the key by reading, migrate.
+    def open(self, keys: StorageKeyProvider, *, create: bool = True) -> None:
+        """Open (creating if absent and ``create``), verify the key by reading, migrate.
 
         The key comes from ``keys``: ask with ``create=True`` only when no database exists yet.
         Never deletes, truncates or recreates an existing file.  Opening an open store does nothing.
 
         :param keys: where the store's key comes from.
+        :param create: False for inspection tools: a missing store raises ``StoreNotFound`` and
+            nothing is written (no directory, no database, no key asked with ``create=True``, no
+            space reserve); an existing store opens as usual but holds no new space reserve.
         :raises WrongStorageKey: the key does not decrypt the existing data.
         :raises StorageKeyUnavailable: there is data but no readable key for it.
         :raises StorageDamaged: the data is damaged (left untouched).
         :raises EncryptionUnavailable: the backend cannot encrypt (no plaintext fallback).
         :raises ConfigError: the backend's options forbid opening it (e.g. the ``memory`` store
             without its explicit opt-in).
+        :raises StoreNotFound: ``create`` is False and there is no store (naming where it looked).
         """
 
     @abc.abstractmethod

@@ -21,16 +21,16 @@ KEY = bytes(range(32))
 class TestSqlCipherStore(StoreConformance):
     shared_between_instances = True  # two instances on one file: as two processes
 
-    def open_store(self, directory: Path) -> PaymentStore:
+    def open_store(self, directory: Path, *, create: bool = True) -> PaymentStore:
         store = make_store(directory)
-        store.open(StaticKeyProvider(KEY))
+        store.open(StaticKeyProvider(KEY), create=create)
         return store
 
 
 class TestMemoryStore(StoreConformance):
-    def open_store(self, directory: Path) -> PaymentStore:
+    def open_store(self, directory: Path, *, create: bool = True) -> PaymentStore:
         store = MemoryStore(i_understand_payments_are_lost_on_exit=True)
-        store.open(StaticKeyProvider(KEY))
+        store.open(StaticKeyProvider(KEY), create=create)
         return store
 
     def reopen(self, store: PaymentStore, directory: Path) -> PaymentStore:

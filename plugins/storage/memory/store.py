@@ -29,7 +29,14 @@ from offterm.core.contracts.storage import (
     StoredPayment,
     StoreSummary,
 )
-from offterm.core.errors import ConfigError, InvalidRequest, InvalidTransition, PaymentNotFound, StorageError
+from offterm.core.errors import (
+    ConfigError,
+    InvalidRequest,
+    InvalidTransition,
+    PaymentNotFound,
+    StorageError,
+    StoreNotFound,
+)
 
 #: The option that must be true before the store opens.
 OPT_IN = "i_understand_payments_are_lost_on_exit"
@@ -59,6 +66,7 @@ class MemoryStore(PaymentStore):
         self._allowed = i_understand_payments_are_lost_on_exit is True
         self._lock = threading.Lock()
         self._open = False
+        self._created = False  # an open(create=True) made the (empty) store; its data lives with the object
         self._payments: dict[str, _Record] = {}
         self._keys: dict[str, str] = {}  # idempotency key -> offline id
         self._journal: dict[str, OnlineAttempt] = {}
@@ -67,13 +75,16 @@ class MemoryStore(PaymentStore):
 
     # -- the ledger ------------------------------------------------------------------
 
-    def open(self, keys: StorageKeyProvider) -> None:
+    def open(self, keys: StorageKeyProvider, *, create: bool = True) -> None:
         if not self._allowed:
             raise ConfigError(
                 f"storage.memory.{OPT_IN}",
                 "the memory store keeps payments in this process only and loses them on exit; set it to true "
                 "to use it anyway (tests and demos)",
             )
+        if not create and not self._created:
+            raise StoreNotFound("no payment store: this in-memory store was never created (nothing was created)")
+        self._created = True
         self._open = True
 
     def close(self) -> None:

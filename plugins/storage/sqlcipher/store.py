@@ -50,6 +50,7 @@ from offterm.core.errors import (
     StorageDamaged,
     StorageError,
     StorageKeyUnavailable,
+    StoreNotFound,
 )
 from offterm.core.models import CaptureMethod, time_ordered_hex
 from offterm.core.paths import make_private_dir
@@ -172,13 +173,23 @@ class SqlCipherStore(PaymentStore):
 
     # -- opening -------------------------------------------------------------------
 
-    def open(self, keys: StorageKeyProvider) -> None:
+    def open(self, keys: StorageKeyProvider, *, create: bool = True) -> None:
         if self._engine is not None:
             return
         driver = load_driver()
-        make_private_dir(self.path.parent, StorageError, "database directory")
+        if not create and not self._exists():
+            # Nothing is written: a mistyped data_dir must not become a new, empty store.
+            raise StoreNotFound(
+                f"no payment store at {self.path} (nothing was created); check [terminal] data_dir "
+                "and [storage.sqlcipher] path",
+                path=str(self.path),
+            )
+        if create:
+            make_private_dir(self.path.parent, StorageError, "database directory")
         with _creation_lock(self.path):
             exists = self._exists()
+            if not exists and not create:
+                raise StoreNotFound(f"no payment store at {self.path} (nothing was created)", path=str(self.path))
             key = keys.get_key(self.config.store_id, create=not exists)
             if key is None:
                 if exists:
@@ -199,7 +210,7 @@ class SqlCipherStore(PaymentStore):
         self._engine = self._make_engine(driver, key)
         self._identity = _identity(self.path)
         try:
-            if not self._reserve.ensure():
+            if create and not self._reserve.ensure():
                 log.warning("storage_disk_full", path=str(self.path), effect="new offline payments are refused")
             try:
                 self.purge_expired(_now())
@@ -211,8 +222,11 @@ class SqlCipherStore(PaymentStore):
             raise
 
     def _exists(self) -> bool:
-        main = _size(self.path)
-        wal = _size(Path(f"{self.path}-wal"))
+        try:
+            main = _size(self.path)
+            wal = _size(Path(f"{self.path}-wal"))
+        except OSError as exc:  # a directory we may not search, a path through a file
+            raise StorageError(f"cannot look at {self.path}: {exc.strerror}", path=str(self.path)) from None
         if main == 0 and wal > 0:
             raise StorageDamaged(
                 f"{self.path} is empty but its write-ahead log is not; the files were left untouched",
@@ -920,7 +934,10 @@ def _creation_lock(path: Path) -> Iterator[None]:
         yield
         return
     lock = Path(f"{path}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a read-only or vanished directory: the operator's to fix, said plainly
+        raise StorageError(f"cannot open {lock}: {exc.strerror}", path=str(path)) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
