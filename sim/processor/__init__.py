@@ -6,13 +6,24 @@ from the command line with :func:`serve`.  See docs/simulator.md.
 
 from .app import SimulatorApp, create_app
 from .books import OFFLINE_ID_KEY
-from .cards import TEST_CARDS, decide
+from .cards import TEST_CARDS, TEST_PAYMENT_METHODS, decide
 from .config import FaultConfig, SimConfig
-from .server import SimHandle, running_simulator, serve, start_simulator, start_simulator_process
+from .server import (
+    DEFAULT_PORT,
+    PortInUseError,
+    SimHandle,
+    running_simulator,
+    serve,
+    start_simulator,
+    start_simulator_process,
+)
 
 __all__ = [
+    "DEFAULT_PORT",
     "OFFLINE_ID_KEY",
+    "PortInUseError",
     "TEST_CARDS",
+    "TEST_PAYMENT_METHODS",
     "FaultConfig",
     "SimConfig",
     "SimHandle",

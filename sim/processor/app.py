@@ -4,7 +4,9 @@ Routes:
 
 * Secret-key API (Bearer ``sk_test_...``; public endpoints also take a device
   session): ``POST /v1/terminal/connection_tokens``, PaymentIntents (create,
-  list, search, retrieve, confirm, capture, cancel), ``POST /v1/refunds``.
+  list, search, retrieve, confirm, capture, cancel), ``POST /v1/refunds``,
+  Charges (list, retrieve), ``GET /v1/payment_methods/{id}``.  Their parameters
+  are checked against Stripe's spec (unknown ones: ``parameter_unknown``).
 * Device API (private at Stripe; simulated here): ``POST /device/v1/sessions``
   (Bearer: a connection token, single-use) and ``POST /device/v1/payment_methods``
   (Bearer: the device session; the reader's encrypted card data; for a
@@ -12,6 +14,8 @@ Routes:
 * "Your backend": ``POST /backend/connection_token`` -> ``{"secret": ...}``.
 * ``GET /healthcheck`` (no auth), and admin under ``/_sim`` (never faulted):
   ledger, faults, requests, and the account's clock (``/_sim/clock``).
+* Anything else: 404 with Stripe's "Unrecognized request URL" error (also for
+  a known path with another method, as Stripe answers).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from functools import partial
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -59,6 +63,8 @@ class SimState:
     requests: deque[dict[str, Any]]
     spec_violations: list[dict[str, Any]] = field(default_factory=list)
     spec: Any = None
+    #: Validate requests completely (an explicit ``spec_path``), not only their parameter names.
+    spec_full: bool = False
 
     def request_log(self) -> list[dict[str, Any]]:
         return list(self.requests)
@@ -144,12 +150,10 @@ def _endpoint(handler: Handler, *, auth: str, public: bool = True) -> Callable[[
             elif auth in ("token", "backend"):
                 record["auth"] = auth
             if public and sim.spec is not None:
-                problems = sim.spec.check_request(request.method, request.url.path, params)
-                if problems:
-                    sim.spec_violations.append(
-                        {"method": request.method, "path": request.url.path, "problems": problems}
-                    )
-                    raise SimError(400, "Request does not conform to the Stripe spec: " + "; ".join(problems))
+                _check_spec(sim, request.method, request.url.path, params)
+        except ClientDisconnect:
+            record["status"] = CLIENT_GONE
+            return Response(status_code=CLIENT_GONE)  # nobody reads it; the server drops it
         except FormError as exc:
             record["status"] = 400
             return _json(400, SimError(400, str(exc)).payload(), request_id, base_headers)
@@ -188,6 +192,33 @@ def _endpoint(handler: Handler, *, auth: str, public: bool = True) -> Callable[[
                 sim.idempotency.finish(idem_key, to_save)
 
     return endpoint
+
+
+#: Logged status of a request whose client hung up before its body arrived (nginx's "client closed request").
+CLIENT_GONE = 499
+
+
+def _check_spec(sim: SimState, method: str, path: str, params: dict[str, Any]) -> None:
+    """Refuse what Stripe would: unknown parameters (by name), and with a full spec anything not conforming."""
+    unknown = sim.spec.unknown_params(method, path, params) if sim.config.refuse_unknown_params else []
+    problems = sim.spec.check_request(method, path, params) if sim.spec_full else []
+    if unknown or problems:
+        sim.spec_violations.append({"method": method, "path": path, "problems": [*unknown, *problems]})
+    if unknown:
+        name = unknown[0]
+        raise SimError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+    if problems:
+        raise SimError(400, "Request does not conform to the Stripe spec: " + "; ".join(problems))
+
+
+def _unrecognized(request: Request, exc: Exception) -> Response:
+    """Stripe's answer to a path it does not have, or a method a path does not take: 404, JSON."""
+    message = (
+        f"Unrecognized request URL ({request.method}: {request.url.path}). "
+        "Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
+    )
+    body = SimError(404, message).payload()
+    return _json(404, body, "req_" + secrets.token_hex(8))
 
 
 # -- handlers (sync: they run under the books' lock, never await) -----------------------
@@ -281,6 +312,19 @@ def _refund(request: Request, params: dict[str, Any]) -> dict[str, Any]:
     return request.app.state.sim.books.refund(params)  # type: ignore[no-any-return]
 
 
+def _list_charges(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.list_charges(params)  # type: ignore[no-any-return]
+
+
+def _get_charge(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    return request.app.state.sim.books.get_charge(str(request.path_params["charge"]))  # type: ignore[no-any-return]
+
+
+def _get_payment_method(request: Request, params: dict[str, Any]) -> dict[str, Any]:
+    books: Books = request.app.state.sim.books
+    return books.get_payment_method(str(request.path_params["payment_method"]))
+
+
 # -- unauthenticated and admin ------------------------------------------------------------
 
 
@@ -326,11 +370,9 @@ async def _admin_requests(request: Request) -> Response:
 def create_app(config: SimConfig | None = None) -> Starlette:
     """A fresh simulated account; the returned app is wrapped for fault injection."""
     config = config or SimConfig()
-    spec = None
-    if config.spec_path:
-        from .spec import StripeSpec
+    from .spec import SUBSET_PATH, StripeSpec
 
-        spec = StripeSpec.load(config.spec_path)
+    spec = StripeSpec.load(config.spec_path or SUBSET_PATH)
     clock = SimClock()
     state = SimState(
         config=config,
@@ -340,6 +382,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         faults=FaultInjector(config.faults),
         requests=deque(maxlen=config.request_log_size),
         spec=spec,
+        spec_full=bool(config.spec_path),
     )
     e = _endpoint
     routes = [
@@ -354,6 +397,9 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/v1/payment_intents/{intent}/capture", e(_capture, auth="any"), methods=["POST"]),
         Route("/v1/payment_intents/{intent}/cancel", e(_cancel, auth="any"), methods=["POST"]),
         Route("/v1/refunds", e(_refund, auth="any"), methods=["POST"]),
+        Route("/v1/charges", e(_list_charges, auth="any"), methods=["GET"]),
+        Route("/v1/charges/{charge}", e(_get_charge, auth="any"), methods=["GET"]),
+        Route("/v1/payment_methods/{payment_method}", e(_get_payment_method, auth="any"), methods=["GET"]),
         Route("/device/v1/sessions", e(_device_session, auth="token", public=False), methods=["POST"]),
         Route("/device/v1/payment_methods", e(_device_payment_method, auth="session", public=False), methods=["POST"]),
         Route("/backend/connection_token", e(_backend_token, auth="backend", public=False), methods=["POST"]),
@@ -362,7 +408,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
         Route("/_sim/requests", _admin_requests, methods=["GET"]),
         Route("/_sim/clock", _admin_clock, methods=["GET", "POST"]),
     ]
-    app = SimulatorApp(routes=routes)
+    app = SimulatorApp(routes=routes, exception_handlers={404: _unrecognized, 405: _unrecognized})
     app.state.sim = state
     app.fault_middleware = FaultMiddleware(partial(Starlette.__call__, app), state.faults)
     return app
@@ -374,4 +420,7 @@ class SimulatorApp(Starlette):
     fault_middleware: FaultMiddleware
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.fault_middleware(scope, receive, send)
+        try:
+            await self.fault_middleware(scope, receive, send)
+        except (ClientDisconnect, ConnectionResetError, BrokenPipeError):
+            return  # the client hung up mid-request: nobody to answer, nothing worth a traceback

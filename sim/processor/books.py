@@ -22,7 +22,7 @@ from typing import Any
 
 from offterm.plugins.readers.card_encryption import SCHEME, CardDecryptionError, decrypt
 
-from .cards import Decision, decide
+from .cards import TEST_PAYMENT_METHODS, Decision, decide
 from .config import SimConfig
 from .errors import SimError, bad_param, missing
 
@@ -295,6 +295,53 @@ class Books:
             self.payment_methods[pm_id] = _PaymentMethod(obj=obj, decision=decision, stored_at=stored_at)
         return obj
 
+    def _test_card_method(self, name: str) -> _PaymentMethod:
+        """A new ``card`` PaymentMethod from one of Stripe's test PaymentMethods (caller holds the lock)."""
+        number = TEST_PAYMENT_METHODS[name]
+        decision = decide(number)
+        fingerprint = hashlib.sha256(b"offterm-sim" + number.encode()).hexdigest()[:16]
+        pm_id = _id("pm")
+        obj: dict[str, Any] = {
+            "id": pm_id,
+            "object": "payment_method",
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+            "card": {
+                "brand": decision.brand,
+                "checks": {"address_line1_check": None, "address_postal_code_check": None, "cvc_check": "pass"},
+                "country": decision.country,
+                "exp_month": 12,
+                "exp_year": time.gmtime(self.clock()).tm_year + 3,
+                "fingerprint": fingerprint,
+                "funding": decision.funding,
+                "generated_from": None,
+                "last4": number[-4:],
+                "networks": {"available": [decision.brand], "preferred": None},
+                "three_d_secure_usage": {"supported": True},
+                "wallet": None,
+            },
+            "created": self._now(),
+            "customer": None,
+            "livemode": self.config.livemode,
+            "metadata": {},
+            "type": "card",
+        }
+        pm = _PaymentMethod(obj=obj, decision=decision)
+        self.payment_methods[pm_id] = pm
+        return pm
+
+    def _payment_method(self, pm_id: str, param: str = "payment_method") -> _PaymentMethod:
+        """A stored PaymentMethod, or a new one for a test PaymentMethod's name (caller holds the lock)."""
+        if pm_id in TEST_PAYMENT_METHODS and not self.config.livemode:
+            return self._test_card_method(pm_id)
+        pm = self.payment_methods.get(pm_id)
+        if pm is None:
+            raise missing("PaymentMethod", pm_id, param)
+        return pm
+
+    def get_payment_method(self, pm_id: str) -> dict[str, Any]:
+        with self.lock:
+            return dict(self._payment_method(pm_id, "payment_method").obj)
+
     # -- payment intents --------------------------------------------------------------
 
     def create_intent(
@@ -370,9 +417,9 @@ class Books:
         pm = params.get("payment_method")
         with self.lock:
             if pm:
-                if pm not in self.payment_methods:
-                    raise missing("PaymentMethod", pm, "payment_method")
-                intent["payment_method"] = pm
+                if not isinstance(pm, str):
+                    raise bad_param("payment_method", "Invalid string")
+                intent["payment_method"] = self._payment_method(pm).obj["id"]
                 intent["status"] = "requires_confirmation"
             self.intents[intent_id] = intent
             self.created_at[intent_id] = self.clock()
@@ -394,19 +441,7 @@ class Books:
         with self.lock:
             self._settle()
             items = list(reversed(self.intents.values()))  # newest first, as Stripe lists
-            after = params.get("starting_after")
-            before = params.get("ending_before")
-            ids = [i["id"] for i in items]
-            if after:
-                if after not in ids:
-                    raise missing("payment_intent", after, "starting_after")
-                items = items[ids.index(after) + 1 :]
-            elif before:
-                if before not in ids:
-                    raise missing("payment_intent", before, "ending_before")
-                items = items[: ids.index(before)][-limit:]
-            page = [dict(i) for i in items[:limit]]
-            has_more = len(items) > limit
+            page, has_more = _page(items, params, limit, "payment_intent")
         return {"object": "list", "data": page, "has_more": has_more, "url": "/v1/payment_intents"}
 
     def search_intents(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -479,9 +514,8 @@ class Books:
                     param="payment_method",
                     saved=True,
                 )
-            pm = self.payment_methods.get(pm_id)
-            if pm is None:
-                raise missing("PaymentMethod", pm_id, "payment_method")
+            pm = self._payment_method(str(pm_id))
+            pm_id = pm.obj["id"]
             if pm.obj["type"] not in intent["payment_method_types"]:
                 raise SimError(
                     400,
@@ -570,7 +604,6 @@ class Books:
         """Record one authorisation attempt (caller holds the lock)."""
         ok = pm.decision.approved
         captured = ok and intent["capture_method"] != "manual"
-        card = pm.obj["card_present"]
         charge_id = _id("ch")
         charge: dict[str, Any] = {
             "id": charge_id,
@@ -598,25 +631,7 @@ class Books:
             "paid": ok,
             "payment_intent": intent["id"],
             "payment_method": pm.obj["id"],
-            "payment_method_details": {
-                "type": "card_present",
-                "card_present": {
-                    "amount_authorized": intent["amount"] if ok else None,
-                    "brand": card["brand"],
-                    "cardholder_name": card["cardholder_name"],
-                    "country": card["country"],
-                    "exp_month": card["exp_month"],
-                    "exp_year": card["exp_year"],
-                    "fingerprint": card["fingerprint"],
-                    "funding": card["funding"],
-                    "incremental_authorization_supported": False,
-                    "last4": card["last4"],
-                    "network": card["brand"],
-                    "offline": None if pm.stored_at is None else {"stored_at": pm.stored_at, "type": "deferred"},
-                    "overcapture_supported": False,
-                    "read_method": card["read_method"],
-                },
-            },
+            "payment_method_details": self._charge_details(intent, pm),
             "refunded": False,
             "status": "succeeded" if ok else "failed",
         }
@@ -626,6 +641,62 @@ class Books:
         if offline_id:
             self.charges_by_offline_id.setdefault(offline_id, []).append(charge_id)
         return charge
+
+    def _charge_details(self, intent: dict[str, Any], pm: _PaymentMethod) -> dict[str, Any]:
+        """A charge's ``payment_method_details``: card present (a reader) or card (online)."""
+        ok = pm.decision.approved
+        kind = pm.obj["type"]
+        card = pm.obj[kind]
+        common = {
+            "amount_authorized": intent["amount"] if ok else None,
+            "brand": card["brand"],
+            "country": card["country"],
+            "exp_month": card["exp_month"],
+            "exp_year": card["exp_year"],
+            "fingerprint": card["fingerprint"],
+            "funding": card["funding"],
+            "last4": card["last4"],
+            "network": card["brand"],
+        }
+        if kind == "card":
+            details = {
+                **common,
+                "checks": dict(card["checks"]),
+                "installments": None,
+                "mandate": None,
+                "three_d_secure": None,
+                "wallet": None,
+            }
+            return {"type": "card", "card": details}
+        details = {
+            **common,
+            "cardholder_name": card["cardholder_name"],
+            "incremental_authorization_supported": False,
+            "offline": None if pm.stored_at is None else {"stored_at": pm.stored_at, "type": "deferred"},
+            "overcapture_supported": False,
+            "read_method": card["read_method"],
+        }
+        return {"type": "card_present", "card_present": details}
+
+    def get_charge(self, charge_id: str) -> dict[str, Any]:
+        with self.lock:
+            self._settle()
+            charge = self.charges.get(charge_id)
+            if charge is None:
+                raise missing("charge", charge_id, "id")
+            return dict(charge)
+
+    def list_charges(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``GET /v1/charges``: newest first; ``payment_intent`` filters; paged like the intents list."""
+        limit = min(_int(params, "limit", minimum=1) or 10, 100)
+        with self.lock:
+            self._settle()
+            items = list(reversed(self.charges.values()))
+            wanted = params.get("payment_intent")
+            if wanted:
+                items = [c for c in items if c["payment_intent"] == wanted]
+            page, has_more = _page(items, params, limit, "charge")
+        return {"object": "list", "data": page, "has_more": has_more, "url": "/v1/charges"}
 
     def capture(self, intent_id: str, params: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -749,7 +820,7 @@ class Books:
                             "captured": ch["captured"],
                             "amount_refunded": ch["amount_refunded"],
                             "decline_code": ch["outcome"]["reason"] if ch["outcome"] else None,
-                            "offline": ch["payment_method_details"]["card_present"]["offline"],
+                            "offline": (ch["payment_method_details"].get("card_present") or {}).get("offline"),
                         }
                     )
                 out[offline_id] = entries
@@ -763,6 +834,24 @@ class Books:
                 oid: sum(1 for cid in cids if self.charges[cid]["status"] == "succeeded")
                 for oid, cids in self.charges_by_offline_id.items()
             }
+
+
+def _page(
+    items: list[dict[str, Any]], params: dict[str, Any], limit: int, kind: str
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of a newest-first list, by ``starting_after`` / ``ending_before`` (Stripe's cursors)."""
+    after = params.get("starting_after")
+    before = params.get("ending_before")
+    ids = [i["id"] for i in items]
+    if after:
+        if after not in ids:
+            raise missing(kind, after, "starting_after")
+        items = items[ids.index(after) + 1 :]
+    elif before:
+        if before not in ids:
+            raise missing(kind, before, "ending_before")
+        items = items[: ids.index(before)][-limit:]
+    return [dict(i) for i in items[:limit]], len(items) > limit
 
 
 def _clause_matches(intent: dict[str, Any], clause: tuple[str, str | None, str]) -> bool:

@@ -116,3 +116,30 @@ def decide(number: str) -> Decision:
     if not luhn_valid(number):
         return _decline(brand_for(number), "invalid_number", None, "Your card number is invalid.")
     return Decision(brand_for(number))
+
+
+#: Stripe's test PaymentMethods (test mode only), by the id an online payment names, and the
+#: test card each stands for.  Using one (``payment_method=pm_card_visa``) creates a new
+#: ``card`` PaymentMethod from that card, as Stripe does.
+TEST_PAYMENT_METHODS: dict[str, str] = {
+    "pm_card_visa": "4242424242424242",
+    "pm_card_visa_debit": "4000056655665556",
+    "pm_card_mastercard": "5555555555554444",
+    "pm_card_mastercard_debit": "5200828282828210",
+    "pm_card_mastercard_prepaid": "5105105105105100",
+    "pm_card_amex": "378282246310005",
+    "pm_card_discover": "6011111111111117",
+    "pm_card_diners": "3056930009020004",
+    "pm_card_jcb": "3566002020360505",
+    "pm_card_unionpay": "6200000000000005",
+    "pm_card_chargeDeclined": "4000000000000002",
+    "pm_card_visa_chargeDeclined": "4000000000000002",
+    "pm_card_chargeDeclinedInsufficientFunds": "4000000000009995",
+    "pm_card_visa_chargeDeclinedInsufficientFunds": "4000000000009995",
+    "pm_card_chargeDeclinedLostCard": "4000000000009987",
+    "pm_card_visa_chargeDeclinedLostCard": "4000000000009987",
+    "pm_card_chargeDeclinedStolenCard": "4000000000009979",
+    "pm_card_visa_chargeDeclinedStolenCard": "4000000000009979",
+    "pm_card_chargeDeclinedExpiredCard": "4000000000000069",
+    "pm_card_chargeDeclinedProcessingError": "4000000000000119",
+}

@@ -125,8 +125,13 @@ class SimConfig:
     mints connection tokens for it.  ``backend_auth_token``, when set, is the
     bearer token the "your backend" endpoint requires.  ``base_key_hex`` is
     the processor-side card-data key (the readers' test key by default).
-    ``spec_path`` makes the simulator check every public request against
-    Stripe's OpenAPI spec and refuse those that do not conform.
+    Public requests are checked against Stripe's OpenAPI spec: by default
+    the subset shipped with offterm, for unknown parameters only (refused
+    with Stripe's ``parameter_unknown``, as Stripe does; set
+    ``refuse_unknown_params=False`` to accept them).  ``spec_path`` names a
+    spec file (Stripe's full ``spec3.json``, or the shipped subset) to check
+    every public request against completely (types, enums, required
+    fields; needs ``jsonschema``) and refuse those that do not conform.
     ``idempotency_ttl`` is how long an idempotency key is remembered after
     its first use (Stripe: at least 24 hours); ``search_delay`` is how long
     after its creation a PaymentIntent becomes visible to search (Stripe's
@@ -144,6 +149,7 @@ class SimConfig:
     session_ttl: float = 600.0
     faults: FaultConfig = field(default_factory=FaultConfig)
     spec_path: str | None = None
+    refuse_unknown_params: bool = True
     request_log_size: int = 10_000
     idempotency_ttl: float = 86_400.0
     search_delay: float = 0.0

@@ -2,8 +2,13 @@
 
 The spec is OpenAPI 3.0 (``nullable``, form bodies with string values);
 this module turns it into plain JSON Schema, coerces form strings to the
-types the spec names, and reports what does not conform.  It needs
-``jsonschema`` (a test dependency), imported only when a spec is loaded.
+types the spec names, and reports what does not conform.
+
+Two levels: :meth:`StripeSpec.unknown_params` (names Stripe would refuse
+with ``parameter_unknown``) is plain Python and runs on every simulator
+against the subset shipped in ``openapi/`` (:data:`SUBSET_PATH`);
+:meth:`StripeSpec.check_request` validates types, enums and required fields
+too and needs ``jsonschema`` (a test dependency), imported on first use.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any
 
 ENV_VAR = "OFFTERM_STRIPE_SPEC"
 _URI = "urn:offterm:stripe-spec"
+#: The operations of Stripe's spec (API 2023-08-16) the simulator serves, shipped with offterm.
+SUBSET_PATH = Path(__file__).resolve().parent / "openapi" / "stripe-openapi-subset.json"
 
 
 def find_spec(start: Path | None = None) -> Path | None:
@@ -62,15 +69,10 @@ class StripeSpec:
     """A loaded spec: path lookup, request checks, object checks."""
 
     def __init__(self, document: dict[str, Any]) -> None:
-        from jsonschema import Draft202012Validator
-        from referencing import Registry, Resource
-        from referencing.jsonschema import DRAFT202012
-
         self.raw = document
         self.schema = _to_json_schema(document)
-        resource = Resource.from_contents(self.schema, default_specification=DRAFT202012)
-        self._registry = Registry().with_resource(_URI, resource)
-        self._validator_cls = Draft202012Validator
+        self._registry: Any = None
+        self._validator_cls: Any = None
         self._paths = [
             (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"), p) for p in document["paths"] if "{" in p
         ]
@@ -98,8 +100,21 @@ class StripeSpec:
 
     # -- checks -------------------------------------------------------------
 
+    def _validator(self) -> Any:
+        """jsonschema's validator class, with the spec registered (imported on first use)."""
+        if self._validator_cls is None:
+            from jsonschema import Draft202012Validator
+            from referencing import Registry, Resource
+            from referencing.jsonschema import DRAFT202012
+
+            resource = Resource.from_contents(self.schema, default_specification=DRAFT202012)
+            self._registry = Registry().with_resource(_URI, resource)
+            self._validator_cls = Draft202012Validator
+        return self._validator_cls
+
     def _errors(self, pointer: str, value: Any) -> list[str]:
         """Validate ``value`` against the schema at a JSON pointer into the spec."""
+        self._validator()
         validator = self._validator_cls({"$ref": f"{_URI}#{pointer}"}, registry=self._registry)
         out = []
         for err in sorted(validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path]):
@@ -152,6 +167,54 @@ class StripeSpec:
         if isinstance(value, list) and "array" in kinds and isinstance(schema.get("items"), dict):
             return [self.coerce(v, f"{pointer}/items") for v in value]
         return value
+
+    def unknown_params(self, method: str, path: str, params: dict[str, Any]) -> list[str]:
+        """Parameters the operation does not take, in Stripe's bracket notation (``a[b][c]``).
+
+        Needs no ``jsonschema``.  An operation the spec does not have yields [] (routing
+        answers those).  Nested hashes are walked as far as the spec names their keys;
+        a hash with free keys (``metadata``) has no unknown keys.
+        """
+        tmpl = self.template_for(path)
+        op = self.operation(method, path)
+        if tmpl is None or op is None:
+            return []
+        if method.upper() in ("GET", "DELETE"):
+            schemas = {p["name"]: p.get("schema", {}) for p in op.get("parameters", []) if p.get("in") == "query"}
+            root: dict[str, Any] = {"type": "object", "properties": schemas, "additionalProperties": False}
+        else:
+            content = op.get("requestBody", {}).get("content", {})
+            root = content.get("application/x-www-form-urlencoded", {}).get("schema", {})
+            if not root:
+                root = {"type": "object", "properties": {}, "additionalProperties": False}
+        return self._unknown(root, params, "")
+
+    def _unknown(self, schema: Any, value: Any, prefix: str) -> list[str]:
+        if isinstance(schema, dict) and "$ref" in schema:
+            schema = self._at(schema["$ref"][1:])[1]
+        if not isinstance(schema, dict):
+            return []
+        variants = [schema, *schema.get("anyOf", []), *schema.get("oneOf", [])]
+        variants = [self._at(v["$ref"][1:])[1] if isinstance(v, dict) and "$ref" in v else v for v in variants]
+        if isinstance(value, list):
+            items = [v["items"] for v in variants if isinstance(v, dict) and isinstance(v.get("items"), dict)]
+            if not items:
+                return []
+            return [n for i, item in enumerate(value) for n in self._unknown(items[0], item, f"{prefix}[{i}]")]
+        if not isinstance(value, dict):
+            return []
+        objects = [v for v in variants if isinstance(v, dict) and ("properties" in v or v.get("type") == "object")]
+        if not objects or any(v.get("additionalProperties") not in (None, False) for v in objects):
+            return []  # not a hash here, or one with free keys
+        out: list[str] = []
+        for key, sub in value.items():
+            name = f"{prefix}[{key}]" if prefix else str(key)
+            owner = next((v for v in objects if key in v.get("properties", {})), None)
+            if owner is None:
+                out.append(name)
+            else:
+                out.extend(self._unknown(owner["properties"][key], sub, name))
+        return out
 
     def check_request(self, method: str, path: str, params: dict[str, Any]) -> list[str]:
         """Problems with a request (path, method, body or query params); [] if it conforms."""
