@@ -156,52 +156,19 @@ def demo(ctx: Context, as_json: bool) -> None:
     sys.exit(EXIT_OK if ok else EXIT_ATTENTION)
 
 
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=12111, show_default=True, type=int)
-@click.option(
-    "--error-rate",
-    "error_rates",
-    multiple=True,
-    metavar="STATUS=RATE",
-    help="Inject HTTP errors, e.g. 503=0.1 or 429=0.2 (repeatable).",
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []}
 )
-@click.option("--latency", type=float, default=0.0, help="Seconds added to every API answer.")
-@click.option("--reset-rate", type=float, default=0.0, help="Share of requests whose connection is dropped.")
-@click.option(
-    "--commit-then-drop-rate", type=float, default=0.0, help="Share of requests committed but never answered."
-)
-@click.option("--seed", type=int, default=None, help="Seed for fault randomness.")
-def sim(
-    host: str,
-    port: int,
-    error_rates: tuple[str, ...],
-    latency: float,
-    reset_rate: float,
-    commit_then_drop_rate: float,
-    seed: int | None,
-) -> None:
-    """Serve the processor simulator (Stripe-shaped API, connection-token backend, ledger)."""
-    from offterm.sim.processor import serve
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sim(args: tuple[str, ...]) -> None:
+    """Serve the processor simulator (Stripe-shaped API, token backend, ledger); --help for its options.
 
-    rates: dict[int, float] = {}
-    for item in error_rates:
-        status, _, rate = item.partition("=")
-        try:
-            rates[int(status)] = float(rate)
-        except ValueError:
-            raise click.BadParameter(f"expected STATUS=RATE, got {item!r}", param_hint="--error-rate") from None
-    try:
-        faults = {
-            "error_rates": rates,
-            "latency": latency,
-            "reset_rate": reset_rate,
-            "commit_drop_rate": commit_then_drop_rate,
-            "seed": seed,
-        }
-        serve(host=host, port=port, faults=faults)
-    except ValueError as exc:  # invalid fault settings
-        raise click.UsageError(str(exc)) from None
+    Same options as `python -m offterm.sim.processor`: --port, --secret-key, --error-rate, --reset-rate,
+    --drop-rate, --commit-drop-rate, ... Exit 2 on a bad option or a busy port (sim_port_in_use).
+    """
+    from offterm.sim.processor.__main__ import main as sim_main
+
+    sys.exit(sim_main(list(args), prog="offterm sim"))
 
 
 @cli.command("reader-emulator", context_settings={"ignore_unknown_options": True, "help_option_names": []})

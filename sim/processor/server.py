@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -20,6 +21,26 @@ from .app import SimState, create_app
 from .config import FaultConfig, SimConfig
 
 READY_PREFIX = "offterm-sim listening on "
+#: ``offterm sim``'s port: not stripe-mock's 12111/12112, nor 4242 (Stripe's sample servers).
+DEFAULT_PORT = 12480
+
+
+class PortInUseError(OSError):
+    """The simulator's port is taken (``code`` ``sim_port_in_use``)."""
+
+    code = "sim_port_in_use"
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"{host}:{port} is already in use (another simulator, stripe-mock, a dev server?); "
+            "choose another --port, or 0 for any free one",
+        )
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -28,7 +49,13 @@ def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(host, port) from None
+        raise
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -255,17 +282,20 @@ def running_simulator(port: int = 0, *, subprocess: bool = False, **config: Any)
 
 def serve(
     host: str = "127.0.0.1",
-    port: int = 4242,
+    port: int = DEFAULT_PORT,
     *,
     log_level: str = "info",
     announce: bool = True,
+    banner: str | None = None,
     config: SimConfig | None = None,
     **options: Any,
 ) -> None:
     """Serve a simulator until interrupted (``offterm sim``).
 
     Prints one line, ``offterm-sim listening on http://HOST:PORT``, once it
-    accepts connections; ``options`` are SimConfig fields (``faults`` may be a dict).
+    accepts connections, then ``banner`` (if any) on stderr; ``options`` are
+    SimConfig fields (``faults`` may be a dict).
+    Raises :class:`PortInUseError` when the port is taken.
     """
     sim_config = config or SimConfig.build(**options)
     app = create_app(sim_config)
@@ -280,6 +310,8 @@ def serve(
             await asyncio.sleep(0.01)
         if announce and server.started:
             print(f"{READY_PREFIX}http://{shown}:{bound}", flush=True)
+            if banner:
+                print(banner, file=sys.stderr, flush=True)
         await task
 
     asyncio.run(main())
