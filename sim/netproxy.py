@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import socket
 import struct
 import threading
@@ -123,6 +124,32 @@ class FaultProxy:
         self._thread.join(timeout=10)
         self._loop = None
         self._thread = None
+
+    def terminal_config(
+        self, config: dict[str, Any] | None = None, *, token_path: str | None = "/backend/connection_token"
+    ) -> dict[str, Any]:
+        """``config`` (a Terminal configuration dict) with everything it sends upstream routed through here.
+
+        That is the Stripe transport's ``api_base`` (its PaymentIntent calls and its
+        reachability probe, ``probe_path``), the device API (``device_api_base``; dropped,
+        so it follows ``api_base``) and, unless ``token_path`` is None, the ``http``
+        connection-token provider's ``url`` (``token_path`` on the upstream: the
+        simulator's "your backend" by default).  ``set_mode("down")`` then takes the
+        terminal offline, ``set_mode("pass")`` brings it back.  A copy is returned;
+        the other settings are kept.  A token backend elsewhere needs a proxy of its
+        own: ``backend_proxy.terminal_config(cfg, token_path="/connection_token")`` after
+        passing ``cfg`` through the processor's proxy with ``token_path=None``.
+        """
+        out = copy.deepcopy(config) if config else {}
+        stripe = out.setdefault("forwarding", {}).setdefault("stripe", {})
+        stripe["api_base"] = self.url
+        stripe.pop("device_api_base", None)
+        if token_path is not None:
+            tokens = out.setdefault("tokens", {})
+            providers = list(tokens.get("providers", ["http"]))
+            tokens["providers"] = providers if "http" in providers else ["http", *providers]
+            tokens.setdefault("http", {})["url"] = self.url + token_path
+        return out
 
     def __enter__(self) -> FaultProxy:
         return self.start()
