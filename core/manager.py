@@ -10,15 +10,25 @@ its own manager.  Order of work, as in pytest and conda:
    isolation: a broken one is a warning naming it (fatal in strict mode);
 5. ``check_pending``: a hook name that matches no spec is a typo, and the
    plugin carrying it is rejected.
+
+Every hook is called through pluggy (``pm.hook.<name>(...)``), so wrappers
+(``wrapper=True`` and old-style ``hookwrapper=True``), ``tryfirst`` /
+``trylast`` and pluggy's tracing behave as pluggy documents.  Isolation comes
+from :class:`GuardedPluggy`: when a plugin is registered, each of its hook
+functions is replaced by a guard that knows the plugin's name.  A failing
+event listener or wrapper is logged and skipped; a failing registration
+function hands its error back, tagged with the plugin, to the manager.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
+import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar, cast
@@ -40,6 +50,10 @@ from .registrations import (
 )
 
 log = structlog.get_logger("offterm.plugins")
+#: pluggy's hook trace (``OFFTERM_TRACE_HOOKS``) goes through stdlib logging at
+#: DEBUG: ``configure_logging`` renders (and redacts) it; unconfigured, it is
+#: dropped.  Never stdout.
+trace_log = logging.getLogger("offterm.plugins.trace")
 
 ENTRY_POINT_GROUP = "offterm"
 
@@ -62,6 +76,8 @@ ENV_NO_AUTOLOAD = "OFFTERM_DISABLE_PLUGIN_AUTOLOAD"  # "1": skip entry points
 ENV_STRICT = "OFFTERM_STRICT_PLUGINS"  # "1": a broken plugin is fatal
 ENV_TRACE = "OFFTERM_TRACE_HOOKS"  # "1": log every hook call
 
+EVENT_HOOK_PREFIX = "offterm_on_"
+
 R = TypeVar("R", bound=Registration[Any])
 
 
@@ -82,6 +98,188 @@ class PluginInfo:
 class _Provided:
     registration: Registration[Any]
     plugin: str
+
+
+class PluginItems(list[Any]):
+    """What one plugin's registration function returned, tagged with the plugin.
+
+    A plain list of registrations (wrappers and other callers can iterate it
+    as the hookspec says), plus who made it and, if it raised, the error.
+    """
+
+    def __init__(self, plugin: str, items: Iterable[Any] = (), error: Exception | None = None) -> None:
+        super().__init__(items)
+        self.plugin = plugin
+        self.error = error
+
+
+def _log_listener_failure(plugin: str, hook_name: str, exc: Exception, *, wrapper: bool = False) -> None:
+    log.error(
+        "event_listener_failed",
+        plugin=plugin,
+        hook=hook_name,
+        wrapper=wrapper,
+        error_type=type(exc).__name__,
+        error=str(exc),
+    )
+
+
+def _with_failure(result: object, plugin: str, exc: Exception) -> object:
+    """A registration wrapper failed: keep the result, add the failure for ``_collect`` to report."""
+    results = list(result) if isinstance(result, list) else []
+    return [*results, PluginItems(plugin, error=exc)]
+
+
+def _guard_wrapper(
+    function: Callable[..., Any], on_error: Callable[[Exception, object], object]
+) -> Callable[..., Generator[None, Any, object]]:
+    """A new-style (``wrapper=True``) wrapper that can fail without failing the call.
+
+    If the plugin's generator raises before or after its ``yield`` (or does not
+    yield exactly once), ``on_error(exc, result)`` reports it and gives the
+    result to pass on.  An exception from inside the call is thrown into the
+    plugin's generator exactly as pluggy does.
+    """
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Generator[None, Any, object]:
+        gen = function(*args, **kwargs)
+        try:
+            next(gen)
+        except Exception as exc:  # raised (or returned) before its yield
+            return on_error(exc, (yield))
+        try:
+            result = yield
+        except BaseException as exc:
+            try:
+                gen.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            gen.close()
+            raise
+        try:
+            gen.send(result)
+        except StopIteration as stop:
+            return stop.value
+        except Exception as exc:
+            return on_error(exc, result)
+        gen.close()
+        return on_error(RuntimeError(f"wrapper {function.__name__} yielded more than once"), result)
+
+    return guarded
+
+
+def _guard_old_style_wrapper(
+    function: Callable[..., Any], on_error: Callable[[Exception, object], object]
+) -> Callable[..., Generator[None, pluggy.Result[Any], None]]:
+    """An old-style (``hookwrapper=True``) wrapper that can fail without failing the call."""
+
+    def failed(exc: Exception, outcome: pluggy.Result[Any]) -> None:
+        if outcome.exception is None:
+            outcome.force_result(on_error(exc, outcome.get_result()))
+        else:
+            on_error(exc, None)
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> Generator[None, pluggy.Result[Any], None]:
+        gen = function(*args, **kwargs)
+        try:
+            next(gen)
+        except Exception as exc:
+            failed(exc, (yield))
+            return
+        outcome = yield
+        try:
+            gen.send(outcome)
+        except StopIteration:
+            return
+        except Exception as exc:
+            failed(exc, outcome)
+            return
+        gen.close()
+        failed(RuntimeError(f"hookwrapper {function.__name__} yielded more than once"), outcome)
+
+    return guarded
+
+
+def _guard_listener(function: Callable[..., Any], plugin: str, hook_name: str) -> Callable[..., None]:
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            function(*args, **kwargs)
+        except Exception as exc:  # a listener must never break a payment
+            _log_listener_failure(plugin, hook_name, exc)
+
+    return guarded
+
+
+def _guard_registration(function: Callable[..., Any], plugin: str) -> Callable[..., PluginItems]:
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> PluginItems:
+        try:  # consume here: a generator raises while it is iterated
+            return PluginItems(plugin, list(function(*args, **kwargs) or ()))
+        except Exception as exc:
+            return PluginItems(plugin, error=exc)
+
+    return guarded
+
+
+def _by_keyword(function: Callable[..., Any], argnames: tuple[str, ...]) -> Callable[..., Any]:
+    """Call ``function`` with keyword arguments, as the hookspecs promise (pluggy passes them by position)."""
+    if not argnames:
+        return function
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return function(**dict(zip(argnames, args, strict=True)), **kwargs)
+
+    return call
+
+
+def _guard(impl: pluggy.HookImpl, hook_name: str) -> Callable[..., Any]:
+    plugin = impl.plugin_name
+    function = _by_keyword(impl.function, impl.argnames)
+    on_error: Callable[[Exception, object], object]
+    if hook_name.startswith(EVENT_HOOK_PREFIX):
+        if not (impl.wrapper or impl.hookwrapper):
+            return _guard_listener(function, plugin, hook_name)
+
+        def on_error(exc: Exception, result: object) -> object:
+            _log_listener_failure(plugin, hook_name, exc, wrapper=True)
+            return result
+
+    else:
+        if not (impl.wrapper or impl.hookwrapper):
+            return _guard_registration(function, plugin)
+
+        def on_error(exc: Exception, result: object) -> object:
+            return _with_failure(result, plugin, exc)
+
+    if impl.hookwrapper:
+        return _guard_old_style_wrapper(function, on_error)
+    return _guard_wrapper(function, on_error)
+
+
+class GuardedPluggy(pluggy.PluginManager):
+    """pluggy's manager, with every hook function of a plugin guarded at registration.
+
+    Calls still go through pluggy (ordering, wrappers, tracing); only the
+    function each ``HookImpl`` calls is swapped for one that isolates and
+    names failures (the argument names pluggy passes were already taken
+    from the original function).
+    """
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        plugin_name = super().register(plugin, name)
+        if plugin_name is None:
+            return None
+        for caller in self.get_hookcallers(plugin) or ():
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin:
+                    # HookImpl.function is Final to type checkers only; this is
+                    # the one place offterm changes it.
+                    setattr(impl, "function", _guard(impl, caller.name))  # noqa: B010
+        return plugin_name
 
 
 class PluginManager:
@@ -116,18 +314,27 @@ class PluginManager:
     # -- components -------------------------------------------------------------
 
     def _collect(self, hook_name: str, expected: type[R]) -> dict[str, _Provided]:
-        """Call one registration hook per plugin, isolating failures, and index by name."""
-        hook = getattr(self.pm.hook, hook_name)
+        """Call one registration hook through pluggy and index its components by name.
+
+        Each plugin's answer comes back tagged (``PluginItems``), so a failure
+        is attributed to its plugin and two providers of one name are both named.
+        """
         found: dict[str, _Provided] = {}
-        for impl in hook.get_hookimpls():
-            plugin = impl.plugin_name
-            try:
-                items = list(impl.function() or ())
-                for item in items:
-                    if not isinstance(item, expected):
-                        raise PluginError(f"{hook_name} yielded {type(item).__name__}, expected {expected.__name__}")
-            except Exception as exc:
-                self._fail(plugin, f'plugin "{plugin}" failed in {hook_name}: {exc}', exc)
+        for answer in getattr(self.pm.hook, hook_name)():
+            if isinstance(answer, PluginItems):
+                plugin, error, items = answer.plugin, answer.error, list(answer)
+            else:  # a hook wrapper replaced an answer with something of its own
+                plugin, error, items = "(a hook wrapper)", None, []
+                try:
+                    items = list(answer or ())
+                except Exception as exc:
+                    error = exc
+            if error is None:
+                wrong = [item for item in items if not isinstance(item, expected)]
+                if wrong:
+                    error = PluginError(f"{hook_name} yielded {type(wrong[0]).__name__}, expected {expected.__name__}")
+            if error is not None:
+                self._fail(plugin, f'plugin "{plugin}" failed in {hook_name}: {error}', error)
                 continue
             for item in items:
                 if item.name in found:
@@ -182,19 +389,14 @@ class PluginManager:
     # -- events -------------------------------------------------------------------
 
     def emit(self, event: str, **kwargs: Any) -> None:
-        """Call every listener of ``offterm_on_<event>``; one failing never stops the others."""
-        hook = getattr(self.pm.hook, f"offterm_on_{event}")
-        for impl in hook.get_hookimpls():  # registration order
-            try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception as exc:  # a listener must never break a payment
-                log.error(
-                    "event_listener_failed",
-                    plugin=impl.plugin_name,
-                    hook=f"offterm_on_{event}",
-                    error_type=type(exc).__name__,
-                    error=str(exc),
-                )
+        """Call ``offterm_on_<event>`` through pluggy; one failing listener never stops the others.
+
+        Listeners and wrappers run in pluggy's order (``tryfirst``, then the
+        most recently registered first, then ``trylast``).  Each was guarded
+        when its plugin was registered: one that raises is logged
+        (``event_listener_failed``, with its plugin's name) and skipped.
+        """
+        getattr(self.pm.hook, f"{EVENT_HOOK_PREFIX}{event}")(**kwargs)
 
 
 #: kind -> (hook name, registration class)
@@ -239,13 +441,13 @@ def create_plugin_manager(
         autoload = False
     strict = strict or _truthy(env.get(ENV_STRICT))
 
-    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm = GuardedPluggy(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
     manager = PluginManager(pm, strict=strict)
     if _truthy(env.get(ENV_TRACE)):
-        pm.trace.root.setwriter(lambda msg: log.debug("hook_trace", msg=msg.rstrip()))
+        pm.trace.root.setwriter(lambda msg: trace_log.debug("hook_trace: %s", msg.rstrip()))
         pm.enable_tracing()
 
     bundled = tuple(bundled)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import io
+import logging
 import sys
 import textwrap
 import types
@@ -11,7 +13,7 @@ import pytest
 import structlog
 import structlog.testing
 
-from offterm.core import hookimpl
+from offterm.core import hookimpl, hookspecs
 from offterm.core.errors import ComponentConflict, ComponentNotFound, PluginError
 from offterm.core.manager import BUNDLED_PLUGINS, create_plugin_manager
 from offterm.core.registrations import StorageBackendRegistration, TokenProviderRegistration
@@ -219,22 +221,30 @@ def test_failing_listener_is_logged_with_its_plugin_name_and_others_still_run():
     assert failure["plugin"] == "bad-listener" and failure["error"] == "listener bug"
 
 
-def test_listeners_run_in_registration_order():
+def test_listeners_run_in_pluggy_order_tryfirst_last_registered_first_trylast():
     order: list[str] = []
 
-    def listener(tag: str):
+    def listener(tag: str, **opts: bool):
         class L:
-            @hookimpl
+            @hookimpl(**opts)
             def offterm_on_forwarding_failure(self, error):
                 order.append(tag)
 
         return L()
 
     pm = create_plugin_manager(
-        bundled=(), autoload=False, env={}, plugins={"one": listener("one"), "two": listener("two")}
+        bundled=(),
+        autoload=False,
+        env={},
+        plugins={
+            "last": listener("last", trylast=True),
+            "one": listener("one"),
+            "first": listener("first", tryfirst=True),
+            "two": listener("two"),
+        },
     )
     pm.emit("forwarding_failure", error=PluginError("x"))
-    assert order == ["one", "two"]
+    assert order == ["first", "two", "one", "last"]
 
 
 def test_fake_dist_info_entry_point_is_discovered(tmp_path, monkeypatch):
@@ -271,9 +281,241 @@ def test_plugin_object_may_be_a_module():
     assert "inline" in pm.available("tokens")
 
 
-def test_hook_tracing_env_var(capsys):
+def test_registration_hooks_follow_tryfirst_trylast_and_wrappers_see_the_registrations():
+    class Early:
+        @hookimpl(tryfirst=True)
+        def offterm_connection_token_providers(self):
+            yield TokenProviderRegistration(name="early", factory=lambda ctx: object())
+
+    class Late:
+        @hookimpl(trylast=True)
+        def offterm_connection_token_providers(self):
+            yield TokenProviderRegistration(name="late", factory=lambda ctx: object())
+
+    seen: list[list[str]] = []
+
+    class HideMiddle:
+        @hookimpl(wrapper=True)
+        def offterm_connection_token_providers(self):
+            answers = yield
+            seen.append([reg.name for answer in answers for reg in answer])
+            return [[reg for reg in answer if reg.name != "middle"] for answer in answers]
+
     pm = create_plugin_manager(
-        bundled=(), autoload=False, env={"OFFTERM_TRACE_HOOKS": "1"}, plugins={"t": _token_plugin("traced")}
+        bundled=(),
+        autoload=False,
+        env={},
+        plugins={"late": Late(), "early": Early(), "middle": _token_plugin("middle")},
     )
-    pm.pm.hook.offterm_connection_token_providers()
-    assert "hook_trace" in capsys.readouterr().out
+    assert list(pm.available("tokens")) == ["early", "middle", "late"]
+    pm.register(HideMiddle(), "hide")
+    assert pm.available("tokens") == {"early": "(a hook wrapper)", "late": "(a hook wrapper)"}
+    assert seen == [["early", "middle", "late"]]
+    with pytest.raises(ComponentNotFound, match="Choose one of: early, late"):
+        pm.token_provider("middle")
+
+
+def test_a_raising_registration_wrapper_is_attributed_to_its_plugin():
+    seen: list[list[str]] = []
+
+    class Broken:
+        @hookimpl(wrapper=True)
+        def offterm_connection_token_providers(self):
+            result = yield
+            seen.append([reg.name for answer in result for reg in answer])
+            raise RuntimeError("wrapper bug")
+
+    plugins = {"fine": _token_plugin("fine"), "broken-wrapper": Broken()}
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins=plugins)
+    with pytest.warns(RuntimeWarning, match='plugin "broken-wrapper" failed in offterm_connection_token_providers'):
+        assert pm.token_provider("fine").name == "fine"
+    assert "wrapper bug" in pm.load_failures["broken-wrapper"]
+    assert seen == [["fine"]], "the wrapper ran around the real call"
+    strict = create_plugin_manager(bundled=(), autoload=False, strict=True, env={}, plugins=plugins)
+    with pytest.raises(PluginError, match='"broken-wrapper".*wrapper bug'):
+        strict.token_provider("fine")
+
+
+def _event_plugins(calls: list[str]) -> dict[str, object]:
+    """Listeners and wrappers of ``offterm_on_payment_stored``, including broken ones, registration order."""
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def offterm_on_payment_stored(self, intent):
+            calls.append("first")
+
+    class RaisesEarly:
+        @hookimpl(tryfirst=True)
+        def offterm_on_payment_stored(self, intent):
+            calls.append("raises-early")
+            raise RuntimeError("early listener bug")
+
+    class Plain:
+        @hookimpl
+        def offterm_on_payment_stored(self, intent):
+            calls.append("plain")
+
+    class RaisesLate:
+        @hookimpl(trylast=True)
+        def offterm_on_payment_stored(self, intent):
+            calls.append("raises-late")
+            raise ValueError("late listener bug")
+
+    class Last:
+        @hookimpl(trylast=True)
+        def offterm_on_payment_stored(self, intent):
+            calls.append("last")
+
+    class NewWrapper:
+        @hookimpl(wrapper=True)
+        def offterm_on_payment_stored(self, intent):
+            calls.append("new-wrapper:before")
+            result = yield
+            calls.append("new-wrapper:after")
+            return result
+
+    class OldWrapper:
+        @hookimpl(hookwrapper=True)
+        def offterm_on_payment_stored(self, intent):
+            calls.append("old-wrapper:before")
+            outcome = yield
+            outcome.get_result()
+            calls.append("old-wrapper:after")
+
+    class BrokenNewWrapper:
+        @hookimpl(wrapper=True, tryfirst=True)
+        def offterm_on_payment_stored(self, intent):
+            raise RuntimeError("new wrapper bug")
+            yield  # pragma: no cover
+
+    class BrokenOldWrapper:
+        @hookimpl(hookwrapper=True)
+        def offterm_on_payment_stored(self, intent):
+            yield
+            raise RuntimeError("old wrapper bug")
+
+    return {
+        "broken-new-wrapper": BrokenNewWrapper(),
+        "old-wrapper": OldWrapper(),
+        "raises-late": RaisesLate(),
+        "last": Last(),
+        "plain": Plain(),
+        "raises-early": RaisesEarly(),
+        "first": First(),
+        "new-wrapper": NewWrapper(),
+        "broken-old-wrapper": BrokenOldWrapper(),
+    }
+
+
+_EXPECTED_CALLS = [
+    "new-wrapper:before",  # wrappers wrap every listener; registered last = outermost
+    "old-wrapper:before",
+    "first",  # tryfirst, most recently registered first
+    "raises-early",
+    "plain",
+    "raises-late",  # trylast, first registered first
+    "last",
+    "old-wrapper:after",
+    "new-wrapper:after",
+]
+
+
+def _failures(logs: list[dict]) -> dict[str, str]:
+    return {e["plugin"]: e["error"] for e in logs if e["event"] == "event_listener_failed"}
+
+
+_EXPECTED_FAILURES = {
+    "raises-early": "early listener bug",
+    "raises-late": "late listener bug",
+    "broken-new-wrapper": "new wrapper bug",
+    "broken-old-wrapper": "old wrapper bug",
+}
+
+
+def test_emit_runs_wrappers_in_order_and_isolates_each_failing_listener_and_wrapper():
+    calls: list[str] = []
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins=_event_plugins(calls))
+    from offterm.core.models import PaymentIntent
+
+    with structlog.testing.capture_logs() as logs:
+        pm.emit("payment_stored", intent=PaymentIntent(offline_id="offpi_" + "1" * 32, amount=500, currency="usd"))
+    assert calls == _EXPECTED_CALLS
+    assert _failures(logs) == _EXPECTED_FAILURES
+    assert {e["hook"] for e in logs if e["event"] == "event_listener_failed"} == {"offterm_on_payment_stored"}
+
+
+async def test_a_terminal_runs_wrappers_in_order_and_survives_failing_listeners(offterm_config):
+    """The real path: a Terminal storing a payment offline emits through the manager."""
+    from offterm.core import OfflineBehavior, Terminal
+
+    calls: list[str] = []
+    every_event: list[str] = []
+
+    class SeesEverything:
+        pass
+
+    for name in dir(hookspecs):
+        if name.startswith("offterm_on_"):
+
+            def wrapper(self, *args, _name=name, **kwargs):
+                every_event.append(_name)
+                return (yield)
+
+            wrapper.__name__ = name
+            setattr(SeesEverything, name, hookimpl(wrapper=True)(wrapper))
+
+    class EveryListener:
+        @hookimpl
+        def offterm_on_reader_connected(self, reader):
+            calls.append("reader_connected")
+
+        @hookimpl
+        def offterm_on_offline_status_changed(self, status):
+            calls.append("offline_status_changed")
+
+    plugins = {"every": SeesEverything(), "listener": EveryListener(), **_event_plugins(calls)}
+    pm = create_plugin_manager(autoload=False, strict=True, env={}, plugins=plugins)
+    with structlog.testing.capture_logs() as logs:
+        async with Terminal.from_config(offterm_config, plugin_manager=pm) as terminal:
+            [reader] = await terminal.discover_readers()
+            await terminal.connect_reader(reader)
+            intent = await terminal.create_payment_intent(
+                {"amount": 700, "currency": "usd"}, offline_behavior=OfflineBehavior.FORCE_OFFLINE
+            )
+            terminal.connected_reader.present_card("visa")
+            intent = await terminal.confirm_payment_intent(await terminal.collect_payment_method(intent))
+            assert intent.requires_upload, "failing listeners must not change the payment"
+            assert terminal.offline_status.sdk.offline_payments_count == 1
+    stored = calls.index("new-wrapper:before")
+    assert calls[stored : stored + len(_EXPECTED_CALLS)] == _EXPECTED_CALLS
+    assert _failures(logs) == _EXPECTED_FAILURES
+    # the catch-all wrapper saw every event the Terminal emitted, listeners or not
+    assert {"offterm_on_reader_connected", "offterm_on_payment_stored", "offterm_on_offline_status_changed"} <= set(
+        every_event
+    )
+    assert every_event.count("offterm_on_reader_connected") == calls.count("reader_connected")
+    assert every_event.count("offterm_on_offline_status_changed") == calls.count("offline_status_changed") > 0
+
+
+async def test_hook_tracing_env_var_logs_the_terminals_hook_calls_never_to_stdout(offterm_config, monkeypatch, capsys):
+    from offterm.core import Terminal
+    from offterm.core.logs import configure_logging
+
+    monkeypatch.setenv("OFFTERM_TRACE_HOOKS", "1")
+    monkeypatch.setenv("OFFTERM_DISABLE_PLUGIN_AUTOLOAD", "1")
+    stream = io.StringIO()
+    configure_logging(level="debug", stream=stream)
+    async with Terminal.from_config(offterm_config) as terminal:  # the manager reads the environment
+        [reader] = await terminal.discover_readers()
+        await terminal.connect_reader(reader)
+    trace = [line for line in stream.getvalue().splitlines() if "hook_trace" in line]
+    assert any("offterm_reader_transports" in line for line in trace), "selection goes through pluggy"
+    assert any("offterm_on_reader_connected" in line for line in trace), "events go through pluggy"
+    assert capsys.readouterr().out == ""
+
+
+def test_hook_tracing_is_off_without_the_env_var(caplog):
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"t": _token_plugin("quiet")})
+    with caplog.at_level(logging.DEBUG, logger="offterm.plugins.trace"):
+        assert "quiet" in pm.available("tokens")
+    assert [r for r in caplog.records if r.name == "offterm.plugins.trace"] == []

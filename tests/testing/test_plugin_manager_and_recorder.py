@@ -142,3 +142,25 @@ async def test_wait_for_async_lets_the_loop_run(offterm_plugin_manager, offterm_
     asyncio.get_running_loop().call_later(0.01, lambda: offterm_plugin_manager.emit("forwarding_failure", error=None))
     [call] = await offterm_hook_recorder.wait_for_async("forwarding_failure", timeout=10)
     assert call.error is None
+
+
+def test_plugins_added_during_a_test_are_called_through_pluggy(offterm_plugin_manager, offterm_hook_recorder):
+    seen: list[str] = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def offterm_on_payment_stored(self, intent):
+            seen.append("before")
+            result = yield
+            seen.append("after")
+            return result
+
+    class Broken:
+        @hookimpl(tryfirst=True)
+        def offterm_on_payment_stored(self, intent):
+            raise RuntimeError("listener bug")
+
+    with offterm_plugin_manager.temporary(Wrapper()), offterm_plugin_manager.temporary(Broken()):
+        offterm_plugin_manager.emit("payment_stored", intent=_intent())
+    assert seen == ["before", "after"]
+    offterm_hook_recorder.assert_called("payment_stored", times=1)
