@@ -12,7 +12,8 @@ side file, one JSON object per line, appended with a single ``write(2)``:
 * ``online``   confirm returned an authorised payment (fsynced the same way);
 * ``declined`` / ``refused`` / ``error``  confirm raised a typed error (``code``);
 * ``unknown``  confirm kept answering "outcome unknown" after the POS confirmed again;
-* ``ended``    the Terminal deleted the payment's in-flight journal entry (answered, or stored);
+* ``ending`` / ``ended``  the Terminal is deleting / deleted the payment's in-flight journal entry
+  (answered, or stored);
 * ``recovered`` (final drain only) an online confirm a kill interrupted, as the in-flight
   journal reconciled it: ``resolution`` charged / declined / not_charged;
 * ``phase``    where the worker is (open, migrated, forward...), for classifying kills;
@@ -211,6 +212,7 @@ def install_journal_hooks(terminal: Terminal, kill: KillPlan, side: SideFile) ->
     real_end = store.end_online
 
     async def end_online(offline_id: str) -> None:
+        side.write({"e": "ending", "id": offline_id})  # a kill inside the delete's commit may still delete it
         await real_end(offline_id)
         side.write({"e": "ended", "id": offline_id})
         if kill.hit("online_ended"):
