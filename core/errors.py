@@ -68,6 +68,12 @@ class ComponentConflict(PluginError):
     code = "component_conflict"
 
 
+class ComponentWrongType(PluginError):
+    """A plugin's factory built something that is not the contract of its kind (names plugin, component, type)."""
+
+    code = "component_wrong_type"
+
+
 # --- payment intents and amounts -----------------------------------------------
 
 

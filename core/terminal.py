@@ -26,14 +26,17 @@ from .contracts import (
     CardResult,
     CollectRequest,
     ConnectionTokenProvider,
+    ForwardingPolicy,
     ForwardingTransport,
     NewPayment,
     OfflineAcceptancePolicy,
     PaymentState,
+    PaymentStore,
     ProcessorSession,
     ReaderConnection,
     ReaderInfo,
     ReaderTransport,
+    StorageKeyProvider,
     StoredPayment,
     StoreSummary,
 )
@@ -43,6 +46,7 @@ from .currency import normalize_currency, validate_amount
 from .errors import (
     AuthenticationFailed,
     CardDeclined,
+    ComponentWrongType,
     ConfigError,
     ConnectionTokenError,
     NoLastSeenAccount,
@@ -86,6 +90,16 @@ log = structlog.get_logger("offterm.terminal")
 
 _ACCOUNT_META = "last_seen_account"
 _READER_META = "reader_online:"
+#: The contract each kind of component must implement; ``_build`` checks what a factory returns against it.
+_CONTRACTS: dict[str, type] = {
+    "reader": ReaderTransport,
+    "storage": PaymentStore,
+    "storage_key": StorageKeyProvider,
+    "tokens": ConnectionTokenProvider,
+    "forwarding": ForwardingTransport,
+    "acceptance": OfflineAcceptancePolicy,
+    "forwarding_policy": ForwardingPolicy,
+}
 
 
 @dataclass(frozen=True)
@@ -178,9 +192,17 @@ class _JournalLedger:
 class Terminal:
     """Async Terminal API.  Use ``async with Terminal.from_config(...) as terminal:``."""
 
-    def __init__(self, config: Config, plugin_manager: PluginManager | None = None, *, background: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        plugin_manager: PluginManager | None = None,
+        *,
+        background: bool = True,
+        create_store: bool = True,
+    ) -> None:
         self.config = config
         self._background = background
+        self._create_store = create_store
         plugins = config.sections["plugins"]
         self.plugins = plugin_manager or create_plugin_manager(
             disabled=plugins["disable"], autoload=plugins["autoload"], strict=plugins["strict"], env=config.env
@@ -213,18 +235,32 @@ class Terminal:
         *,
         plugin_manager: PluginManager | None = None,
         background: bool = True,
+        create_store: bool = True,
     ) -> Terminal:
         """Build a Terminal from a TOML path, a dict, or a loaded Config (not yet open).
 
         ``background=False`` opens without the forwarding and probing tasks
-        (for inspection tools); ``forward_now`` still works.
+        (for inspection tools); ``forward_now`` still works.  ``create_store=False``
+        opens only an existing store: where there is none, ``open()`` raises
+        ``StoreNotFound`` and creates nothing (no directory, store, key or reserve).
         """
         loaded = config if isinstance(config, Config) else load_config(config)
-        return cls(loaded, plugin_manager, background=background)
+        return cls(loaded, plugin_manager, background=background, create_store=create_store)
 
     def _build(self, kind: str, registration: Registration[Any]) -> Any:
         options = self.config.component(kind, registration)
-        return registration.factory(ComponentContext(registration.name, options, self.data_dir))
+        built = registration.factory(ComponentContext(registration.name, options, self.data_dir))
+        expected = _CONTRACTS.get(kind)
+        if expected is not None and not isinstance(built, expected):
+            plugin = self.plugins.available(kind).get(registration.name, "unknown")
+            raise ComponentWrongType(
+                f"plugin {plugin!r}: the {kind} component {registration.name!r} built a {type(built).__name__}, "
+                f"not a {expected.__module__}.{expected.__qualname__}",
+                plugin=plugin,
+                component=registration.name,
+                expected=expected.__qualname__,
+            )
+        return built
 
     async def __aenter__(self) -> Terminal:
         await self.open()
@@ -239,7 +275,8 @@ class Terminal:
         """Build components, open the store, recover crashed claims, start forwarding."""
         cfg = self.config.sections
         pm = self.plugins
-        make_private_dir(self.data_dir, lambda m: ConfigError("terminal.data_dir", m), "directory")
+        if self._create_store:  # an inspection Terminal creates nothing: the store finds its own directory
+            make_private_dir(self.data_dir, lambda m: ConfigError("terminal.data_dir", m), "directory")
         self._check_component_tables()
         store_reg = pm.storage_backend(cfg["storage"]["backend"])
         key_reg = pm.storage_key_provider(cfg["storage"]["key_provider"])
@@ -256,7 +293,7 @@ class Terminal:
         ]
 
         self.store = AsyncStore(self._build("storage", store_reg))
-        await self.store.open(self._build("storage_key", key_reg))
+        await self.store.open(self._build("storage_key", key_reg), create=self._create_store)
         try:
             account = await self.store.get_meta(_ACCOUNT_META)
             if account:
