@@ -27,6 +27,8 @@ from offterm.core.models import PaymentIntent
 from offterm.sim.netproxy import FaultProxy
 from offterm.sim.processor import SimHandle, start_simulator
 
+from .ids import short_id as _short
+
 
 @dataclass
 class DemoListener:
@@ -98,16 +100,6 @@ def _config(proxy: FaultProxy, data_dir: Path) -> dict[str, Any]:
         },
         "acceptance": {"limits": {"max_amount": {"usd": 100_000}, "max_total": {"usd": 500_000}}},
     }
-
-
-def _short(identifier: str | None) -> str:
-    """Prefix and the last characters: offline ids start with their creation time, so heads look alike."""
-    if not identifier:
-        return "—"
-    if len(identifier) <= 16:
-        return identifier
-    prefix = identifier.split("_", 1)[0] + "_" if "_" in identifier[:8] else ""
-    return f"{prefix}…{identifier[-8:]}"
 
 
 def _card_text(intent: PaymentIntent) -> str:

@@ -1,7 +1,9 @@
 """``offterm doctor``: every check an operator needs before trusting a POS.
 
 Each check reports ok / warn / fail with a detail line; a failing check never
-stops the others, and nothing here changes the store.
+stops the others, and nothing here changes the store: it never creates one, nor
+a key (``offterm.cli.inspection``).  A check that failed with a coded error
+carries its ``code`` too.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from offterm.core import Terminal, load_config
+from offterm.core import load_config
 from offterm.core.config import Config
 from offterm.core.contracts import TokenRequest
 from offterm.core.errors import OfftermError
-from offterm.core.manager import COMPONENT_KINDS, PluginManager, create_plugin_manager
+from offterm.core.manager import COMPONENT_KINDS, PluginManager
+from offterm.core.registrations import ComponentContext
+
+from .inspection import CLI_PLUGIN, inspection_terminal, loaded_from, plugin_manager
 
 Check = dict[str, str]
 
@@ -23,10 +28,14 @@ def _check(name: str, fn: Callable[[], tuple[str, str]]) -> Check:
     try:
         status, detail = fn()
     except OfftermError as exc:
-        status, detail = "fail", str(exc)
+        return _failed(name, exc)
     except Exception as exc:  # a doctor must report, not crash
         status, detail = "fail", f"{type(exc).__name__}: {exc}"
     return {"check": name, "status": status, "detail": detail}
+
+
+def _failed(name: str, exc: OfftermError) -> Check:
+    return {"check": name, "status": "fail", "detail": str(exc), "code": exc.code}
 
 
 def run_checks(config_path: str | None) -> list[Check]:
@@ -35,7 +44,8 @@ def run_checks(config_path: str | None) -> list[Check]:
 
     def config() -> tuple[str, str]:
         box["config"] = cfg = load_config(config_path)
-        return "ok", f"loaded from {cfg.source or 'defaults (no file)'}; data dir {cfg.data_dir}"
+        source = loaded_from(cfg)
+        return "ok", f"{f'loaded from {source}' if source else 'none: defaults'}; data dir {cfg.data_dir}"
 
     results.append(_check("config", config))
     if "config" not in box:
@@ -43,9 +53,8 @@ def run_checks(config_path: str | None) -> list[Check]:
     cfg: Config = box["config"]
 
     def plugins() -> tuple[str, str]:
-        p = cfg.sections["plugins"]
-        box["pm"] = pm = create_plugin_manager(disabled=p["disable"], autoload=p["autoload"], strict=p["strict"])
-        sources = ", ".join(f"{i.name} ({i.source})" for i in pm.info.values())
+        box["pm"] = pm = plugin_manager(cfg)
+        sources = ", ".join(f"{i.name} ({i.source})" for i in pm.info.values() if i.name != CLI_PLUGIN)
         if pm.load_failures:
             return "warn", f"failed: {', '.join(pm.load_failures)}; loaded: {sources}"
         return "ok", sources
@@ -81,11 +90,11 @@ def run_checks(config_path: str | None) -> list[Check]:
 
 async def _terminal_checks(cfg: Config, pm: PluginManager) -> list[Check]:
     results: list[Check] = []
-    terminal = Terminal(cfg, pm, background=False)
+    terminal = inspection_terminal(cfg, pm=pm)
     try:
         await terminal.open()
     except OfftermError as exc:
-        return [{"check": "store", "status": "fail", "detail": str(exc)}]
+        return [_failed("store", exc), await _backend_check(cfg, pm)]
     try:
         summary = await terminal.store.summary()
         results.append(
@@ -116,22 +125,27 @@ async def _terminal_checks(cfg: Config, pm: PluginManager) -> list[Check]:
                 "detail": "reachable" if reachable else "not reachable (payments will be stored offline)",
             }
         )
-        try:
-            for name, provider in terminal.sessions._providers:
-                token = await provider.fetch(TokenRequest(reason="probe"))
-                if token is not None:
-                    results.append(
-                        {
-                            "check": "backend",
-                            "status": "ok",
-                            "detail": f"token provider {name} returned a connection token",
-                        }
-                    )
-                    break
-            else:
-                results.append({"check": "backend", "status": "fail", "detail": "no token provider returned a token"})
-        except OfftermError as exc:
-            results.append({"check": "backend", "status": "fail", "detail": str(exc)})
+        results.append(await _backend_check(cfg, pm))
     finally:
         await terminal.close(timeout=0)
     return results
+
+
+async def _backend_check(cfg: Config, pm: PluginManager) -> Check:
+    """Ask the configured token providers, in order, as a payment would (the store's checks need none)."""
+    try:
+        for name in cfg.get("tokens", "providers"):
+            reg = pm.token_provider(name)
+            provider = reg.factory(ComponentContext(reg.name, cfg.component("tokens", reg), cfg.data_dir))
+            token = await provider.fetch(TokenRequest(reason="probe"))
+            if token is not None:
+                return {
+                    "check": "backend",
+                    "status": "ok",
+                    "detail": f"token provider {name} returned a connection token",
+                }
+        return {"check": "backend", "status": "fail", "detail": "no token provider returned a token"}
+    except OfftermError as exc:
+        return _failed("backend", exc)
+    except Exception as exc:  # a doctor must report, not crash
+        return {"check": "backend", "status": "fail", "detail": f"{type(exc).__name__}: {exc}"}

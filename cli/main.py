@@ -1,13 +1,16 @@
 """The ``offterm`` command.
 
-Exit codes (also in ``offterm --help``):
+Exit codes (also in ``offterm --help``, and each command's own in its ``--help``):
 
 * 0 — done;
 * 1 — done, but something needs a person: payments remain after ``forward``,
-  ``doctor`` found a problem, the demo saw a duplicate charge;
-* 2 — usage or configuration error;
-* 3 — the payment store could not be opened (wrong key, damaged, unavailable);
-* 4 — a plugin failed to load or a component is unknown.
+  ``doctor`` found a problem, no payment has the id given, the demo saw a duplicate charge;
+* 2 — usage or configuration error (also: a payment id that matches several payments);
+* 3 — the payment store could not be opened (wrong key, damaged, read-only or unavailable);
+* 4 — a plugin failed to load, a component is unknown, or a plugin built the wrong type;
+* 5 — no payment store where the configuration points (``storage_not_found``; nothing was created).
+
+The commands that work on the store never create one (``offterm.cli.inspection``).
 """
 
 from __future__ import annotations
@@ -18,33 +21,66 @@ import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from offterm.core import Terminal, load_config
+from offterm.core import Terminal, hookimpl, load_config
 from offterm.core.config import Config
 from offterm.core.contracts import PaymentState, StoredPayment
+from offterm.core.contracts.storage import PENDING_STATES
 from offterm.core.currency import format_amount
-from offterm.core.errors import ConfigError, OfftermError, PluginError, StorageError
+from offterm.core.errors import (
+    AmbiguousPaymentId,
+    ConfigError,
+    InvalidTransition,
+    OfftermError,
+    PaymentNotFound,
+    PluginError,
+    StorageError,
+    StoreNotFound,
+)
 
-EXIT_OK, EXIT_ATTENTION, EXIT_CONFIG, EXIT_STORAGE, EXIT_PLUGIN = 0, 1, 2, 3, 4
+from .ids import match_payment, short_ids
+from .inspection import inspection_terminal
+
+if TYPE_CHECKING:
+    from offterm.core.terminal import CloseReport
+
+EXIT_OK, EXIT_ATTENTION, EXIT_CONFIG, EXIT_STORAGE, EXIT_PLUGIN, EXIT_NO_STORE = 0, 1, 2, 3, 4, 5
 
 T = TypeVar("T")
 
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0  done
-  1  done, but something needs a person (payments remain, doctor found a problem)
-  2  usage or configuration error
-  3  the payment store could not be opened (wrong key, damaged, unavailable)
-  4  a plugin failed to load or a component is unknown"""
+_USAGE = (EXIT_CONFIG, "usage or configuration error")
+_STORE = (EXIT_STORAGE, "the payment store could not be opened (wrong key, damaged, read-only or unavailable)")
+_PLUGIN = (EXIT_PLUGIN, "a plugin failed to load, a component is unknown, or a plugin built the wrong type")
+_NO_STORE = (EXIT_NO_STORE, "no payment store where the configuration points (nothing was created)")
+
+
+def exit_codes_help(*codes: tuple[int, str]) -> str:
+    """A ``--help`` epilog listing exit codes (``\\b`` keeps click from rewrapping it)."""
+    return "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in codes)
+
+
+def store_exit_codes(ok: str, *more: tuple[int, str]) -> str:
+    """The epilog of a command that opens the store: ``ok``, ``more``, then the codes they all share."""
+    return exit_codes_help((EXIT_OK, ok), *more, _USAGE, _STORE, _PLUGIN, _NO_STORE)
+
+
+EXIT_CODES_HELP = exit_codes_help(
+    (EXIT_OK, "done"),
+    (EXIT_ATTENTION, "done, but something needs a person (payments remain, doctor found a problem)"),
+    _USAGE,
+    _STORE,
+    _PLUGIN,
+    _NO_STORE,
+)
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,12 +114,38 @@ class Context:
     def config(self) -> Config:
         return load_config(self.config_path)
 
-    def run(self, fn: Callable[[Terminal], Awaitable[T]], *, background: bool = False) -> T:
-        """Open a Terminal from the configuration, run ``fn``, close it; map errors to exit codes."""
+    def run(
+        self,
+        fn: Callable[[Terminal], Awaitable[T]],
+        *,
+        tokens: bool = False,
+        listeners: Mapping[str, object] | None = None,
+    ) -> T:
+        """Open the configured store (never creating one), run ``fn``, close; map errors to exit codes."""
+        return self.run_with_report(fn, tokens=tokens, listeners=listeners)[0]
 
-        async def main() -> T:
-            async with Terminal.from_config(self.config(), background=background) as terminal:
-                return await fn(terminal)
+    def run_with_report(
+        self,
+        fn: Callable[[Terminal], Awaitable[T]],
+        *,
+        tokens: bool = False,
+        listeners: Mapping[str, object] | None = None,
+    ) -> tuple[T, CloseReport]:
+        """``run``, also returning what ``close()`` reported (the payments still waiting, and why).
+
+        :param tokens: build the configured connection-token providers (only ``forward`` talks to the
+            processor for payments); otherwise no token backend is needed, nor asked.
+        :param listeners: plugin objects whose hook implementations receive the Terminal's events.
+        """
+
+        async def main() -> tuple[T, CloseReport]:
+            terminal = inspection_terminal(self.config(), tokens=tokens, listeners=listeners)
+            await terminal.open()
+            try:
+                result = await fn(terminal)
+            finally:
+                report = await terminal.close()
+            return result, report
 
         return self.guard(lambda: asyncio.run(main()))
 
@@ -92,15 +154,24 @@ class Context:
             return fn()
         except ConfigError as exc:
             self.fail(EXIT_CONFIG, exc)
+        except StoreNotFound as exc:
+            self.fail(EXIT_NO_STORE, exc)
+        except (PaymentNotFound, InvalidTransition) as exc:  # the store opened: not an exit-3 failure
+            self.fail(EXIT_ATTENTION, exc)
+        except AmbiguousPaymentId as exc:
+            self.fail(EXIT_CONFIG, exc)
         except StorageError as exc:
             self.fail(EXIT_STORAGE, exc)
         except PluginError as exc:
             self.fail(EXIT_PLUGIN, exc)
         except OfftermError as exc:
             self.fail(EXIT_ATTENTION, exc)
+        except OSError as exc:  # nothing below should let one through; if it does, no traceback either
+            where = f": {exc.filename}" if exc.filename else ""
+            self.fail(EXIT_STORAGE, f"[os_error] {exc.strerror or type(exc).__name__}{where}")
         raise AssertionError("unreachable")
 
-    def fail(self, code: int, exc: OfftermError) -> None:
+    def fail(self, code: int, exc: OfftermError | str) -> None:
         self.err.print(f"[red]error[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(code)
 
@@ -114,7 +185,7 @@ pass_ctx = click.make_pass_decorator(Context)
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="OFFTERM_CONFIG",
-    help="Configuration file (default: $OFFTERM_CONFIG, then the user config dir).",
+    help="Configuration file (default: $OFFTERM_CONFIG, then the user config dir; none: the defaults).",
 )
 @click.option("--log-json", is_flag=True, help="Log as JSON lines (for machines).")
 @click.option(
@@ -183,7 +254,11 @@ def reader_emulator(args: tuple[str, ...]) -> None:
 # -- plugins ------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(
+    epilog=exit_codes_help(
+        (EXIT_OK, "listed"), _USAGE, (EXIT_PLUGIN, "a plugin failed to load while [plugins] strict is set")
+    )
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def plugins(ctx: Context, as_json: bool) -> None:
@@ -224,10 +299,28 @@ def plugins(ctx: Context, as_json: bool) -> None:
 
 # -- the store --------------------------------------------------------------------------------
 
+#: The columns of ``payments list --json``, ``show`` and ``export`` (CSV header included when empty).
+PAYMENT_COLUMNS = (
+    "offline_id",
+    "intent_id",
+    "amount",
+    "currency",
+    "state",
+    "stored_at",
+    "attempts",
+    "brand",
+    "last4",
+    "account_id",
+    "livemode",
+    "last_error_code",
+    "decline_code",
+    "metadata",
+)
+
 
 def _payment_row(p: StoredPayment) -> dict[str, Any]:
     card = p.card_details
-    return {
+    row = {
         "offline_id": p.offline_id,
         "intent_id": p.intent_id,
         "amount": p.amount,
@@ -243,13 +336,29 @@ def _payment_row(p: StoredPayment) -> dict[str, Any]:
         "decline_code": p.decline_code,
         "metadata": p.metadata,
     }
+    assert tuple(row) == PAYMENT_COLUMNS
+    return row
 
 
-@cli.command()
+async def _find_payment(terminal: Terminal, given: str) -> StoredPayment:
+    """The payment ``given`` names: its whole id, a unique prefix or suffix, or the short form ``list`` shows."""
+    try:
+        return await terminal.store.get(given)
+    except PaymentNotFound:
+        return match_payment(given, await terminal.list_stored_payments())
+
+
+STATUS_EXIT_CODES = store_exit_codes("shown (payments may be waiting: see the figures)")
+
+
+@cli.command(epilog=STATUS_EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
-    """What is waiting to be forwarded, and whether the processor is reachable."""
+    """What is waiting to be forwarded, and whether the processor is reachable.
+
+    Reads the existing store only: it never creates one, and needs no token backend.
+    """
 
     async def get(terminal: Terminal) -> dict[str, Any]:
         await terminal.network.check()
@@ -260,6 +369,7 @@ def status(ctx: Context, as_json: bool) -> None:
             "offline_payment_amounts_by_currency": s.offline_payment_amounts_by_currency,
             "needs_attention": s.needs_attention_count,
             "oldest_stored_at": s.oldest_stored_at.isoformat() if s.oldest_stored_at else None,
+            "store": str(terminal.data_dir),
         }
 
     data = ctx.run(get)
@@ -267,36 +377,51 @@ def status(ctx: Context, as_json: bool) -> None:
         _emit_json(data)
         return
     amounts = ", ".join(format_amount(a, c) for c, a in data["offline_payment_amounts_by_currency"].items()) or "—"
+    ctx.console.print(f"data dir           {escape(data['store'])}", soft_wrap=True)
     ctx.console.print(f"network            {data['network_status']}")
     ctx.console.print(f"waiting            {data['offline_payments_count']} ({amounts})")
     ctx.console.print(f"needs attention    {data['needs_attention']}")
     ctx.console.print(f"oldest stored at   {data['oldest_stored_at'] or '—'}")
 
 
-@cli.group()
+@cli.group(epilog=store_exit_codes("done (each subcommand's --help has its own list)"))
 def payments() -> None:
     """Inspect stored payments."""
 
 
-@payments.command("list")
+#: Below this many columns ``payments list`` shows each id by its distinguishing tail (``offpi_…3f9a0c1d``).
+WHOLE_IDS_WIDTH = 160
+
+
+@payments.command("list", epilog=store_exit_codes("listed (also when there are none)"))
 @click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in PaymentState]))
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def payments_list(ctx: Context, states: tuple[str, ...], as_json: bool) -> None:
-    """List stored payments, oldest first."""
+    """List stored payments, oldest first.
+
+    On a narrow terminal an id is shown by its distinguishing tail (offline ids are time-ordered, so
+    their heads are alike); `payments show` takes it as it is shown, or any unique prefix or suffix.
+    """
     wanted = [PaymentState(s) for s in states] or None
     rows = [_payment_row(p) for p in ctx.run(lambda t: t.list_stored_payments(wanted))]
     if as_json:
         _emit_json(rows)
         return
+    whole = ctx.console.width >= WHOLE_IDS_WIDTH
+    shown = {r["offline_id"]: r["offline_id"] for r in rows} if whole else short_ids(r["offline_id"] for r in rows)
     table = Table()
-    for col in ("offline id", "stored at", "amount", "card", "state", "attempts", "processor id", "last error"):
-        table.add_column(col)
+    id_width = max((len(s) for s in shown.values()), default=10)
+    table.add_column("offline id", no_wrap=True, min_width=id_width)
+    table.add_column("stored at (UTC)", no_wrap=whole)
+    for col in ("amount", "card", "state", "tries", "processor id", "last error"):
+        table.add_column(col, overflow="fold")
     for r in rows:
         card = f"{r['brand']} •••• {r['last4']}" if r["brand"] else "—"
+        stored_at = datetime.fromisoformat(r["stored_at"]).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
-            r["offline_id"],
-            r["stored_at"],
+            shown[r["offline_id"]],
+            stored_at,
             format_amount(r["amount"], r["currency"]),
             card,
             r["state"],
@@ -307,16 +432,26 @@ def payments_list(ctx: Context, states: tuple[str, ...], as_json: bool) -> None:
     ctx.console.print(table)
 
 
-@payments.command("show")
+SHOW_EXIT_CODES = store_exit_codes(
+    "shown",
+    (EXIT_ATTENTION, "no payment has that id, or an id that starts or ends with it"),
+    (EXIT_CONFIG, "the id given matches several payments (ambiguous_payment_id; they are listed)"),
+)
+
+
+@payments.command("show", epilog=SHOW_EXIT_CODES)
 @click.argument("offline_id")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def payments_show(ctx: Context, offline_id: str, as_json: bool) -> None:
-    """One payment with its full state history."""
+    """One payment with its full state history.
+
+    OFFLINE_ID is the whole id, any unique prefix or suffix of it, or the short form `payments list` shows.
+    """
 
     async def get(terminal: Terminal) -> dict[str, Any]:
-        payment = await terminal.store.get(offline_id)
-        history = await terminal.payment_history(offline_id)
+        payment = await _find_payment(terminal, offline_id)
+        history = await terminal.payment_history(payment.offline_id)
         row = _payment_row(payment)
         row["last_error_message"] = payment.last_error_message
         row["history"] = [
@@ -337,7 +472,7 @@ def payments_show(ctx: Context, offline_id: str, as_json: bool) -> None:
         return
     for key, value in data.items():
         if key != "history":
-            ctx.console.print(f"{key:<20} {value}")
+            ctx.console.print(f"{key:<20} {escape(str(value))}", soft_wrap=True)
     table = Table(title="history")
     for col in ("at", "from", "to", "attempt", "error"):
         table.add_column(col)
@@ -346,13 +481,11 @@ def payments_show(ctx: Context, offline_id: str, as_json: bool) -> None:
     ctx.console.print(table)
 
 
-REQUEUE_EXIT_CODES_HELP = """\b
-Exit codes:
-  0  requeued: the payment is stored again and is forwarded at the next attempt
-  1  nothing changed: no such payment, or it is not in needs_attention
-  2  usage or configuration error
-  3  the payment store could not be opened (wrong key, damaged, unavailable)
-  4  a plugin failed to load or a component is unknown"""
+REQUEUE_EXIT_CODES_HELP = store_exit_codes(
+    "requeued: the payment is stored again and is forwarded at the next attempt",
+    (EXIT_ATTENTION, "nothing changed: no such payment, or it is not in needs_attention"),
+    (EXIT_CONFIG, "the id given matches several payments (ambiguous_payment_id; they are listed)"),
+)
 
 
 @payments.command("requeue", epilog=REQUEUE_EXIT_CODES_HELP)
@@ -363,22 +496,16 @@ Exit codes:
 def payments_requeue(ctx: Context, offline_id: str, reason: str | None, as_json: bool) -> None:
     """Put a needs_attention payment back in the forwarding queue.
 
-    It keeps its idempotency key, so forwarding it again cannot charge twice.
+    It keeps its idempotency key, so forwarding it again cannot charge twice.  OFFLINE_ID is the
+    whole id, any unique prefix or suffix of it, or the short form `payments list` shows.
     """
     from datetime import UTC
 
-    from offterm.core.errors import InvalidTransition, PaymentNotFound
-
-    async def go(terminal: Terminal) -> StoredPayment | OfftermError:
-        try:
-            return await terminal.store.requeue(offline_id, datetime.now(UTC), reason=reason)
-        except (PaymentNotFound, InvalidTransition) as exc:  # the store opened: not an exit-3 failure
-            return exc
+    async def go(terminal: Terminal) -> StoredPayment:
+        payment = await _find_payment(terminal, offline_id)
+        return await terminal.store.requeue(payment.offline_id, datetime.now(UTC), reason=reason)
 
     result = ctx.run(go)
-    if isinstance(result, OfftermError):
-        ctx.fail(EXIT_ATTENTION, result)
-        return
     if as_json:
         _emit_json({**_payment_row(result), "requeued": True})
         return
@@ -389,29 +516,63 @@ def payments_requeue(ctx: Context, offline_id: str, reason: str | None, as_json:
     )
 
 
-@cli.command()
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep trying.")
+class ForwardProgress:
+    """A plugin object: advances the progress bar as each payment's forwarding ends (any outcome)."""
+
+    def __init__(self) -> None:
+        self.advance: Callable[[], None] = lambda: None
+        self.ended: list[str] = []
+
+    @hookimpl
+    def offterm_on_payment_intent_forwarded(self, intent: Any, error: OfftermError | None) -> None:
+        self.ended.append(intent.offline_id)
+        self.advance()
+
+
+FORWARD_EXIT_CODES = store_exit_codes(
+    "nothing is waiting any more",
+    (EXIT_ATTENTION, "payments remain (each is listed with why); run again later or see `payments show`"),
+)
+
+
+@cli.command(epilog=FORWARD_EXIT_CODES)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep trying while the processor answers.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def forward(ctx: Context, timeout: float, as_json: bool) -> None:
-    """Forward stored payments now; exit 1 if any remain."""
-    from rich.progress import Progress
+    """Forward stored payments now, whatever their retry backoff; exit 1 if any remain.
+
+    Keeps trying for up to --timeout seconds while the processor answers, then says why each
+    remaining payment remains.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    listener = ForwardProgress()
 
     async def go(terminal: Terminal) -> dict[str, Any]:
         before = (await terminal.refresh_offline_status()).sdk.offline_payments_count
-        with Progress(console=ctx.console, disable=as_json) as progress:
-            task = progress.add_task("forwarding", total=before or 1)
+        columns = (TextColumn("forwarding"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=ctx.console, disable=as_json or not before) as progress:
+            task = progress.add_task("forwarding", total=before)
+            listener.advance = lambda: progress.advance(task)
             remaining = await terminal.forward_now(timeout=timeout)
-            progress.update(task, completed=(before - remaining) if before else 1)
+        waiting = await terminal.list_stored_payments(PENDING_STATES)
         s = terminal.offline_status.sdk
         return {
             "before": before,
             "remaining": remaining,
             "needs_attention": s.needs_attention_count,
             "network_status": s.network_status.value,
+            "messages": {p.offline_id: p.last_error_message for p in waiting},
         }
 
-    data = ctx.run(go)
+    data, report = ctx.run_with_report(go, tokens=True, listeners={"offterm-cli-forward": listener})
+    messages = data.pop("messages")
+    data["remaining"] = report.remaining
+    data["waiting"] = [
+        {"offline_id": w.offline_id, "state": w.state.value, "reason": w.reason, "message": messages.get(w.offline_id)}
+        for w in report.waiting
+    ]
     if as_json:
         _emit_json(data)
     else:
@@ -419,23 +580,39 @@ def forward(ctx: Context, timeout: float, as_json: bool) -> None:
             f"forwarded {data['before'] - data['remaining']}, remaining {data['remaining']}, "
             f"needs attention {data['needs_attention']}"
         )
+        if data["waiting"] and data["network_status"] != "online":
+            ctx.console.print(f"the processor is not reachable (network {data['network_status']})")
+        shown = short_ids(w["offline_id"] for w in data["waiting"])
+        for w in data["waiting"]:
+            why = w["reason"] + (f": {w['message']}" if w["message"] else "")
+            ctx.console.print(f"  {shown[w['offline_id']]}  {w['state']:<15} {escape(why)}", soft_wrap=True)
     sys.exit(EXIT_ATTENTION if data["remaining"] else EXIT_OK)
 
 
-@cli.command()
+EXPORT_EXIT_CODES = store_exit_codes(
+    "exported (an empty store gives an empty JSONL file, or a CSV file with its header row only)",
+    (EXIT_CONFIG, "usage or configuration error, or the --output file cannot be written"),
+)
+
+
+@cli.command(epilog=EXPORT_EXIT_CODES)
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File (default: stdout).")
 @pass_ctx
 def export(ctx: Context, fmt: str, output: Path | None) -> None:
     """Export every stored payment's reconciliation record (no card data)."""
     rows = [_payment_row(p) for p in ctx.run(lambda t: t.list_stored_payments())]
-    out = output.open("w", newline="") if output else sys.stdout
+    try:
+        out = output.open("w", newline="") if output else sys.stdout
+    except OSError as exc:
+        ctx.fail(EXIT_CONFIG, f"[invalid_output] cannot write {output}: {exc.strerror}")
+        return
     try:
         if fmt == "jsonl":
             for r in rows:
                 out.write(json.dumps(r, sort_keys=True) + "\n")
         else:
-            writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["offline_id"])
+            writer = csv.DictWriter(out, fieldnames=list(PAYMENT_COLUMNS))
             writer.writeheader()
             for r in rows:
                 writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()})
@@ -444,11 +621,22 @@ def export(ctx: Context, fmt: str, output: Path | None) -> None:
             out.close()
 
 
-@cli.command()
+DOCTOR_EXIT_CODES = exit_codes_help(
+    (EXIT_OK, "every check is ok (or only warns)"),
+    (EXIT_ATTENTION, "a check failed (each is listed with why)"),
+    _USAGE,
+    (EXIT_NO_STORE, "no payment store where the configuration points (nothing was created; other checks still ran)"),
+)
+
+
+@cli.command(epilog=DOCTOR_EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def doctor(ctx: Context, as_json: bool) -> None:
-    """Check configuration, key access, store integrity, plugins and connectivity."""
+    """Check configuration, key access, store integrity, plugins and connectivity.
+
+    Changes nothing: it never creates a store or a key.
+    """
     from .doctor import run_checks
 
     checks = run_checks(ctx.config_path)
@@ -457,7 +645,9 @@ def doctor(ctx: Context, as_json: bool) -> None:
     else:
         for c in checks:
             mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}[c["status"]]
-            ctx.console.print(f"{mark:<18} {c['check']:<14} {c['detail']}")
+            ctx.console.print(f"{mark:<18} {c['check']:<14} {escape(c['detail'])}", soft_wrap=True)
+    if any(c.get("code") == StoreNotFound.code for c in checks):
+        sys.exit(EXIT_NO_STORE)
     sys.exit(EXIT_ATTENTION if any(c["status"] == "fail" for c in checks) else EXIT_OK)
 
 

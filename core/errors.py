@@ -221,6 +221,12 @@ class PaymentNotFound(StorageError):
     code = "payment_not_found"
 
 
+class AmbiguousPaymentId(InvalidRequest):
+    """A shortened payment id matches more than one payment; ``matches`` lists them."""
+
+    code = "ambiguous_payment_id"
+
+
 class InvalidTransition(StorageError):
     code = "invalid_transition"
 
