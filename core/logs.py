@@ -1,10 +1,44 @@
 """Structured logging: a console renderer for people, JSON for machines, secrets always masked.
 
-Nothing is configured at import time: until an application (or the ``offterm``
-CLI) calls :func:`configure_logging`, structlog's own defaults apply, and a
-library user is free to build a pipeline of their own.  Whoever builds one
-should include :func:`redact_processor` just before the renderer: it masks
-card numbers, track data, hex keys and tokens wherever they appear.
+offterm is a library, so it never writes to standard output and never adds a
+handler.  Its modules log through ``structlog``; importing this module makes
+sure those lines end up in the standard :mod:`logging` machinery, under
+loggers named ``offterm...`` (``offterm.terminal``, ``offterm.forwarder``,
+``offterm.plugins``...), already redacted.  What happens to them then is the
+application's choice, exactly as with any library that uses :mod:`logging`:
+
+* Nothing configured: the records meet no handler, so Python's *last resort*
+  handler writes WARNING and above to standard error (``storage_key_created``,
+  ``plugin_load_failed``, ``recovered_claims_after_crash``...) and INFO and
+  DEBUG go nowhere.  We deliberately add no ``NullHandler``: it would also
+  swallow those warnings, and a payment library whose "back up this key" or
+  "a plugin did not load" disappears silently in an app that never set up
+  logging is worse than one stderr line.  (``NullHandler`` is the advice from
+  before Python 3.2, when an unconfigured library printed "No handlers could
+  be found" instead.)  An app that wants silence sets the ``offterm`` logger's
+  level, or configures logging at all.
+* The app configures :mod:`logging` (``basicConfig``, ``dictConfig``, its own
+  handlers): offterm's records arrive like any other library's.  A record's
+  ``msg`` is the event dict; ``getMessage()`` renders it as
+  ``"payment_stored amount=1250 currency='usd' offline_id='offpi_...'"``,
+  and a structlog ``ProcessorFormatter`` sees the fields one by one.
+* The app calls :func:`configure_logging`: one redacting pipeline for
+  structlog and :mod:`logging`, console or JSON, to standard error by default.
+  The ``offterm`` CLI does this for its own output (``--log-json``, ``--log-level``).
+* The app configures structlog itself (``structlog.configure``): offterm's
+  loggers follow that configuration, which is then the app's to keep
+  redacting (put :func:`redact_processor` just before the renderer).
+
+How: structlog decides where a logger writes only through its global
+configuration.  When this module is imported and nobody has configured
+structlog yet, it installs structlog's own defaults with one difference:
+loggers whose name starts with ``offterm`` are handed to :mod:`logging`
+(redacted, filtered by the stdlib level before any processing) instead of
+being printed.  Every other structlog logger in the process still prints as
+structlog's defaults do.  The one visible trace is that
+``structlog.is_configured()`` is True afterwards, so an app should use
+``structlog.configure`` rather than ``configure_once`` (which would warn and
+keep ours).  :func:`reset_logging` returns to this state.
 
 Correlation ids travel in ``structlog.contextvars``: :func:`bind_payment`
 binds ``offline_id`` for the work on one payment, :func:`bind_request` binds a
@@ -35,7 +69,10 @@ __all__ = [
     "REDACTED",
     "bind_payment",
     "bind_request",
+    "LogEvent",
     "configure_logging",
+    "install_library_default",
+    "is_offterm_logger",
     "is_sensitive_key",
     "new_request_id",
     "payment_scoped",
@@ -344,6 +381,12 @@ def configure_logging(*, json: bool = False, level: str = "info", stream: IO[str
     :param stream: where to write (default: standard error at call time).
 
     Calling it again replaces the previous configuration (idempotent).
+
+    This configures the process, not just offterm: structlog's global
+    configuration, and one handler on the root logger (level ``level``), which
+    renders every record, offterm's and other libraries', through the same
+    redaction.  An app with its own logging setup need not call it: offterm's
+    records reach the app's handlers anyway (see the module docstring).
     """
     numeric = _level(level)
     out = stream if stream is not None else sys.stderr
@@ -396,6 +439,99 @@ def _remove_handlers(root: logging.Logger) -> None:
 
 
 def reset_logging() -> None:
-    """Undo :func:`configure_logging`: remove its handler and restore structlog's defaults."""
+    """Undo :func:`configure_logging`: remove its handler and return to the state after import.
+
+    That is structlog's defaults with offterm's loggers handed to :mod:`logging`
+    (see :func:`install_library_default`).
+    """
     _remove_handlers(logging.getLogger())
     structlog.reset_defaults()
+    install_library_default()
+
+
+# ---------------------------------------------------------------------------
+# The library default: offterm's loggers go to the standard logging module
+# ---------------------------------------------------------------------------
+
+_METHOD_LEVELS: dict[str, int] = {**LEVELS, "exception": logging.ERROR, "fatal": logging.CRITICAL}
+#: Fields a stdlib record already carries; left out of the rendered message.
+_NOT_IN_MESSAGE = frozenset({"event", "logger", "level", "exception"})
+
+
+def is_offterm_logger(name: object) -> bool:
+    """Whether a logger name belongs to offterm or one of its plugins (``offterm``, ``offterm.x``, ``offterm_x``)."""
+    return isinstance(name, str) and name.split(".", 1)[0].startswith("offterm")
+
+
+class LogEvent(dict[str, Any]):
+    """The ``msg`` of a stdlib record that offterm wrote: the (already redacted) event dict.
+
+    A structlog ``ProcessorFormatter`` reads its fields one by one; any other
+    formatter calls ``getMessage()``, which renders ``event key=value ...``
+    (and the traceback, if any, on the following lines).
+    """
+
+    def __str__(self) -> str:
+        fields = " ".join(f"{k}={v!r}" for k, v in sorted(self.items()) if k not in _NOT_IN_MESSAGE)
+        text = f"{self.get('event', '')} {fields}".rstrip()
+        exception = self.get("exception")
+        return f"{text}\n{exception}" if exception else text
+
+
+class _LibraryLoggerFactory:
+    """``offterm...`` names get the stdlib logger of that name; every other name gets ``fallback``'s logger."""
+
+    def __init__(self, fallback: Callable[..., WrappedLogger]) -> None:
+        self.fallback = fallback
+
+    def __call__(self, *args: Any) -> WrappedLogger:
+        if args and is_offterm_logger(args[0]):
+            return logging.getLogger(args[0])
+        return self.fallback(*args)
+
+
+class _LibraryRouter:
+    """The one processor of the library default: stdlib loggers get offterm's chain, others ``fallback``."""
+
+    def __init__(self, fallback: list[Processor]) -> None:
+        self.fallback = fallback
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        if isinstance(logger, logging.Logger):
+            return _to_stdlib(logger, method_name, event_dict)
+        result: Any = event_dict
+        for processor in self.fallback:
+            result = processor(logger, method_name, result)
+        return result
+
+
+def _to_stdlib(logger: logging.Logger, method_name: str, event_dict: EventDict) -> Any:
+    level = _METHOD_LEVELS.get(method_name, logging.INFO)
+    if not logger.isEnabledFor(level):  # the app's levels decide, before any work is done
+        raise structlog.DropEvent
+    event_dict = structlog.contextvars.merge_contextvars(logger, method_name, event_dict)
+    event_dict["logger"] = logger.name
+    event_dict["level"] = logging.getLevelName(level).lower()
+    event_dict = redact_processor(logger, method_name, event_dict)  # renders exc_info into "exception"
+    # As ProcessorFormatter.wrap_for_formatter does, so a ProcessorFormatter treats it as structlog's own.
+    return (LogEvent(event_dict),), {"extra": {"_logger": logger, "_name": method_name}}
+
+
+def install_library_default() -> bool:
+    """Hand ``offterm...`` structlog loggers to :mod:`logging`, unless structlog is configured already.
+
+    Runs once when this module is imported (and from :func:`reset_logging`);
+    returns whether it installed anything.  Every non-offterm logger keeps
+    structlog's behaviour as it was (its processors and logger factory).
+    """
+    if structlog.is_configured():
+        return False
+    config = structlog.get_config()
+    structlog.configure(
+        processors=[_LibraryRouter(list(config["processors"]))],
+        logger_factory=_LibraryLoggerFactory(config["logger_factory"]),
+    )
+    return True
+
+
+install_library_default()
