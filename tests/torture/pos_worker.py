@@ -207,7 +207,7 @@ UNKNOWN_RETRIES = 3
 def install_journal_hooks(terminal: Terminal, kill: KillPlan, side: SideFile) -> None:
     """Note each deletion of an online confirm's journal entry (``ended``: its answer came back, or the
     payment was stored), so the harness can tell a kill that landed after it from one before; with the
-    ``online_ended`` plan, kill right there, before the confirm returned to the app."""
+    ``online_ended`` plan, kill right there."""
     store = terminal.store
     real_end = store.end_online
 
@@ -259,6 +259,8 @@ async def take_payment(
         kind = "refused" if isinstance(exc, OfflineRefused | RequireOnlineWhileOffline) else "error"
         side.write({"e": kind, "id": intent.offline_id, "code": exc.code}, durable=True)
         return kind
+    if kill.hit("confirm_returned"):
+        die()  # the Terminal answered; the app had no time to record it
     if intent.requires_upload:
         side.write({"e": "stored", "id": intent.offline_id, "amount": amount}, durable=True)
         outcome = "stored"

@@ -236,11 +236,7 @@ def known_bugs(results: dict[str, Any]) -> list[str]:
 
 
 #: Known bugs the crash run counts, and the xfail test that pins each down.
-CRASH_BUG_TESTS = {
-    "unreported charge: journal entry deleted, then killed before the online confirm returned": (
-        "test_a_pos_killed_as_its_online_confirm_returns_still_knows_the_charge"
-    ),
-}
+CRASH_BUG_TESTS: dict[str, str] = {}
 
 #: needs_attention reasons that come from a known bug, and the test that pins it down.
 ATTENTION_BUGS = {
