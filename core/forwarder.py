@@ -163,6 +163,8 @@ class Forwarder:
         self._round_failures = 0
         self._last_progress = 0.0
         self._last_recover = 0.0
+        #: Why the last round stopped before the processor was reached (token provider, authentication), or None.
+        self.last_round_failure: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -264,6 +266,7 @@ class Forwarder:
         finally:
             # Shielded: a deadline or close() landing meanwhile cannot skip the release.
             await asyncio.shield(self._end_round(tasks))
+        self.last_round_failure = state.failure
         if state.failure is not None:
             await self._report_round_failure(state.failure)
         elif state.session is not None:
@@ -294,12 +297,14 @@ class Forwarder:
                     if not has_work:
                         break
                     # Authenticate before claiming: if the token provider fails, no payment was touched.
+                    opened = self._sessions.sessions_opened
                     try:
                         state.session = await self._sessions.get("forwarding")
                     except Exception as exc:
                         state.stop(exc)
                         break
-                    self._network.record_success()
+                    if self._sessions.sessions_opened != opened:  # the processor answered (a cached one proves nothing)
+                        self._network.record_success()
                     await self.recovery.run(state.session)
                 batch = await self._store.claim(
                     self.owner,

@@ -370,11 +370,6 @@ class Terminal:
         if timeout > 0 and self._summary.pending_count and self.network.status is not NetworkStatus.OFFLINE:
             await self._drain(timeout)
         waiting: tuple[WaitingPayment, ...] = ()
-        try:
-            left = await self.store.list_payments(PENDING_STATES)
-            waiting = tuple(WaitingPayment(p.offline_id, p.state, _why_waiting(p)) for p in left)
-        except OfftermError as exc:
-            log.warning("close_step_failed", step="waiting", error_type=type(exc).__name__, code=exc.code)
         # Every step runs even if an earlier one fails (a full or read-only disk, a reader gone): a close that
         # stopped half-way would leave the store and the connections open.  Failures are logged, not raised.
         summary = self._summary
@@ -387,9 +382,11 @@ class Terminal:
             steps.append(("reader_transport", self._reader_transport.close))
         steps.append(("transport", self.transport.close))
 
-        async def final_summary() -> None:
-            nonlocal summary
+        async def final_summary() -> None:  # after the forwarder gave its claims back
+            nonlocal summary, waiting
             summary = await self.store.summary()
+            left = await self.store.list_payments(PENDING_STATES)
+            waiting = tuple(WaitingPayment(p.offline_id, p.state, _why_waiting(p)) for p in left)
 
         steps += [("summary", final_summary), ("store", self.store.close)]
         for what, step in steps:
@@ -873,6 +870,8 @@ class Terminal:
                     await self.forwarder.run_round(ignore_backoff=True)
                     if not (await self.store.summary()).pending_count:
                         return
+                    if self.forwarder.last_round_failure is not None:
+                        return  # no session (token provider, authentication): reported once, retried later
                     if self.network.status is NetworkStatus.OFFLINE:
                         log.info("forwarding_stopped_offline")
                         return

@@ -69,7 +69,7 @@ async def test_a_committed_confirm_retried_after_the_keys_were_pruned_is_found_p
     sim.set_faults(commit_drop_rate=1.0, paths=("/v1/payment_intents",))
     cfg = config(data_dir, sim.url, forwarding=FAST_WINDOW, stripe_options={"search_delay": 0.0})
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder), background=False) as terminal:
-        assert await _forward(terminal) == 1
+        assert await terminal.forward_now(timeout=0.2) == 1
         assert read_store(data_dir)[oid].state is PaymentState.OUTCOME_UNKNOWN
         assert sim.successful_charges() == {oid: 1}, "the processor charged it; the POS does not know"
     sim.set_faults()
@@ -124,7 +124,7 @@ async def test_a_create_that_never_ran_past_the_window_is_searched_not_found_and
     sim.set_faults(error_rates={500: 1.0}, paths=("/v1/payment_intents",))  # refused before it ran
     cfg = config(data_dir, sim.url, forwarding=FAST_WINDOW, stripe_options={"search_delay": 0.0})
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder), background=False) as terminal:
-        await _forward(terminal)
+        await terminal.forward_now(timeout=0.2)
         assert read_store(data_dir)[oid].state is PaymentState.OUTCOME_UNKNOWN
         sim.set_faults()
         sim.advance_clock(25 * 3600)
@@ -145,10 +145,10 @@ async def test_search_is_not_trusted_before_its_indexing_delay(data_dir, recorde
         sim.set_faults(commit_drop_rate=1.0, paths=("/v1/payment_intents",))
         cfg = config(data_dir, sim.url, forwarding=FAST_WINDOW, stripe_options={"search_delay": 1.0})
         async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder), background=False) as terminal:
-            await _forward(terminal)
+            await terminal.forward_now(timeout=0.2)  # the answer is lost
             sim.set_faults()
             await asyncio.sleep(0.4)  # past the window, but not past the POS's search delay (1 s)
-            await _forward(terminal)
+            await terminal.forward_now(timeout=0.2)
             payment = read_store(data_dir)[oid]
             assert payment.state is PaymentState.OUTCOME_UNKNOWN
             assert payment.last_error_code == "awaiting_search_index"
@@ -183,7 +183,7 @@ async def test_an_intent_still_processing_is_never_reported_paid_and_is_retrieve
     sim.set_faults(confirm_status={"processing": 1.0}, processing_for=3600.0)
     cfg = config(data_dir, sim.url, forwarding={"processing_interval": 0.05, "processing_checks": 1})
     async with Terminal.from_config(cfg, plugin_manager=plugin_manager(recorder), background=False) as terminal:
-        await _forward(terminal)
+        await terminal.forward_now(timeout=0.5)
         payment = read_store(data_dir)[oid]
         assert payment.state is PaymentState.OUTCOME_UNKNOWN, "processing is not paid"
         assert payment.last_error_code == "intent_processing" and payment.intent_id, "its intent id is kept"
