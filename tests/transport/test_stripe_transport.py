@@ -511,7 +511,7 @@ async def test_find_intent_sees_only_what_the_index_holds() -> None:
     with running_simulator(search_delay=60.0) as sim:
         t = StripeTransport(sim.url)
         try:
-            assert t.search_delay == 60.0
+            assert t.search_delay == 3600.0
             session = await _session(t, sim)
             request = _request()
             paid = await _pay(t, session, request, _key())
@@ -757,9 +757,9 @@ def test_registration_and_factory(tmp_path: Any) -> None:
     assert {o.key for o in reg.options} >= {"api_base", "stripe_version", "timeout", "connect_timeout", "search_delay"}
     assert all(o.help for o in reg.options)
     defaults = {o.key: o.default for o in reg.options}
-    assert defaults["search_delay"] == 60.0
+    assert defaults["search_delay"] == 3600.0
     t = reg.factory(ComponentContext("stripe", {**defaults, "api_base": "http://127.0.0.1:9"}, tmp_path))
-    assert isinstance(t, StripeTransport) and t.http.stripe_version == "2023-08-16" and t.search_delay == 60.0
+    assert isinstance(t, StripeTransport) and t.http.stripe_version == "2023-08-16" and t.search_delay == 3600.0
     t = reg.factory(
         ComponentContext("stripe", {**defaults, "api_base": "http://127.0.0.1:9", "search_delay": 5}, tmp_path)
     )

@@ -19,7 +19,7 @@ from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, ForwardingTransportRegistration, OptionSpec
 
-from .defaults import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION
+from .defaults import DEFAULT_API_BASE, DEFAULT_SEARCH_DELAY, DEFAULT_STRIPE_VERSION
 
 if TYPE_CHECKING:
     from .transport import StripeTransport
@@ -81,10 +81,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "search_delay",
         (int, float),
-        60.0,
+        DEFAULT_SEARCH_DELAY,
         "Seconds after a PaymentIntent's creation before Stripe's search is trusted to find it "
-        "(Stripe: under a minute normally, longer during an outage; raise it, up to 3600, then). "
-        "Until then, finding nothing does not mean there is nothing.",
+        "(Stripe: under a minute normally, up to an hour behind during outages). Until then, finding "
+        "nothing does not mean there is nothing: a shorter wait risks a second charge.",
         minimum=0,
         maximum=86_400,
     ),
@@ -127,7 +127,7 @@ def build(context: ComponentContext) -> StripeTransport:
         device_api_base=device_base,
         probe_path=probe_path,
         probe_timeout=float(opts.get("probe_timeout", 5.0)),
-        search_delay=float(opts.get("search_delay", 60.0)),
+        search_delay=float(opts.get("search_delay", DEFAULT_SEARCH_DELAY)),
     )
 
 

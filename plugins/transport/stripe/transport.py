@@ -64,15 +64,12 @@ from offterm.core.logs import bind_request
 from offterm.core.models import CaptureMethod
 
 from . import device, intents
-from .defaults import DEFAULT_API_BASE, DEFAULT_STRIPE_VERSION
+from .defaults import DEFAULT_API_BASE, DEFAULT_SEARCH_DELAY, DEFAULT_STRIPE_VERSION
 from .http import Answer, ProcessorClient, StripeHttp, check_base_url
 
 log = structlog.get_logger("offterm.transport.stripe")
 
 OFFLINE_ID_KEY = intents.OFFLINE_ID_KEY
-#: Default seconds before Stripe's search finds a new intent (Stripe: "under 1 minute" normally;
-#: "could be delayed during an outage", with no bound given: raise it, e.g. to an hour, then).
-DEFAULT_SEARCH_DELAY = 60.0
 #: Matches asked of a search; one is expected, a few at most (one per key generation).
 SEARCH_LIMIT = 100
 #: The error code under which Stripe refuses a step the intent's status does not allow.
