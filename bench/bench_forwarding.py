@@ -57,9 +57,9 @@ from urllib.parse import urlencode
 import httpx
 
 from offterm.core import Terminal
+from offterm.core._engine.keys import Step, step_key
 from offterm.core.contracts import ConnectionToken, NewPayment
 from offterm.core.contracts.forwarding import IntentRequest
-from offterm.core.keys import Step, step_key
 from offterm.core.logs import configure_logging
 from offterm.core.models import CaptureMethod, new_offline_id
 from offterm.plugins.storage.sqlcipher import new_idempotency_key

@@ -51,7 +51,7 @@ from .ids import match_payment, short_ids
 from .inspection import inspection_terminal
 
 if TYPE_CHECKING:
-    from offterm.core.terminal import CloseReport
+    from offterm.core._engine.terminal import CloseReport
 
 EXIT_OK, EXIT_ATTENTION, EXIT_CONFIG, EXIT_STORAGE, EXIT_PLUGIN, EXIT_NO_STORE = 0, 1, 2, 3, 4, 5
 

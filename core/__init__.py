@@ -29,16 +29,16 @@ from .models import (
 )
 
 if TYPE_CHECKING:
-    from .blocking import BlockingTerminal
+    from ._engine.blocking import BlockingTerminal
+    from ._engine.terminal import CloseReport, Terminal, WaitingPayment
     from .config import Config, load_config
     from .manager import PluginManager, create_plugin_manager
-    from .terminal import CloseReport, Terminal, WaitingPayment
 
 _LAZY = {
-    "Terminal": "terminal",
-    "CloseReport": "terminal",
-    "WaitingPayment": "terminal",
-    "BlockingTerminal": "blocking",
+    "Terminal": "_engine.terminal",
+    "CloseReport": "_engine.terminal",
+    "WaitingPayment": "_engine.terminal",
+    "BlockingTerminal": "_engine.blocking",
     "Config": "config",
     "load_config": "config",
     "PluginManager": "manager",

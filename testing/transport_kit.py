@@ -15,7 +15,7 @@ base URL (the simulator's, on 127.0.0.1)::
             return lambda url: AcmeTransport(api_base=url, timeout=5.0)
 
 Each check gets a fresh simulator (``offterm.sim.processor``), plays the
-core's part (keys from ``offterm.core.keys.step_key``, one request per
+core's part (keys from ``offterm.core._engine.keys.step_key``, one request per
 method) and checks the answers and the simulator's own books (ledger,
 request log).  Sessions come from a fresh connection token minted the way
 an integrator's backend does (:meth:`connection_token`; override it to fetch
@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import pytest
 
+from offterm.core._engine.keys import Step, step_key
 from offterm.core.contracts import CardResult, ConnectionToken, ForwardingTransport, ProcessorSession
 from offterm.core.contracts.forwarding import IntentRequest, IntentSnapshot, PaymentError
 from offterm.core.errors import (
@@ -57,7 +58,6 @@ from offterm.core.errors import (
     PaymentNotFound,
     TransientProcessorError,
 )
-from offterm.core.keys import Step, step_key
 from offterm.core.models import CaptureMethod
 
 if TYPE_CHECKING:
@@ -355,6 +355,7 @@ class ForwardingTransportConformance:
             paid = await self._pay(transport, session, request, self._key(), self.card(APPROVED_CARD))
             await self._pay(transport, session, self._request(), self._key(), self.card(APPROVED_CARD))  # another
             sim.advance_clock(transport.search_delay + 1)  # past the search lag the transport declares
+            session = await self._session(transport, sim)  # the clock moved past the old session's life
             found = await transport.find_intent(session, request.offline_id)
             assert found is not None, "find_intent must find the intent by its offline id"
             self._check_snapshot(found, request, "succeeded")

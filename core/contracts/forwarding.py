@@ -1,7 +1,7 @@
 """Forwarding transports: the processor side of the wire.
 
 A transport makes single requests; the core decides which ones, in what
-order, and with which idempotency keys (``offterm.core.keys``).  That split
+order, and with which idempotency keys (docs/forwarding.md, "One key per payment").  That split
 is what keeps a payment charged once by the processor's own rules: the
 core records each step durably before it is sent, remembers the intent id
 as soon as one comes back, and looks a payment up before resending a step
@@ -54,7 +54,7 @@ class IntentSnapshot:
     """A PaymentIntent as the processor reports it.
 
     ``status`` is the processor's word, kept as a string: the core judges it
-    (``offterm.core.outcomes``), and a status it does not know is never
+    (docs/forwarding.md, "The status table"), and a status it does not know is never
     taken for "paid".
     """
 

@@ -88,7 +88,7 @@ import offterm.plugins.transport.stripe as stripe_pkg
 before = loaded(HEAVY)
 from offterm.plugins.storage.sqlcipher import SqlCipherStore, StoreConfig, new_idempotency_key
 from offterm.plugins.transport.stripe import StripeTransport
-from offterm.core.keys import step_key
+from offterm.core._engine.keys import step_key
 after = loaded(HEAVY)
 from offterm.plugins.storage.sqlcipher import store
 from offterm.plugins.transport.stripe import transport

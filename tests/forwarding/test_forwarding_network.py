@@ -73,7 +73,7 @@ async def test_stop_is_not_lost_when_it_lands_as_a_probe_finishes() -> None:
     loop went back to sleep and stop() — so Terminal.close() — waited forever.  The torture found
     it as a close() that hung about one time in twenty.
     """
-    from offterm.core.network import NetworkMonitor
+    from offterm.core._engine.network import NetworkMonitor
 
     answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     probing = asyncio.Event()

@@ -246,7 +246,7 @@ class AppListener:
 
 def _dead_owner() -> str:
     """A journal owner whose process has exited (a POS that crashed)."""
-    code = "from offterm.core.owners import make_owner; print(make_owner('pos'))"
+    code = "from offterm.core._engine.owners import make_owner; print(make_owner('pos'))"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -354,7 +354,7 @@ async def test_a_live_process_journal_entry_is_left_alone(data_dir, sim, recorde
     """Another POS process on the same store is mid-confirm: its entry is not reconciled under it."""
     store = open_store(make_plugin_manager(), data_dir)
     try:
-        from offterm.core.owners import make_owner
+        from offterm.core._engine.owners import make_owner
 
         store.begin_online(
             OnlineAttempt(

@@ -19,9 +19,9 @@ from forwarding_kit import (
 )
 
 from offterm.core import NetworkStatus, OfflineBehavior, Terminal
+from offterm.core._engine.forwarder import REQUESTS_PER_PAYMENT
 from offterm.core.config import CORE_OPTIONS
 from offterm.core.contracts import PaymentState
-from offterm.core.forwarder import REQUESTS_PER_PAYMENT
 
 
 async def test_network_coming_back_starts_forwarding_without_any_app_call(data_dir, proxy, sim, recorder):

@@ -32,7 +32,7 @@ def test_importing_offterm_adds_no_handler_and_keeps_an_apps_structlog_setup():
         "import logging, structlog\n"
         "structlog.configure(processors=[structlog.processors.KeyValueRenderer()])\n"
         "mine = structlog.get_config()\n"
-        "import offterm.core, offterm.core.logs, offterm.core.terminal, offterm.core.manager\n"
+        "import offterm.core, offterm.core.logs, offterm.core._engine.terminal, offterm.core.manager\n"
         "assert structlog.get_config() == mine, 'offterm replaced the app structlog configuration'\n"
         "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
         "print('clean')\n"

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from storage_testkit import new_payment
 
+from offterm.core._engine.store_runner import AsyncStore
 from offterm.core.contracts.storage import OnlineAttempt, PaymentState
-from offterm.core.store_runner import AsyncStore
 
 
 async def test_the_async_wrappers_reach_the_store_on_its_thread(store) -> None:

@@ -20,10 +20,10 @@ import pytest
 from stripe_hostile import HostileFront
 
 from offterm.core import OfflineBehavior, Terminal
+from offterm.core._engine.keys import Step, step_key
 from offterm.core.contracts import CardResult, ConnectionToken, ProcessorSession
 from offterm.core.contracts.forwarding import IntentRequest, IntentSnapshot
 from offterm.core.errors import CardDeclined, OutcomeUnknown, TransientProcessorError
-from offterm.core.keys import Step, step_key
 from offterm.core.models import CaptureMethod
 from offterm.plugins.transport.stripe import StripeTransport
 from offterm.sim.processor import SimHandle

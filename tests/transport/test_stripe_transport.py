@@ -1,7 +1,7 @@
 """The Stripe transport against a real simulator on loopback.
 
 Each transport method makes one request with the key it is given; these
-tests play the core's part (choosing keys and order, as ``offterm.core.keys``
+tests play the core's part (choosing keys and order, as ``offterm.core._engine.keys``
 does) and check what the simulator saw and charged.
 """
 
@@ -19,6 +19,7 @@ import pytest
 import structlog
 import structlog.testing
 
+from offterm.core._engine.keys import Step, step_key
 from offterm.core.contracts import CardResult, ConnectionToken, ProcessorSession
 from offterm.core.contracts.forwarding import IntentRequest, IntentSnapshot, PaymentError
 from offterm.core.errors import (
@@ -30,7 +31,6 @@ from offterm.core.errors import (
     PermanentProcessorError,
     TransientProcessorError,
 )
-from offterm.core.keys import Step, step_key
 from offterm.core.models import CaptureMethod
 from offterm.core.registrations import ComponentContext, ForwardingTransportRegistration
 from offterm.plugins.transport import stripe as stripe_plugin

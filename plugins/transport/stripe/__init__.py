@@ -2,7 +2,7 @@
 
 Public names: :class:`StripeTransport`, :data:`OPTIONS`, :func:`build`.
 The device-only steps live in :mod:`offterm.plugins.transport.stripe.device`;
-idempotency keys come from the core (:func:`offterm.core.keys.step_key`).
+idempotency keys come from the core (docs/forwarding.md).
 
 This hook module stays light: httpx comes in with ``.transport``, imported by
 the factory or on first use of ``StripeTransport`` from here.

@@ -24,7 +24,7 @@ back (so a stored payment is confirmed, never created twice), and, when
 the processor may have forgotten a key (Stripe prunes them after 24 h),
 looks the payment up (``retrieve_intent`` / ``find_intent``) and moves to
 a new key generation only once the lookup shows a new request is safe
-(``offterm.core.keys``).  A transport that derived its own keys or chained
+(docs/forwarding.md, "One key per payment").  A transport that derived its own keys or chained
 requests would hide those decisions where the store cannot record them.
 
 Parameters depend only on the payment, never on whether it runs online
@@ -36,7 +36,7 @@ header, outside the compared parameters.)
 A confirmation the processor answered about the intent (a card decline,
 or ``payment_intent_unexpected_state`` because the intent is already
 paid, canceled or processing) is returned as that intent's snapshot, not
-raised: the core judges the status (``offterm.core.outcomes``).
+raised: the core judges the status (docs/forwarding.md, "The status table").
 """
 
 from __future__ import annotations

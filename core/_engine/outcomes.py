@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 
-from .contracts.forwarding import IntentSnapshot
+from ..contracts.forwarding import IntentSnapshot
 
 
 class Verdict(enum.StrEnum):

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from .models import NetworkStatus
+from ..models import NetworkStatus
 
 log = structlog.get_logger("offterm.network")
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from .contracts import ConnectionToken, ConnectionTokenProvider, ForwardingTransport, ProcessorSession, TokenRequest
-from .errors import ConnectionTokenError
+from ..contracts import ConnectionToken, ConnectionTokenProvider, ForwardingTransport, ProcessorSession, TokenRequest
+from ..errors import ConnectionTokenError
 
 log = structlog.get_logger("offterm.session")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .contracts import CardDetails, PaymentState, StoredPayment
-from .models import CaptureMethod, CardPresentDetails, IntentStatus, OfflineDetails, PaymentIntent
+from ..contracts import CardDetails, PaymentState, StoredPayment
+from ..models import CaptureMethod, CardPresentDetails, IntentStatus, OfflineDetails, PaymentIntent
 
 
 def card_present_details(details: CardDetails | None) -> CardPresentDetails | None:

@@ -29,15 +29,15 @@ from typing import Any
 import structlog
 from aiolimiter import AsyncLimiter
 
-from .contracts import (
+from ..contracts import (
     ForwardingPolicy,
     ForwardingTransport,
     PaymentState,
     ProcessorSession,
     StoredPayment,
 )
-from .contracts.forwarding import IntentRequest
-from .errors import (
+from ..contracts.forwarding import IntentRequest
+from ..errors import (
     AccountMismatch,
     AuthenticationFailed,
     CardDeclined,
@@ -49,11 +49,11 @@ from .errors import (
     ProcessorError,
     TransientProcessorError,
 )
+from ..logs import payment_scoped
+from ..models import NetworkStatus
 from .exchange import Exchange, ExchangeSettings, Outcome, PaymentView, Result
 from .intents import intent_from_stored
 from .keys import Step
-from .logs import payment_scoped
-from .models import NetworkStatus
 from .network import NetworkMonitor
 from .owners import make_owner, owner_gone
 from .recovery import OnlineRecovery

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .contracts import NewPayment, OnlineAttempt, PaymentState, PaymentStore, StoredPayment, StoreSummary
-from .contracts.storage import HistoryEntry, StorageKeyProvider
+from ..contracts import NewPayment, OnlineAttempt, PaymentState, PaymentStore, StoredPayment, StoreSummary
+from ..contracts.storage import HistoryEntry, StorageKeyProvider
 
 T = TypeVar("T")
 

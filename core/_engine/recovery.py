@@ -24,9 +24,9 @@ from datetime import datetime
 
 import structlog
 
-from .contracts.forwarding import ForwardingTransport, IntentSnapshot, ProcessorSession
-from .contracts.storage import OnlineAttempt
-from .errors import InvalidTransition, OfftermError, PaymentNotFound, ProcessorError
+from ..contracts.forwarding import ForwardingTransport, IntentSnapshot, ProcessorSession
+from ..contracts.storage import OnlineAttempt
+from ..errors import InvalidTransition, OfftermError, PaymentNotFound, ProcessorError
 from .exchange import ExchangeSettings
 from .keys import CREATING_STEPS
 from .outcomes import Verdict, judge

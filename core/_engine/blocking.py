@@ -14,11 +14,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .config import Config
-from .contracts import ReaderConnection, ReaderInfo, StoredPayment
-from .errors import UnexpectedIntentState
-from .manager import PluginManager
-from .models import OfflineBehavior, OfflineStatus, PaymentIntent, PaymentIntentParams
+from ..config import Config
+from ..contracts import ReaderConnection, ReaderInfo, StoredPayment
+from ..errors import UnexpectedIntentState
+from ..manager import PluginManager
+from ..models import OfflineBehavior, OfflineStatus, PaymentIntent, PaymentIntentParams
 from .terminal import CloseReport, Terminal
 
 T = TypeVar("T")

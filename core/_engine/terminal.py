@@ -20,8 +20,8 @@ from typing import Any
 
 import structlog
 
-from .config import Config, load_config
-from .contracts import (
+from ..config import Config, load_config
+from ..contracts import (
     AcceptanceRequest,
     CardResult,
     CollectRequest,
@@ -40,10 +40,10 @@ from .contracts import (
     StoredPayment,
     StoreSummary,
 )
-from .contracts.forwarding import IntentRequest
-from .contracts.storage import PENDING_STATES, HistoryEntry, OnlineAttempt
-from .currency import normalize_currency, validate_amount
-from .errors import (
+from ..contracts.forwarding import IntentRequest
+from ..contracts.storage import PENDING_STATES, HistoryEntry, OnlineAttempt
+from ..currency import normalize_currency, validate_amount
+from ..errors import (
     AuthenticationFailed,
     CardDeclined,
     ComponentWrongType,
@@ -61,13 +61,9 @@ from .errors import (
     TransientProcessorError,
     UnexpectedIntentState,
 )
-from .exchange import Exchange, ExchangeSettings, Outcome, PaymentView, StepsSent
-from .forwarder import Forwarder, ForwardingSettings, utcnow
-from .intents import card_present_details, intent_from_stored
-from .keys import Step, step_key
-from .logs import payment_scoped
-from .manager import PluginManager, create_plugin_manager
-from .models import (
+from ..logs import payment_scoped
+from ..manager import PluginManager, create_plugin_manager
+from ..models import (
     IntentStatus,
     NetworkStatus,
     OfflineBehavior,
@@ -79,10 +75,14 @@ from .models import (
     new_offline_id,
     time_ordered_hex,
 )
+from ..paths import make_private_dir
+from ..registrations import ComponentContext, Registration
+from .exchange import Exchange, ExchangeSettings, Outcome, PaymentView, StepsSent
+from .forwarder import Forwarder, ForwardingSettings, utcnow
+from .intents import card_present_details, intent_from_stored
+from .keys import Step, step_key
 from .network import NetworkMonitor
 from .owners import make_owner
-from .paths import make_private_dir
-from .registrations import ComponentContext, Registration
 from .session import SessionManager
 from .store_runner import AsyncStore
 

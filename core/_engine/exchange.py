@@ -41,9 +41,9 @@ from typing import Protocol
 
 import structlog
 
-from .contracts.forwarding import ForwardingTransport, IntentRequest, IntentSnapshot, ProcessorSession
-from .contracts.readers import CardResult
-from .errors import PaymentNotFound
+from ..contracts.forwarding import ForwardingTransport, IntentRequest, IntentSnapshot, ProcessorSession
+from ..contracts.readers import CardResult
+from ..errors import PaymentNotFound
 from .keys import CONFIRMING_STEPS, CREATING_STEPS, Step, step_key
 from .outcomes import Verdict, attention_code, judge
 
