@@ -1,0 +1,49 @@
+"""Fixtures of the hub tests: one real PostgreSQL cluster per session, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from pgcluster import Cluster, PostgresNotInstalled
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """Started once; stopped (``pg_ctl stop -m fast``) and removed at the end of the session.
+
+    Missing binaries FAIL the tests with how to install them: .ci/run installs them, so a
+    missing server is a broken environment, not a reason to skip.
+    """
+    try:
+        cluster = Cluster()
+    except PostgresNotInstalled as exc:
+        pytest.fail(str(exc), pytrace=False)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg(pg_cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster, running (a test that stopped it gets it started again afterwards)."""
+    if not pg_cluster.running:
+        pg_cluster.start()
+    yield pg_cluster
+    if not pg_cluster.running:
+        pg_cluster.start()
+
+
+@pytest.fixture
+def hub_db(pg: Cluster) -> str:
+    """A fresh, empty database for one test; its name."""
+    name = f"hub_{next(_numbers)}"
+    with psycopg.connect(pg.url().replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
