@@ -59,8 +59,9 @@ class DemoListener:
         if self.progress is not None:
             self.progress.advance(self.task)
         outcome = "[green]authorised[/]" if error is None else f"[red]{error.code}[/]"
-        if error is not None and getattr(error, "decline_code", None):
-            outcome += f" ({error.decline_code}; declined after forwarding: the merchant bears this)"
+        decline_code = getattr(error, "decline_code", None)  # only CardDeclinedError has one
+        if decline_code:
+            outcome += f" ({decline_code}; declined after forwarding: the merchant bears this)"
         self.say(f"    [dim]event[/] forwarded {_short(intent.offline_id)} → {outcome}")
 
     @hookimpl

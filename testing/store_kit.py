@@ -29,7 +29,7 @@ test), ``new_payment`` (the payments the kit stores).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
@@ -354,12 +354,13 @@ class StoreConformance:
         b = {p.offline_id for p in store.claim("b", 5, 30, _at(10))}
         assert len(a) == 2 and len(b) == 1 and not a & b
         pid = next(iter(a))
-        for call in (
+        calls: tuple[Callable[[], object], ...] = (
             lambda: store.record_attempt(pid, "b", _at(11)),
             lambda: store.record_intent(pid, "b", "pi_x", _at(11)),
             lambda: store.start_key_generation(pid, "b", _at(11), None),
             lambda: store.complete(pid, "b", S.FORWARDED, _at(11)),
-        ):
+        )
+        for call in calls:
             with pytest.raises(InvalidTransition):
                 call()
         got = store.get(pid)
