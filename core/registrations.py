@@ -60,6 +60,16 @@ class ComponentContext:
 
 @dataclass(frozen=True)
 class Registration(Generic[T]):
+    """A component a plugin offers: the name the configuration selects it by, and how to build it.
+
+    :param name: 1-40 of ``a-z``, ``0-9``, ``_`` or ``-``, starting with a letter.
+    :param factory: builds the component from its ``ComponentContext``; what it returns must
+        implement the contract of the registration's kind (checked when the Terminal builds it).
+    :param description: shown in the configuration reference (``docs/configuration.md``).
+    :param options: every option the component reads from ``[<kind>.<name>]``.
+    :raises PluginError: an invalid name, a factory that is not callable, or two options with one key.
+    """
+
     name: str
     factory: Callable[[ComponentContext], T]
     description: str = ""
@@ -78,28 +88,42 @@ class Registration(Generic[T]):
 
 
 class ReaderTransportRegistration(Registration[ReaderTransport]):
+    """A ``ReaderTransport``, selected by ``[reader] transport``."""
+
     kind = "reader"
 
 
 class StorageBackendRegistration(Registration[PaymentStore]):
+    """A ``PaymentStore``, selected by ``[storage] backend``."""
+
     kind = "storage"
 
 
 class StorageKeyProviderRegistration(Registration[StorageKeyProvider]):
+    """A ``StorageKeyProvider``, selected by ``[storage] key_provider``."""
+
     kind = "storage_key"
 
 
 class TokenProviderRegistration(Registration[ConnectionTokenProvider]):
+    """A ``ConnectionTokenProvider``; ``[tokens] providers`` lists the ones asked, in order."""
+
     kind = "tokens"
 
 
 class ForwardingTransportRegistration(Registration[ForwardingTransport]):
+    """A ``ForwardingTransport`` (the processor's API), selected by ``[forwarding] transport``."""
+
     kind = "forwarding"
 
 
 class AcceptancePolicyRegistration(Registration[OfflineAcceptancePolicy]):
+    """An ``OfflineAcceptancePolicy``: every registered one applies."""
+
     kind = "acceptance"
 
 
 class ForwardingPolicyRegistration(Registration[ForwardingPolicy]):
+    """A ``ForwardingPolicy``, selected by ``[forwarding] policy``."""
+
     kind = "forwarding_policy"

@@ -104,7 +104,12 @@ _CONTRACTS: dict[str, type] = {
 
 @dataclass(frozen=True)
 class WaitingPayment:
-    """A payment still waiting for the processor, and why."""
+    """A payment still waiting for the processor, and why.
+
+    :param offline_id: the payment's local id.
+    :param state: its state in the store (``stored``, ``forwarding`` or ``outcome_unknown``).
+    :param reason: why it is still waiting, in words ("not tried yet", "last attempt: <error code>"...).
+    """
 
     offline_id: str
     state: PaymentState
@@ -113,7 +118,13 @@ class WaitingPayment:
 
 @dataclass(frozen=True)
 class CloseReport:
-    """What ``close()`` left behind: payments still waiting for the processor, each with why."""
+    """What ``close()`` left behind: payments still waiting for the processor, each with why.
+
+    :param remaining: how many payments still wait to be forwarded.
+    :param amounts_by_currency: their total per currency, in minor units.
+    :param needs_attention: how many payments need a person (never retried on their own).
+    :param waiting: each waiting payment with its state and reason.
+    """
 
     remaining: int
     amounts_by_currency: dict[str, int]
@@ -122,6 +133,7 @@ class CloseReport:
 
     @property
     def safe_to_shut_down(self) -> bool:
+        """True when nothing waits: shutting down now delays no payment."""
         return self.remaining == 0
 
 
@@ -223,7 +235,8 @@ class Terminal:
         self._account: tuple[str, bool] | None = None
         self._reader_records: dict[str, tuple[datetime | None, str | None]] = {}
         self._opened = False
-        #: Who this Terminal is in the store's in-flight journal (process-bound: see offterm.core.owners).
+        #: Who this Terminal is in the store's in-flight journal and its claims: host, boot, pid and
+        #: process start time, so a claim of a process provably gone is taken back at once.
         self.owner = make_owner("pos")
 
     # -- construction -------------------------------------------------------------
@@ -421,6 +434,7 @@ class Terminal:
 
     @property
     def network_status(self) -> NetworkStatus:
+        """Whether the processor is reachable: ``UNKNOWN`` until the first answer or failed probe."""
         return self.network.status
 
     async def _refresh_status(self, emit: bool = True) -> OfflineStatus:
@@ -460,6 +474,7 @@ class Terminal:
     # -- readers ----------------------------------------------------------------
 
     async def discover_readers(self, timeout: float = 5.0) -> list[ReaderInfo]:
+        """Readers the configured reader transport (``[reader] transport``) finds within ``timeout`` seconds."""
         if self._reader_transport is None:
             self._reader_transport = self._build("reader", self._reader_reg)
         return await self._reader_transport.discover(timeout)
@@ -505,6 +520,7 @@ class Terminal:
             self.plugins.emit("reader_disconnected", reader=reader, reason=reason or "link lost")
 
     async def disconnect_reader(self) -> None:
+        """Close the reader connection, if any (event ``offterm_on_reader_disconnected``, reason "requested")."""
         if self._reader is not None:
             reader, self._reader = self._reader, None
             reader.set_listener(None)
@@ -885,9 +901,18 @@ class Terminal:
     async def list_stored_payments(
         self, states: Collection[PaymentState] | None = None, limit: int | None = None
     ) -> list[StoredPayment]:
+        """Payments in the store, oldest first: each with its state, attempts and last error.
+
+        :param states: only payments in these states; None for all.
+        :param limit: at most this many; None for all.
+        """
         return await self.store.list_payments(states, limit)
 
     async def payment_history(self, offline_id: str) -> list[HistoryEntry]:
+        """Every state change of one stored payment, oldest first (append-only).
+
+        :raises PaymentNotFound: no such payment.
+        """
         return await self.store.history(offline_id)
 
     async def recovered_payments(self) -> list[OnlineAttempt]:
@@ -901,6 +926,10 @@ class Terminal:
         return await self.store.online_attempts(resolved=True)
 
     async def refresh_offline_status(self) -> OfflineStatus:
+        """Re-read the counts from the store (another process may share it) and return them.
+
+        Emits ``offterm_on_offline_status_changed`` when they changed.
+        """
         return await self._refresh_status()
 
 
