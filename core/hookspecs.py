@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         ForwardingPolicyRegistration,
         ForwardingTransportRegistration,
         ReaderTransportRegistration,
+        ReplicatorRegistration,
         StorageBackendRegistration,
         StorageKeyProviderRegistration,
         TokenProviderRegistration,
@@ -244,4 +245,31 @@ def offterm_on_reader_reconnecting(reader: ReaderInfo, attempt: int) -> None:
     :param reader: the reader.
     :param attempt: 1 for the first attempt.
     :return: ignored.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Replication to a store hub (docs/fleet.md)
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def offterm_replicators() -> Iterable[ReplicatorRegistration]:
+    """Register ways of replicating a lane's stored payments to a store hub.
+
+    A ``Replicator`` (``offterm.core.contracts.replication``) copies every
+    stored payment, its state changes and history to a hub shared by the
+    lanes of a store: durably, idempotently (a payment replicated twice is
+    one row), only the lane's own rows, with everything but amounts,
+    currency, states and times encrypted under the hub key.  Selected by
+    ``[hub] replicator`` (empty: no hub); its options live in
+    ``[replicator.<name>]``.  Bundled: ``postgres``.
+
+    :return: an iterable of ``ReplicatorRegistration``.
+
+    Example::
+
+        @hookimpl
+        def offterm_replicators():
+            yield ReplicatorRegistration(name="postgres", factory=build_replicator)
     """

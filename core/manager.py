@@ -44,6 +44,7 @@ from .registrations import (
     ForwardingTransportRegistration,
     ReaderTransportRegistration,
     Registration,
+    ReplicatorRegistration,
     StorageBackendRegistration,
     StorageKeyProviderRegistration,
     TokenProviderRegistration,
@@ -408,6 +409,7 @@ COMPONENT_KINDS: dict[str, tuple[str, type[Registration[Any]]]] = {
     "forwarding": ("offterm_forwarding_transports", ForwardingTransportRegistration),
     "acceptance": ("offterm_offline_acceptance_policies", AcceptancePolicyRegistration),
     "forwarding_policy": ("offterm_forwarding_policies", ForwardingPolicyRegistration),
+    "replicator": ("offterm_replicators", ReplicatorRegistration),
 }
 
 

@@ -20,6 +20,7 @@ from .contracts import (
     OfflineAcceptancePolicy,
     PaymentStore,
     ReaderTransport,
+    Replicator,
     StorageKeyProvider,
 )
 from .errors import PluginError
@@ -127,3 +128,9 @@ class ForwardingPolicyRegistration(Registration[ForwardingPolicy]):
     """A ``ForwardingPolicy``, selected by ``[forwarding] policy``."""
 
     kind = "forwarding_policy"
+
+
+class ReplicatorRegistration(Registration[Replicator]):
+    """A way of replicating a lane's payments to a store hub; selected by ``[hub] replicator``."""
+
+    kind = "replicator"

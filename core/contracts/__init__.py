@@ -13,6 +13,19 @@ from .forwarding import (
 )
 from .policies import AcceptanceRequest, ForwardingPolicy, OfflineAcceptancePolicy
 from .readers import CardDetails, CardResult, CollectRequest, ReaderConnection, ReaderInfo, ReaderTransport
+from .replication import (
+    HubError,
+    HubNotInitialised,
+    HubOutcome,
+    HubPermissionDenied,
+    HubSchemaTooNew,
+    HubUnavailable,
+    LaneStatus,
+    ReplicationRecord,
+    Replicator,
+    StateTotals,
+    WrongHubKey,
+)
 from .storage import (
     HistoryEntry,
     NewPayment,
@@ -51,4 +64,16 @@ __all__ = [
     "StoreSummary",
     "StoredPayment",
     "TokenRequest",
+    # replication to a store hub (issue #15)
+    "HubError",
+    "HubNotInitialised",
+    "HubOutcome",
+    "HubPermissionDenied",
+    "HubSchemaTooNew",
+    "HubUnavailable",
+    "LaneStatus",
+    "ReplicationRecord",
+    "Replicator",
+    "StateTotals",
+    "WrongHubKey",
 ]
