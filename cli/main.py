@@ -251,6 +251,46 @@ def reader_emulator(args: tuple[str, ...]) -> None:
     sys.exit(emulator_main(list(args)))
 
 
+# -- the local Stripe-compatible service ---------------------------------------------------
+
+
+@cli.group(invoke_without_command=True, epilog=exit_codes_help((EXIT_OK, "stopped cleanly"), _USAGE, _STORE, _PLUGIN))
+@click.option("--host", default=None, help="Bind address (default: [serve] host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="TCP port (default: [serve] port, 4243; 0: any free port).")
+@click.option(
+    "--allow-non-loopback",
+    is_flag=True,
+    default=None,
+    help="Allow a non-loopback bind address (it also needs [serve] tls_cert and tls_key).",
+)
+@click.pass_context
+def serve(click_ctx: click.Context, host: str | None, port: int | None, allow_non_loopback: bool | None) -> None:
+    """Serve Stripe's server-driven Terminal API on localhost, with offline mode (docs/serve.md).
+
+    Prints one JSON line with the URL and the API key file once it is ready; stops on SIGTERM / Ctrl-C.
+    """
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from offterm.serve.runner import run
+
+    ctx: Context = click_ctx.obj
+    overrides = {"host": host, "port": port, "allow_non_loopback": allow_non_loopback}
+    ctx.guard(lambda: run(ctx.config(), overrides))
+
+
+@serve.command("rotate-key", epilog=exit_codes_help((EXIT_OK, "rotated"), _USAGE))
+@pass_ctx
+def serve_rotate_key(ctx: Context) -> None:
+    """Replace the service's API key (a running service uses the new one from its next request)."""
+    from offterm.core.paths import make_private_dir
+    from offterm.serve.keys import key_path, rotate_key
+
+    config = ctx.guard(ctx.config)
+    ctx.guard(lambda: make_private_dir(config.data_dir, lambda m: ConfigError("terminal.data_dir", m), "directory"))
+    rotate_key(config.data_dir)
+    ctx.console.print(f"new key written to {escape(str(key_path(config.data_dir)))}", soft_wrap=True)
+
+
 # -- plugins ------------------------------------------------------------------------------
 
 
