@@ -70,6 +70,7 @@ BUNDLED_PLUGINS: tuple[tuple[str, str], ...] = (
     ("token-providers", "offterm.plugins.transport.tokens"),
     ("offline-limits", "offterm.plugins.policies.limits"),
     ("forwarding-policy", "offterm.plugins.policies.backoff"),
+    ("postgres-hub", "offterm.plugins.storage.postgres"),
 )
 
 ENV_DISABLE = "OFFTERM_DISABLE_PLUGINS"  # comma-separated plugin names

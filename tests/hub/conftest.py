@@ -47,3 +47,49 @@ def hub_db(pg: Cluster) -> str:
     with psycopg.connect(pg.url().replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return name
+
+
+HUB_KEY = bytes(range(32))
+
+
+@pytest.fixture
+def hub(pg: Cluster, hub_db: str):
+    """A hub database initialised with ``HUB_KEY``, and a maker of lane roles: ``hub.lane(name)`` -> url."""
+    from offterm.plugins.storage.postgres import PostgresReplicator
+
+    class Hub:
+        admin_url = pg.url(database=hub_db)
+        database = hub_db
+        cluster = pg
+
+        def options(self, url: str = "", **more):
+            base = {
+                "url": url,
+                "password": "",
+                "admin_url": self.admin_url,
+                "sslmode": "disable",
+                "sslrootcert": "",
+                "sslcert": "",
+                "sslkey": "",
+                "connect_timeout": 2,
+                "statement_timeout": 5.0,
+            }
+            return {**base, **more}
+
+        def admin(self) -> PostgresReplicator:
+            return PostgresReplicator(self.options())
+
+        def lane(self, name: str) -> str:
+            """Create lane role ``<name>_<db>`` and return its URL (roles are cluster-wide)."""
+            role = f"{name}_{hub_db}"
+            self.admin().add_lane(role, "pw-" + role)
+            return pg.url(user=role, password="pw-" + role, database=hub_db)
+
+        def replicator(self, url: str, key: bytes = HUB_KEY) -> PostgresReplicator:
+            r = PostgresReplicator(self.options(url, admin_url=""))
+            r.open(key)
+            return r
+
+    h = Hub()
+    h.admin().initialise(HUB_KEY)
+    return h

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from offterm.core import create_plugin_manager, hookimpl
+from offterm.core.contracts.replication import Replicator
 from offterm.core.errors import ComponentNotFound
 from offterm.core.registrations import ReplicatorRegistration
 
@@ -17,8 +18,17 @@ class _Plugin:
 
 def test_replicators_are_chosen_by_name() -> None:
     pm = create_plugin_manager(autoload=False, plugins={"acme": _Plugin()})
-    assert pm.available("replicator")["acme-hub"] == "acme"
-    reg = pm._select("offterm_replicators", ReplicatorRegistration, "acme-hub")
-    assert reg.kind == "replicator"
+    assert pm.available("replicator") == {"postgres": "postgres-hub", "acme-hub": "acme"}
+    reg = pm._select("offterm_replicators", ReplicatorRegistration, "postgres")
+    assert reg.kind == "replicator" and {o.key for o in reg.options} >= {"url", "password", "sslmode"}
     with pytest.raises(ComponentNotFound, match="acme-hub"):
-        pm._select("offterm_replicators", ReplicatorRegistration, "acme-hu")
+        pm._select("offterm_replicators", ReplicatorRegistration, "postgress")
+
+
+def test_the_postgres_replicator_implements_the_contract() -> None:
+    pm = create_plugin_manager(autoload=False)
+    reg = pm._select("offterm_replicators", ReplicatorRegistration, "postgres")
+    from offterm.core.registrations import ComponentContext
+
+    built = reg.factory(ComponentContext("postgres", {}, None))  # type: ignore[arg-type]
+    assert isinstance(built, Replicator)
