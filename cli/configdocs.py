@@ -23,8 +23,10 @@ dict with the same shape to `Terminal.from_config`.
 
 Every key is validated when the configuration loads: a wrong type, a number
 outside its range (shown next to its type; NaN and infinity are never
-accepted), a control character in a string, or an unknown key fails with an
-error naming the key and the value.
+accepted), a value not among its choices, a string not of the form or length
+shown next to its type, a control character in a string, or an unknown key
+fails with an error naming the key and the value (a secret's value is never
+shown).  A component's factory receives only values that passed.
 Core sections hold plain keys; a component's options live in a sub-table
 named after it, `[<section>.<component>]`, e.g. `[storage.sqlcipher]`.
 Options marked *secret* may instead come from the environment variable
@@ -72,8 +74,29 @@ def _types(spec: OptionSpec) -> str:
     text = " or ".join(t.__name__ for t in types)
     if any(t in (int, float) for t in types):
         low = 0 if spec.minimum is None else spec.minimum
-        text += f" ({low:g}–{spec.maximum:g})" if spec.maximum is not None else f" (≥ {low:g})"
-    return text
+        if spec.exclusive_minimum:
+            text += f" (> {low:g}, ≤ {spec.maximum:g})" if spec.maximum is not None else f" (> {low:g})"
+        else:
+            text += f" ({low:g}–{spec.maximum:g})" if spec.maximum is not None else f" (≥ {low:g})"
+    return (text + "".join(f"; {rule}" for rule in _rules(spec))).replace("|", "\\|")
+
+
+def _rules(spec: OptionSpec) -> list[str]:
+    """What the core checks beyond type and range, in words: choices, pattern, lengths."""
+    rules: list[str] = []
+    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+    each = "each item " if list in types else ""
+    if spec.choices is not None:
+        listed = ", ".join(f"`{c}`" for c in spec.choices)
+        rules.append(f"{each}one of {listed}" + (" (any case)" if spec.ignore_case else ""))
+    if spec.pattern is not None:
+        rules.append(each + (spec.pattern_help or f"matching `{spec.pattern}`"))
+    if spec.min_length == 1 and spec.max_length is None:
+        rules.append("not empty")
+    elif spec.min_length is not None or spec.max_length is not None:
+        low, high = spec.min_length or 0, spec.max_length
+        rules.append(f"{low}–{high} characters" if high is not None else f"at least {low} characters")
+    return rules
 
 
 def _table(prefix: str, specs: tuple[OptionSpec, ...]) -> list[str]:

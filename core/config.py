@@ -161,15 +161,56 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
     ),
     "acceptance": (),
     "forwarding_policy": (),
+    # the store hub (docs/fleet.md); the replicator's own options live in [replicator.<name>]
+    "hub": (
+        OptionSpec("replicator", str, "", "Replicator component that copies payments to the store hub; empty: no hub."),
+        OptionSpec(
+            "mode",
+            str,
+            "async",
+            "sync: an offline confirm waits (at most sync_timeout) for the hub's "
+            "commit too; async: replicate in the background.",
+        ),
+        OptionSpec("lane", str, "", "This lane's name on the hub (with the postgres replicator: its PostgreSQL role)."),
+        OptionSpec(
+            "key_provider",
+            str,
+            "env",
+            "Storage key provider component holding the hub key "
+            "(asked for the store id 'hub'); never the one that holds this lane's storage key.",
+        ),
+        OptionSpec(
+            "sync_timeout",
+            (int, float),
+            0.3,
+            "Seconds a sync-mode confirm waits for the hub before returning local-only (the payment catches up later).",
+            minimum=0.01,
+            maximum=10,
+        ),
+        OptionSpec(
+            "interval",
+            (int, float),
+            2.0,
+            "Seconds between background rounds (catch-up, heartbeat).",
+            minimum=0.05,
+            maximum=3600,
+        ),
+        OptionSpec("batch_size", int, 200, "Payments per hub transaction during catch-up.", minimum=1, maximum=10000),
+    ),
+    "replicator": (),
 }
 
-#: Sections owned by an offterm service outside the core, kept here as raw tables (``Config.extensions``) and
-#: validated by that service with the same ``validate_options``: ``[serve]`` by ``offterm.serve.config``
-#: (documented in docs/serve.md).  The core never reads them; it only stops calling them unknown.
-EXTENSION_SECTIONS = ("serve",)
-
 #: kinds whose section may hold component sub-tables
-COMPONENT_SECTIONS = ("reader", "storage", "storage_key", "tokens", "forwarding", "acceptance", "forwarding_policy")
+COMPONENT_SECTIONS = (
+    "reader",
+    "storage",
+    "storage_key",
+    "tokens",
+    "forwarding",
+    "acceptance",
+    "forwarding_policy",
+    "replicator",
+)
 
 
 #: control characters (C0, DEL, C1) and the bidirectional overrides that make text read differently
@@ -188,7 +229,57 @@ def _check_type(where: str, spec: OptionSpec, value: Any) -> Any:
     texts = [value] if isinstance(value, str) else value if isinstance(value, list) else []
     if any(isinstance(text, str) and _CONTROL.search(text) for text in texts):
         raise ConfigError(where, "must not contain control or bidirectional-override characters")
+    return _check_constraints(where, spec, value)
+
+
+def _check_constraints(where: str, spec: OptionSpec, value: Any) -> Any:
+    """The spec's choices, pattern and lengths, for a value of the right type (a secret from the
+    environment too); returns the value, a case-insensitive choice as listed.  A secret is never shown."""
+    shown = None if spec.secret else value
+    if spec.choices is not None and value is not None:
+        items = value if isinstance(value, list) else [value]
+        chosen = [_choice(spec, item) for item in items]
+        if any(item is _NO_CHOICE for item in chosen):
+            allowed = ", ".join(str(c) for c in spec.choices)
+            raise ConfigError(
+                where,
+                f"must be one of: {allowed}" if not isinstance(value, list) else f"must list only: {allowed}",
+                shown,
+            )
+        value = chosen if isinstance(value, list) else chosen[0]
+    if spec.pattern is not None and value is not None:
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) and re.fullmatch(spec.pattern, item) for item in items):
+            what = spec.pattern_help or f"a string matching {spec.pattern}"
+            raise ConfigError(
+                where, f"must be {what}" if not isinstance(value, list) else f"each item must be {what}", shown
+            )
+    if isinstance(value, str):
+        if spec.min_length is not None and len(value) < spec.min_length:
+            need = "must not be empty" if spec.min_length == 1 else f"must be at least {spec.min_length} characters"
+            raise ConfigError(where, need, shown)
+        if spec.max_length is not None and len(value) > spec.max_length:
+            raise ConfigError(where, f"must be at most {spec.max_length} characters", shown)
     return value
+
+
+_NO_CHOICE = object()
+
+
+def _choice(spec: OptionSpec, item: Any) -> Any:
+    for choice in spec.choices or ():
+        if isinstance(item, bool) is not isinstance(choice, bool):
+            continue  # True is not the choice 1
+        if item == choice:
+            return choice
+        if (
+            spec.ignore_case
+            and isinstance(item, str)
+            and isinstance(choice, str)
+            and item.casefold() == choice.casefold()
+        ):
+            return choice
+    return _NO_CHOICE
 
 
 def _check_number(where: str, spec: OptionSpec, value: float) -> None:
@@ -196,6 +287,8 @@ def _check_number(where: str, spec: OptionSpec, value: float) -> None:
     if not math.isfinite(value):
         raise ConfigError(where, "must be a finite number", value)
     minimum = 0 if spec.minimum is None else spec.minimum
+    if spec.exclusive_minimum and value <= minimum:
+        raise ConfigError(where, "must be more than 0" if minimum == 0 else f"must be more than {minimum:g}", value)
     if value < minimum:
         raise ConfigError(where, "must not be negative" if minimum == 0 else f"must be at least {minimum:g}", value)
     if spec.maximum is not None and value > spec.maximum:
@@ -229,7 +322,7 @@ def validate_options(
         key = f"{where}.{spec.key}"
         env_name = "OFFTERM_" + key.upper().replace(".", "_").replace("-", "_")
         if spec.secret and env.get(env_name):
-            result[spec.key] = env[env_name]
+            result[spec.key] = _check_constraints(key, spec, env[env_name])
         elif spec.key in raw:
             result[spec.key] = _check_type(key, spec, raw[spec.key])
         elif spec.required:
@@ -247,8 +340,6 @@ class Config:
     component_options: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     source: Path | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    #: raw tables of EXTENSION_SECTIONS, validated by the service that owns each
-    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def get(self, section: str, key: str) -> Any:
         return self.sections[section][key]
@@ -296,15 +387,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _parse(data: Mapping[str, Any], path: Path | None, env: Mapping[str, str]) -> Config:
     for section in data:
-        if section not in CORE_OPTIONS and section not in EXTENSION_SECTIONS:
-            valid = ", ".join(sorted([*CORE_OPTIONS, *EXTENSION_SECTIONS]))
-            raise ConfigError(section, f"unknown section (valid: {valid})")
-    extensions: dict[str, dict[str, Any]] = {}
-    for section in EXTENSION_SECTIONS:
-        table = data.get(section, {})
-        if not isinstance(table, Mapping):
-            raise ConfigError(section, "must be a table", table)
-        extensions[section] = copy.deepcopy(dict(table))
+        if section not in CORE_OPTIONS:
+            raise ConfigError(section, f"unknown section (valid: {', '.join(sorted(CORE_OPTIONS))})")
     sections: dict[str, dict[str, Any]] = {}
     components: dict[tuple[str, str], dict[str, Any]] = {}
     for section, specs in CORE_OPTIONS.items():
@@ -318,7 +402,7 @@ def _parse(data: Mapping[str, Any], path: Path | None, env: Mapping[str, str]) -
                     components[(section, name)] = dict(table)
         sections[section] = validate_options(section, specs, scalars, env)
     _check_core(sections)
-    return Config(sections=sections, component_options=components, source=path, env=env, extensions=extensions)
+    return Config(sections=sections, component_options=components, source=path, env=env)
 
 
 def _check_core(sections: dict[str, dict[str, Any]]) -> None:

@@ -48,6 +48,30 @@ class OptionSpec:
     #: otherwise, not negative); a value outside them is a ConfigError naming the key
     minimum: float | None = None
     maximum: float | None = None
+    #: ``minimum`` itself is refused: a number must be more than it (a timeout of 0 waits for nothing)
+    exclusive_minimum: bool = False
+    #: the allowed values (for a list, of each item); anything else is a ConfigError listing them
+    choices: tuple[Any, ...] | None = None
+    #: string choices match whatever their case; the value becomes the choice as listed
+    ignore_case: bool = False
+    #: a regular expression a string (for a list, each item, which must be a string) matches in full
+    pattern: str | None = None
+    #: what ``pattern`` stands for, in errors and docs ("a 128-bit UUID"); default: the pattern itself
+    pattern_help: str = ""
+    #: bounds on the length of a string (``min_length=1``: not empty)
+    min_length: int | None = None
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise PluginError(
+                    f"option {self.key!r}: pattern {self.pattern!r} is not a regular expression: {exc}"
+                ) from None
+        if self.choices is not None and not isinstance(self.choices, tuple):
+            raise PluginError(f"option {self.key!r}: choices must be a tuple")
 
 
 @dataclass(frozen=True)

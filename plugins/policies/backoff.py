@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import ForwardingPolicy, StoredPayment
 from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
@@ -56,41 +57,28 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 
 
-def _number(value: object, key: str, *, minimum: float, integer: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (integer and not isinstance(value, int))
-        or value < minimum
-    ):
-        raise ConfigError(key, f"must be {'an integer' if integer else 'a number'} >= {minimum:g}", value)
-    return float(value)
+def settings_from(options: Mapping[str, Any], prefix: str = f"forwarding_policy.{POLICY_NAME}") -> BackoffSettings:
+    """Settings from options the core validated against ``OPTIONS`` (every key present).
+
+    Only what one option cannot say is checked here: the cap is not below the base.
+    """
+    base, cap = float(options["base_delay"]), float(options["max_delay"])
+    if cap < base:
+        raise ConfigError(f"{prefix}.max_delay", f"must be >= base_delay ({base:g})", cap)
+    return BackoffSettings(
+        base_delay=base,
+        max_delay=cap,
+        max_attempts=options["max_attempts"],
+        max_age_hours=float(options["max_age_hours"]),
+        seed=options["seed"],
+    )
 
 
 def parse_options(
     options: Mapping[str, Any] | None, prefix: str = f"forwarding_policy.{POLICY_NAME}"
 ) -> BackoffSettings:
-    """Validate the policy's options; errors name the key and the bad value."""
-    opts = dict(options or {})
-    unknown = sorted(set(opts) - {o.key for o in OPTIONS})
-    if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}", "unknown option")
-    d = BackoffSettings()
-    base = float(_number(opts.get("base_delay", d.base_delay), f"{prefix}.base_delay", minimum=0))
-    cap = float(_number(opts.get("max_delay", d.max_delay), f"{prefix}.max_delay", minimum=0))
-    if cap < base:
-        raise ConfigError(f"{prefix}.max_delay", f"must be >= base_delay ({base:g})", cap)
-    seed = opts.get("seed", d.seed)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(f"{prefix}.seed", "must be an integer or absent", seed)
-    attempts = _number(opts.get("max_attempts", d.max_attempts), f"{prefix}.max_attempts", minimum=0, integer=True)
-    return BackoffSettings(
-        base_delay=base,
-        max_delay=cap,
-        max_attempts=int(attempts),
-        max_age_hours=float(_number(opts.get("max_age_hours", d.max_age_hours), f"{prefix}.max_age_hours", minimum=0)),
-        seed=seed,
-    )
+    """Settings from a raw options table, validated by the core as the configuration is."""
+    return settings_from(validate_options(prefix, OPTIONS, dict(options or {}), env={}), prefix)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -131,7 +119,7 @@ class BackoffPolicy(ForwardingPolicy):
 
 
 def _factory(context: ComponentContext) -> BackoffPolicy:
-    return BackoffPolicy(parse_options(context.options, prefix=f"forwarding_policy.{context.name}"))
+    return BackoffPolicy(settings_from(context.options, prefix=f"forwarding_policy.{context.name}"))
 
 
 @hookimpl

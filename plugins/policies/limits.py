@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import AcceptanceRequest, CardDetails, OfflineAcceptancePolicy
 from offterm.core.currency import format_amount, normalize_currency
 from offterm.core.errors import (
@@ -90,6 +91,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         int,
         10_000,
         "Most payments stored and waiting for the processor, this one included.",
+        minimum=1,
         maximum=10_000_000,
     ),
     OptionSpec(
@@ -99,12 +101,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "Refuse new offline payments while the oldest stored one is older than this (0: no limit).",
         maximum=24 * 3650,
     ),
-    OptionSpec("allowed_brands", list, list(DEFAULT_ALLOWED_BRANDS), "Card brands accepted offline."),
+    OptionSpec(
+        "allowed_brands",
+        list,
+        list(DEFAULT_ALLOWED_BRANDS),
+        "Card brands accepted offline.",
+        pattern=r"(?s).+",
+        pattern_help="a non-empty string",
+    ),
     OptionSpec(
         "eea_countries",
         list,
         list(EEA_COUNTRIES),
         "Merchant countries where offline needs an inserted card with a verified PIN.",
+        pattern=r"(?s).+",
+        pattern_help="a non-empty string",
     ),
     OptionSpec(
         "reader_online_within_days",
@@ -116,20 +127,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 
 
-def _number(value: object, key: str, *, minimum: float, integer: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (integer and not isinstance(value, int))
-        or value < minimum
-    ):
-        raise ConfigError(key, f"must be {'an integer' if integer else 'a number'} >= {minimum:g}", value)
-    return float(value)
-
-
-def _amounts(value: object, key: str) -> dict[str, int]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, "must be a table of currency code -> amount in minor units", value)
+def _amounts(value: Mapping[str, Any], key: str) -> dict[str, int]:
+    """Currency codes normalised; the core checked the table is one, not what is in it."""
     out: dict[str, int] = {}
     for code, amount in value.items():
         try:
@@ -142,34 +141,22 @@ def _amounts(value: object, key: str) -> dict[str, int]:
     return out
 
 
-def _codes(value: object, key: str, *, upper: bool) -> frozenset[str]:
-    if not isinstance(value, list | tuple | set | frozenset) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(key, "must be a list of non-empty strings", value)
-    return frozenset(v.upper() if upper else v.lower() for v in value)
+def settings_from(options: Mapping[str, Any], prefix: str = f"acceptance.{POLICY_NAME}") -> LimitsSettings:
+    """Settings from options the core validated against ``OPTIONS`` (every key present)."""
+    return LimitsSettings(
+        max_amount=MappingProxyType(_amounts(options["max_amount"], f"{prefix}.max_amount")),
+        max_total=MappingProxyType(_amounts(options["max_total"], f"{prefix}.max_total")),
+        max_count=options["max_count"],
+        max_age_hours=float(options["max_age_hours"]),
+        allowed_brands=frozenset(v.lower() for v in options["allowed_brands"]),
+        eea_countries=frozenset(v.upper() for v in options["eea_countries"]),
+        reader_online_within_days=float(options["reader_online_within_days"]),
+    )
 
 
 def parse_options(options: Mapping[str, Any] | None, prefix: str = f"acceptance.{POLICY_NAME}") -> LimitsSettings:
-    """Validate the ``[acceptance.limits]`` table; errors name the key and the bad value."""
-    opts = dict(options or {})
-    unknown = sorted(set(opts) - {o.key for o in OPTIONS})
-    if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}", "unknown option")
-    d = LimitsSettings()
-    return LimitsSettings(
-        max_amount=MappingProxyType(_amounts(opts.get("max_amount", d.max_amount), f"{prefix}.max_amount")),
-        max_total=MappingProxyType(_amounts(opts.get("max_total", d.max_total), f"{prefix}.max_total")),
-        max_count=int(_number(opts.get("max_count", d.max_count), f"{prefix}.max_count", minimum=1, integer=True)),
-        max_age_hours=float(_number(opts.get("max_age_hours", d.max_age_hours), f"{prefix}.max_age_hours", minimum=0)),
-        allowed_brands=_codes(opts.get("allowed_brands", d.allowed_brands), f"{prefix}.allowed_brands", upper=False),
-        eea_countries=_codes(opts.get("eea_countries", d.eea_countries), f"{prefix}.eea_countries", upper=True),
-        reader_online_within_days=float(
-            _number(
-                opts.get("reader_online_within_days", d.reader_online_within_days),
-                f"{prefix}.reader_online_within_days",
-                minimum=0,
-            )
-        ),
-    )
+    """Settings from a raw ``[acceptance.limits]`` table, validated by the core as the configuration is."""
+    return settings_from(validate_options(prefix, OPTIONS, dict(options or {}), env={}), prefix)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -392,7 +379,7 @@ class LimitsPolicy(OfflineAcceptancePolicy):
 
 
 def _factory(context: ComponentContext) -> LimitsPolicy:
-    return LimitsPolicy(parse_options(context.options, prefix=f"acceptance.{context.name}"), name=context.name)
+    return LimitsPolicy(settings_from(context.options, prefix=f"acceptance.{context.name}"), name=context.name)
 
 
 @hookimpl

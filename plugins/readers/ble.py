@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from offterm.core.errors import ConfigError
+from offterm.core.config import validate_options
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, OptionSpec, ReaderTransportRegistration
 
@@ -38,6 +38,7 @@ __all__ = [
     "BleSettings",
     "offterm_reader_transports",
     "parse_options",
+    "settings_from",
 ]
 
 TRANSPORT_NAME = "ble"
@@ -70,50 +71,65 @@ class BleSettings:
 
 # -- configuration -----------------------------------------------------------------------------
 
+#: what ``uuid.UUID`` reads: 32 hex digits, dashes anywhere, optionally braced or as a URN
+_UUID = r"(?i)(?:urn:)?(?:uuid:)?\{?(?:-*[0-9a-f]){32}-*\}?"
+
 OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("service_uuid", str, gatt.SERVICE_UUID, "GATT service UUID readers advertise."),
-    OptionSpec("name_prefix", str, "OFFTERM", "Only readers whose advertised name starts with this ('' for any)."),
     OptionSpec(
-        "scan_timeout", (int, float), 5.0, "Seconds to look for a reader when connecting or reconnecting.", maximum=600
+        "service_uuid",
+        str,
+        gatt.SERVICE_UUID,
+        "GATT service UUID readers advertise.",
+        pattern=_UUID,
+        pattern_help="a 128-bit UUID",
     ),
-    OptionSpec("adapter", (str, type(None)), None, "Bluetooth adapter (Linux: hci0); default: the system's."),
+    OptionSpec(
+        "name_prefix",
+        str,
+        "OFFTERM",
+        "Only readers whose advertised name starts with this ('' for any).",
+        max_length=29,
+    ),
+    OptionSpec(
+        "scan_timeout",
+        (int, float),
+        5.0,
+        "Seconds to look for a reader when connecting or reconnecting.",
+        exclusive_minimum=True,
+        maximum=120,
+    ),
+    OptionSpec(
+        "adapter",
+        (str, type(None)),
+        None,
+        "Bluetooth adapter (Linux: hci0); default: the system's.",
+        pattern=r"[^\W_]+",
+        pattern_help="an adapter name such as hci0",
+    ),
     *LINK_OPTIONS,
 )
 
 
-def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.ble") -> BleSettings:
-    """Check every option; errors name the key."""
-    opts = dict(options or {})
-    unknown = set(opts) - {spec.key for spec in OPTIONS}
-    if unknown:
-        raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", "unknown option")
-    uuid_text = str(opts.get("service_uuid", gatt.SERVICE_UUID)).lower()
-    try:
-        uuid_text = str(uuid.UUID(uuid_text))
-    except ValueError:
-        raise ConfigError(f"{prefix}.service_uuid", "must be a 128-bit UUID", opts.get("service_uuid")) from None
-    name_prefix = opts.get("name_prefix", "OFFTERM")
-    if not isinstance(name_prefix, str) or len(name_prefix) > 29:
-        raise ConfigError(f"{prefix}.name_prefix", "must be a string of at most 29 characters", name_prefix)
-    scan_timeout = float(opts.get("scan_timeout", 5.0))
-    if not 0 < scan_timeout <= 120:
-        raise ConfigError(f"{prefix}.scan_timeout", "must be more than 0 and at most 120 seconds", scan_timeout)
-    adapter = opts.get("adapter")
-    if adapter is not None and (not isinstance(adapter, str) or not adapter.isalnum()):
-        raise ConfigError(f"{prefix}.adapter", "must be an adapter name such as hci0", adapter)
+def settings_from(options: Mapping[str, Any], prefix: str = "reader.ble") -> BleSettings:
+    """Settings from options the core validated against ``OPTIONS`` (every key present)."""
     return BleSettings(
-        service_uuid=uuid_text,
-        name_prefix=name_prefix,
-        scan_timeout=scan_timeout,
-        adapter=adapter,
-        link=link_settings(opts, prefix),
+        service_uuid=str(uuid.UUID(options["service_uuid"].lower())),
+        name_prefix=options["name_prefix"],
+        scan_timeout=float(options["scan_timeout"]),
+        adapter=options["adapter"],
+        link=link_settings(options, prefix),
     )
+
+
+def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.ble") -> BleSettings:
+    """Settings from a raw options table, validated by the core as the configuration is."""
+    return settings_from(validate_options(prefix, OPTIONS, dict(options or {}), env={}), prefix)
 
 
 def _factory(context: ComponentContext) -> BleReaderTransport:
     from .ble_link import BleReaderTransport
 
-    return BleReaderTransport(parse_options(context.options, prefix=f"reader.{context.name}"))
+    return BleReaderTransport(settings_from(context.options, prefix=f"reader.{context.name}"))
 
 
 @hookimpl

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from offterm.core.config import validate_options
 from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, OptionSpec, ReaderTransportRegistration
@@ -35,6 +36,7 @@ __all__ = [
     "SerialSettings",
     "offterm_reader_transports",
     "parse_options",
+    "settings_from",
 ]
 
 TRANSPORT_NAME = "serial"
@@ -70,9 +72,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
         None,
         "Serial port of the reader: a device path (/dev/ttyACM0, COM3) or a pyserial URL "
         "(socket://127.0.0.1:7000). Unset: discover USB serial ports.",
+        pattern=r"(?s).*\S.*",
+        pattern_help="a device path or a pyserial URL",
     ),
-    OptionSpec("vid", (int, str, type(None)), None, "Only discover USB ports with this vendor id (1027 or '0x0403')."),
-    OptionSpec("pid", (int, str, type(None)), None, "Only discover USB ports with this product id."),
+    OptionSpec(
+        "vid",
+        (int, str, type(None)),
+        None,
+        "Only discover USB ports with this vendor id (1027 or '0x0403'), 0 to 0xFFFF.",
+        maximum=0xFFFF,
+    ),
+    OptionSpec("pid", (int, str, type(None)), None, "Only discover USB ports with this product id.", maximum=0xFFFF),
     OptionSpec(
         "baudrate", int, 115200, "Line speed (ignored by pseudo-terminals and sockets).", minimum=50, maximum=4_000_000
     ),
@@ -80,11 +90,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 
 
-def _usb_id(value: Any, key: str) -> int | None:
-    if value is None:
-        return None
+def _usb_id(value: int | str | None, key: str) -> int | None:
+    """An id given as text (``'0x0403'``) is read here, so its range too; the core bounds an integer."""
+    if value is None or isinstance(value, int):
+        return value
     try:
-        number = int(value, 0) if isinstance(value, str) else int(value)
+        number = int(value, 0)
     except ValueError:
         raise ConfigError(key, "must be a USB id: an integer or a hex string like '0x0403'", value) from None
     if not 0 <= number <= 0xFFFF:
@@ -92,31 +103,27 @@ def _usb_id(value: Any, key: str) -> int | None:
     return number
 
 
-def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.serial") -> SerialSettings:
-    """Check every option; errors name the key."""
-    opts = dict(options or {})
-    unknown = set(opts) - {spec.key for spec in OPTIONS}
-    if unknown:
-        raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", "unknown option")
-    port = opts.get("port")
-    if port is not None and (not isinstance(port, str) or not port.strip()):
-        raise ConfigError(f"{prefix}.port", "must be a device path or a pyserial URL", port)
-    baudrate = opts.get("baudrate", 115200)
-    if isinstance(baudrate, bool) or not isinstance(baudrate, int) or not 50 <= baudrate <= 4_000_000:
-        raise ConfigError(f"{prefix}.baudrate", "must be a line speed from 50 to 4000000", baudrate)
+def settings_from(options: Mapping[str, Any], prefix: str = "reader.serial") -> SerialSettings:
+    """Settings from options the core validated against ``OPTIONS`` (every key present)."""
+    port = options["port"]
     return SerialSettings(
-        port=port.strip() if port else None,
-        vid=_usb_id(opts.get("vid"), f"{prefix}.vid"),
-        pid=_usb_id(opts.get("pid"), f"{prefix}.pid"),
-        baudrate=baudrate,
-        link=link_settings(opts, prefix),
+        port=port.strip() if port is not None else None,
+        vid=_usb_id(options["vid"], f"{prefix}.vid"),
+        pid=_usb_id(options["pid"], f"{prefix}.pid"),
+        baudrate=options["baudrate"],
+        link=link_settings(options, prefix),
     )
+
+
+def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.serial") -> SerialSettings:
+    """Settings from a raw options table, validated by the core as the configuration is."""
+    return settings_from(validate_options(prefix, OPTIONS, dict(options or {}), env={}), prefix)
 
 
 def _factory(context: ComponentContext) -> SerialReaderTransport:
     from .serial_link import SerialReaderTransport
 
-    return SerialReaderTransport(parse_options(context.options, prefix=f"reader.{context.name}"))
+    return SerialReaderTransport(settings_from(context.options, prefix=f"reader.{context.name}"))
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import (
     CardDetails,
     CardResult,
@@ -78,68 +79,30 @@ class SimulatedReaderSettings:
         return f"SimulatedReaderSettings(count={self.count}, reader_type={self.reader_type!r})"
 
 
-def _read_method(value: object, key: str) -> ReadMethod:
+def settings_from(options: Mapping[str, Any], prefix: str = "reader.simulated") -> SimulatedReaderSettings:
+    """Settings from options the core validated against ``OPTIONS`` (every key present).
+
+    The default card is the one thing only the catalogue can judge; its error never echoes a number.
+    """
     try:
-        return ReadMethod(str(value))
-    except ValueError:
-        choices = ", ".join(m.value for m in ReadMethod)
-        raise ConfigError(key, f"must be one of {choices}", value) from None
+        card = test_cards.resolve(options["default_card"])
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}.default_card", str(exc)) from None
+    return SimulatedReaderSettings(
+        count=options["count"],
+        reader_type=options["reader_type"],
+        location_id=options["location_id"],
+        card_key=bytes.fromhex(options["card_key"]),
+        default_card=card,
+        read_method=ReadMethod(options["read_method"]),
+        pin_verified=options["pin_verified"],
+        read_delay=float(options["read_delay"]),
+    )
 
 
 def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.simulated") -> SimulatedReaderSettings:
-    """Check every option and build the settings; errors name the key (never a key or card number)."""
-    opts = dict(options or {})
-    unknown = set(opts) - {spec.key for spec in OPTIONS}
-    if unknown:
-        raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", "unknown option")
-    defaults = SimulatedReaderSettings()
-
-    count = opts.get("count", defaults.count)
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
-        raise ConfigError(f"{prefix}.count", "must be an integer from 1 to 100", count)
-
-    reader_type = opts.get("reader_type", defaults.reader_type)
-    if not isinstance(reader_type, str) or not reader_type:
-        raise ConfigError(f"{prefix}.reader_type", "must be a non-empty string", reader_type)
-
-    location_id = opts.get("location_id", defaults.location_id)
-    if location_id is not None and (not isinstance(location_id, str) or not location_id):
-        raise ConfigError(f"{prefix}.location_id", "must be a non-empty string", location_id)
-
-    card_key_hex = opts.get("card_key", card_encryption.TEST_BASE_KEY_HEX)
-    try:
-        card_key = bytes.fromhex(card_key_hex) if isinstance(card_key_hex, str) else b""
-    except ValueError:
-        card_key = b""
-    if len(card_key) != 32:
-        raise ConfigError(f"{prefix}.card_key", "must be 64 hexadecimal characters (a 256-bit key)")
-
-    default_card = opts.get("default_card", "visa")
-    try:
-        card = test_cards.resolve(default_card) if isinstance(default_card, str) else None
-    except ValueError as exc:
-        raise ConfigError(f"{prefix}.default_card", str(exc)) from None
-    if card is None:
-        raise ConfigError(f"{prefix}.default_card", "must be a test card name or a card number")
-
-    pin_verified = opts.get("pin_verified", defaults.pin_verified)
-    if not isinstance(pin_verified, bool):
-        raise ConfigError(f"{prefix}.pin_verified", "must be true or false", pin_verified)
-
-    read_delay = opts.get("read_delay", defaults.read_delay)
-    if isinstance(read_delay, bool) or not isinstance(read_delay, int | float) or not 0 <= read_delay <= 60:
-        raise ConfigError(f"{prefix}.read_delay", "must be a number of seconds from 0 to 60", read_delay)
-
-    return SimulatedReaderSettings(
-        count=count,
-        reader_type=reader_type,
-        location_id=location_id,
-        card_key=card_key,
-        default_card=card,
-        read_method=_read_method(opts.get("read_method", defaults.read_method.value), f"{prefix}.read_method"),
-        pin_verified=pin_verified,
-        read_delay=float(read_delay),
-    )
+    """Settings from a raw options table, validated by the core as the configuration is."""
+    return settings_from(validate_options(prefix, OPTIONS, dict(options or {}), env={}), prefix)
 
 
 class _SimulatedReader:
@@ -404,28 +367,34 @@ class SimulatedReaderTransport(ReaderTransport):
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("count", int, 1, "How many simulated readers discovery finds (1-100).", minimum=1, maximum=100),
-    OptionSpec("reader_type", str, "simulated_wisepad3", "Device type the simulated readers report."),
-    OptionSpec("location_id", (str, type(None)), None, "Location the readers are registered to (None: none)."),
+    OptionSpec("reader_type", str, "simulated_wisepad3", "Device type the simulated readers report.", min_length=1),
+    OptionSpec(
+        "location_id", (str, type(None)), None, "Location the readers are registered to (None: none).", min_length=1
+    ),
     OptionSpec(
         "card_key",
         str,
         card_encryption.TEST_BASE_KEY_HEX,
         "Base key (64 hex characters) card data is encrypted under for the processor; default: the test key.",
         secret=True,
+        pattern="[0-9A-Fa-f]{64}",
+        pattern_help="64 hexadecimal characters (a 256-bit key)",
     ),
     OptionSpec("default_card", str, "visa", "Card presented when none was queued: a test card name or a number."),
     OptionSpec(
-        "read_method", str, "contact_emv", "Default read method: contact_emv, contactless_emv or magnetic_stripe."
+        "read_method",
+        str,
+        ReadMethod.CONTACT_EMV.value,
+        "Default read method.",
+        choices=tuple(m.value for m in ReadMethod),
     ),
     OptionSpec("pin_verified", bool, True, "Whether an inserted card's PIN is verified by default."),
-    OptionSpec(
-        "read_delay", (int, float), 0.0, "Seconds the simulated customer takes to present a card.", maximum=3600
-    ),
+    OptionSpec("read_delay", (int, float), 0.0, "Seconds the simulated customer takes to present a card.", maximum=60),
 )
 
 
 def _factory(context: ComponentContext) -> SimulatedReaderTransport:
-    return SimulatedReaderTransport(parse_options(context.options, prefix=f"reader.{context.name}"))
+    return SimulatedReaderTransport(settings_from(context.options, prefix=f"reader.{context.name}"))
 
 
 @hookimpl

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from offterm.core.contracts.storage import StorageKeyProvider
-from offterm.core.errors import ConfigError, StorageKeyUnavailable
+from offterm.core.errors import StorageKeyUnavailable
 from offterm.core.hookspecs import hookimpl
 from offterm.core.paths import make_private_dir
 from offterm.core.registrations import ComponentContext, OptionSpec, StorageKeyProviderRegistration
@@ -213,7 +213,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _file_provider(ctx: ComponentContext) -> FileKeyProvider:
-    raw = str(ctx.options.get("path") or "")
+    raw = ctx.options["path"]
     path = Path(raw).expanduser() if raw else Path("storage.key")
     if not path.is_absolute():
         path = Path(ctx.data_dir) / path
@@ -221,17 +221,11 @@ def _file_provider(ctx: ComponentContext) -> FileKeyProvider:
 
 
 def _env_provider(ctx: ComponentContext) -> EnvKeyProvider:
-    variable = str(ctx.options.get("variable") or "")
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", variable):
-        raise ConfigError("storage_key.env.variable", "must be an environment variable name", variable)
-    return EnvKeyProvider(variable)
+    return EnvKeyProvider(ctx.options["variable"])
 
 
 def _keyring_provider(ctx: ComponentContext) -> KeyringKeyProvider:
-    service = str(ctx.options.get("service") or "")
-    if not service:
-        raise ConfigError("storage_key.keyring.service", "must not be empty", service)
-    return KeyringKeyProvider(service)
+    return KeyringKeyProvider(ctx.options["service"])
 
 
 @hookimpl
@@ -246,11 +240,24 @@ def offterm_storage_key_providers() -> Iterator[StorageKeyProviderRegistration]:
         name="env",
         factory=_env_provider,
         description="A key given as 64 hex characters in an environment variable.",
-        options=(OptionSpec("variable", str, "OFFTERM_STORAGE_KEY", "Name of the environment variable."),),
+        options=(
+            OptionSpec(
+                "variable",
+                str,
+                "OFFTERM_STORAGE_KEY",
+                "Name of the environment variable.",
+                pattern="[A-Za-z_][A-Za-z0-9_]*",
+                pattern_help="an environment variable name",
+            ),
+        ),
     )
     yield StorageKeyProviderRegistration(
         name="keyring",
         factory=_keyring_provider,
         description="The OS keyring via the 'keyring' package, when a backend is available.",
-        options=(OptionSpec("service", str, "offterm-storage", "Keyring service name; the entry is the store id."),),
+        options=(
+            OptionSpec(
+                "service", str, "offterm-storage", "Keyring service name; the entry is the store id.", min_length=1
+            ),
+        ),
     )

@@ -200,36 +200,39 @@ class StaticTokenProvider(ConnectionTokenProvider):
 # -- registrations --------------------------------------------------------------------------
 
 HTTP_OPTIONS = (
-    OptionSpec("url", str, "", 'Your backend\'s endpoint that returns {"secret": ...}.', required=True),
+    OptionSpec("url", str, "", 'Your backend\'s endpoint that returns {"secret": ...}.', required=True, min_length=1),
     OptionSpec("auth_token", str, "", "Bearer token sent to your backend (empty: none).", secret=True),
     OptionSpec("timeout", (int, float), 10.0, "Seconds to wait for your backend.", minimum=0.01, maximum=600),
 )
 CALLABLE_OPTIONS = (
     OptionSpec(
-        "target", str, "", '"package.module:function" called with a TokenRequest; sync or async.', required=True
+        "target",
+        str,
+        "",
+        '"package.module:function" called with a TokenRequest; sync or async.',
+        required=True,
+        min_length=1,
     ),
 )
-STATIC_OPTIONS = (OptionSpec("secret", str, "", "The token secret (tests only).", secret=True, required=True),)
+STATIC_OPTIONS = (
+    OptionSpec("secret", str, "", "The token secret (tests only).", secret=True, required=True, min_length=1),
+)
 
 
 def _build_http(ctx: ComponentContext) -> HttpTokenProvider:
-    url = ctx.options.get("url") or ""
-    if not url:
-        raise ConfigError("url", "is required for the http token provider")
+    """Factory: options the core validated against ``HTTP_OPTIONS``; the URL's scheme and host are
+    judged by the provider itself (it is also built directly)."""
     return HttpTokenProvider(
-        url, auth_token=ctx.options.get("auth_token") or None, timeout=float(ctx.options.get("timeout", 10.0))
+        ctx.options["url"], auth_token=ctx.options["auth_token"] or None, timeout=float(ctx.options["timeout"])
     )
 
 
 def _build_callable(ctx: ComponentContext) -> CallableTokenProvider:
-    target = ctx.options.get("target") or ""
-    if not target:
-        raise ConfigError("target", "is required for the callable token provider")
-    return CallableTokenProvider(target)
+    return CallableTokenProvider(ctx.options["target"])
 
 
 def _build_static(ctx: ComponentContext) -> StaticTokenProvider:
-    return StaticTokenProvider(ctx.options.get("secret") or "")
+    return StaticTokenProvider(ctx.options["secret"])
 
 
 @hookimpl

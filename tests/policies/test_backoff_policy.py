@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import CardDetails, ForwardingPolicy, PaymentState, StoredPayment
 from offterm.core.errors import ConfigError
 from offterm.core.manager import create_plugin_manager
@@ -25,7 +26,8 @@ def make_policy(**options: Any) -> ForwardingPolicy:
     """As the Terminal builds it: selected by the configured name "default"."""
     pm = create_plugin_manager(autoload=False, env={}, bundled=[("forwarding-policy", backoff.__name__)])
     reg = pm.forwarding_policy("default")
-    return reg.factory(ComponentContext("default", options, Path(".")))
+    validated = validate_options("forwarding_policy.default", reg.options, options, env={})
+    return reg.factory(ComponentContext("default", validated, Path(".")))
 
 
 def payment(offline_id: str, stored_at: datetime, attempts: int = 0) -> StoredPayment:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import (
     AcceptanceRequest,
     CardDetails,
@@ -56,7 +57,8 @@ def make_policy(**options: Any) -> OfflineAcceptancePolicy:
     pm = create_plugin_manager(autoload=False, env={}, bundled=[("offline-limits", limits.__name__)])
     regs = pm.acceptance_policies()
     assert [r.name for r in regs] == ["limits"]
-    return regs[0].factory(ComponentContext("limits", options, Path(".")))
+    validated = validate_options("acceptance.limits", regs[0].options, options, env={})
+    return regs[0].factory(ComponentContext("limits", validated, Path(".")))
 
 
 def card(

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import CollectRequest
 from offterm.core.errors import ConfigError, ReaderDisconnected, ReaderError, ReaderNotConnected
 from offterm.core.manager import create_plugin_manager
@@ -198,5 +199,6 @@ def test_registered_under_ble(tmp_path: Path) -> None:
     pm = create_plugin_manager(autoload=False, bundled=(), plugins={"ble-reader": ble_plugin})
     reg = pm.reader_transport("ble")
     assert {o.key for o in reg.options} >= {"service_uuid", "name_prefix", "scan_timeout", "reconnect"}
-    built = reg.factory(ComponentContext("ble", {"service_uuid": gatt.SERVICE_UUID.upper()}, tmp_path))
+    options = validate_options("reader.ble", reg.options, {"service_uuid": gatt.SERVICE_UUID.upper()}, env={})
+    built = reg.factory(ComponentContext("ble", options, tmp_path))
     assert isinstance(built, BleReaderTransport) and built.settings.service_uuid == gatt.SERVICE_UUID

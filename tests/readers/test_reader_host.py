@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import CollectRequest, ReaderInfo
 from offterm.core.errors import (
     CardReadError,
@@ -28,6 +29,7 @@ from offterm.plugins.readers import card_encryption
 from offterm.plugins.readers.protocol import messages as m
 from offterm.plugins.readers.protocol.framing import FrameDecoder
 from offterm.plugins.readers.protocol.host import (
+    LINK_OPTIONS,
     ByteLink,
     LinkSettings,
     OnBytes,
@@ -488,5 +490,5 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 )
 def test_link_settings_name_the_bad_key(options: dict, key: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as err:
-        link_settings(options, "reader.x")
+        link_settings(validate_options("reader.x", LINK_OPTIONS, options, env={}), "reader.x")
     assert err.value.key == key

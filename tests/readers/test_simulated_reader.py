@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import CardResult, CollectRequest, ReaderConnection, ReaderTransport
 from offterm.core.errors import (
     CardReadError,
@@ -31,7 +32,8 @@ def make_transport(tmp_path: Path, **options: Any) -> ReaderTransport:
     """Build the transport the way the Terminal does: registration found by name, factory with options."""
     pm = create_plugin_manager(autoload=False, env={}, bundled=[("simulated-reader", simulated.__name__)])
     reg = pm.reader_transport("simulated")
-    return reg.factory(ComponentContext("simulated", options, tmp_path))
+    validated = validate_options("reader.simulated", reg.options, options, env={})
+    return reg.factory(ComponentContext("simulated", validated, tmp_path))
 
 
 async def connect(tmp_path: Path, **options: Any) -> simulated.SimulatedReaderConnection:

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from offterm.core.config import validate_options
 from offterm.core.contracts.readers import CardDetails, CardResult
 from offterm.core.contracts.storage import NewPayment
 from offterm.core.models import CaptureMethod, ReadMethod, new_offline_id
 from offterm.core.registrations import ComponentContext
 from offterm.plugins.readers.card_encryption import TEST_BASE_KEY_HEX, SensitiveCard, encrypt
-from offterm.plugins.storage.sqlcipher import SqlCipherStore, build_store, new_idempotency_key
+from offterm.plugins.storage.sqlcipher import OPTIONS, SqlCipherStore, build_store, new_idempotency_key
 
 HERE = Path(__file__).parent
 WORKER = HERE / "worker.py"
@@ -66,7 +67,8 @@ def new_payment(
 
 
 def make_store(directory: Path, **options: Any) -> SqlCipherStore:
-    return build_store(ComponentContext("sqlcipher", options, directory))
+    validated = validate_options("storage.sqlcipher", OPTIONS, options, env={})
+    return build_store(ComponentContext("sqlcipher", validated, directory))
 
 
 def worker_cmd(*args: str) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from keyring.backends import fail
 from storage_testkit import make_store, new_payment
 
+from offterm.core.config import validate_options
 from offterm.core.errors import ConfigError, StorageKeyUnavailable, WrongStorageKey
 from offterm.core.registrations import ComponentContext
 from offterm.plugins.storage import keys as keys_mod
@@ -22,7 +23,9 @@ def providers(tmp_path: Path, **options: dict) -> dict:
     regs = {r.name: r for r in keys_mod.offterm_storage_key_providers()}
     return {
         name: reg.factory(
-            ComponentContext(name, {**{o.key: o.default for o in reg.options}, **options.get(name, {})}, tmp_path)
+            ComponentContext(
+                name, validate_options(f"storage_key.{name}", reg.options, options.get(name, {}), env={}), tmp_path
+            )
         )
         for name, reg in regs.items()
     }

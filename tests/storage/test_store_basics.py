@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from storage_testkit import T0, card_result, make_store, new_payment
 
+from offterm.core.config import validate_options
 from offterm.core.contracts.storage import PaymentState, PaymentStore, StoreSummary
 from offterm.core.errors import InvalidRequest, PaymentNotFound, StorageError
 from offterm.core.registrations import ComponentContext
@@ -195,7 +196,8 @@ def test_the_plugin_registers_the_backend_with_its_options(tmp_path: Path) -> No
     keys = {o.key: o.default for o in regs[0].options}
     assert keys["path"] == "" and keys["allow_weak_durability"] is False
     assert {"busy_timeout_ms", "retention_days"} <= set(keys)
-    store = regs[0].factory(ComponentContext("sqlcipher", {"path": "sub/pay.db"}, tmp_path))
+    options = validate_options("storage.sqlcipher", regs[0].options, {"path": "sub/pay.db"}, env={})
+    store = regs[0].factory(ComponentContext("sqlcipher", options, tmp_path))
     assert isinstance(store, PaymentStore)
     assert store.path == (tmp_path / "sub" / "pay.db").resolve()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from storage_testkit import make_store
 
+from offterm.core.config import validate_options
 from offterm.core.contracts.storage import PaymentStore
 from offterm.core.errors import ConfigError
 from offterm.core.registrations import ComponentContext
@@ -42,13 +43,15 @@ class TestMemoryStore(StoreConformance):
 def test_the_memory_store_refuses_to_open_without_the_explicit_opt_in(tmp_path: Path) -> None:
     [reg] = list(memory.offterm_storage_backends())
     assert reg.name == "memory"
-    store = reg.factory(ComponentContext("memory", {}, tmp_path))
+    store = reg.factory(ComponentContext("memory", validate_options("storage.memory", reg.options, {}), tmp_path))
     with pytest.raises(ConfigError, match="storage.memory.i_understand_payments_are_lost_on_exit") as caught:
         store.open(StaticKeyProvider(KEY))
     assert caught.value.key == "storage.memory.i_understand_payments_are_lost_on_exit"
     with pytest.raises(ConfigError):
         MemoryStore().open(StaticKeyProvider(KEY))
-    opted_in = reg.factory(ComponentContext("memory", {memory.OPT_IN: True}, tmp_path))
+    opted_in = reg.factory(
+        ComponentContext("memory", validate_options("storage.memory", reg.options, {memory.OPT_IN: True}), tmp_path)
+    )
     opted_in.open(StaticKeyProvider(KEY))
     assert opted_in.summary().pending_count == 0
 

@@ -20,6 +20,7 @@ import structlog
 import structlog.testing
 
 from offterm.core._engine.keys import Step, step_key
+from offterm.core.config import validate_options
 from offterm.core.contracts import CardResult, ConnectionToken, ProcessorSession
 from offterm.core.contracts.forwarding import IntentRequest, IntentSnapshot, PaymentError
 from offterm.core.errors import (
@@ -767,9 +768,9 @@ def test_registration_and_factory(tmp_path: Any) -> None:
     with pytest.raises(ConfigError) as info:
         reg.factory(ComponentContext("stripe", {**defaults, "api_base": "http://example.com"}, tmp_path))
     assert info.value.key == "api_base"
-    with pytest.raises(ConfigError) as info:
-        reg.factory(ComponentContext("stripe", {**defaults, "timeout": 0}, tmp_path))
-    assert info.value.key == "timeout"
+    with pytest.raises(ConfigError) as info:  # the core refuses it before any factory runs
+        validate_options("forwarding.stripe", reg.options, {"timeout": 0}, env={})
+    assert info.value.key == "forwarding.stripe.timeout"
 
 
 async def test_exactly_once_under_mixed_faults() -> None:

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from stripe_hostile import HostileFront
 from structlog.testing import capture_logs
 
+from offterm.core.config import validate_options
 from offterm.core.contracts import ConnectionToken, TokenRequest
 from offterm.core.errors import ConfigError, ConnectionTokenError
 from offterm.core.registrations import ComponentContext, TokenProviderRegistration
@@ -217,13 +218,19 @@ async def test_registrations(tmp_path: Any, sim: SimHandle) -> None:
     assert [o.secret for o in regs["http"].options if o.key == "auth_token"] == [True]
     assert [o.secret for o in regs["static"].options if o.key == "secret"] == [True]
 
-    http = regs["http"].factory(ComponentContext("http", {"url": sim.backend_url, "timeout": 5}, tmp_path))
+    def build(name: str, options: dict[str, Any]) -> Any:
+        validated = validate_options(f"tokens.{name}", regs[name].options, options, env={})
+        return regs[name].factory(ComponentContext(name, validated, tmp_path))
+
+    http = build("http", {"url": sim.backend_url, "timeout": 5})
     assert (await http.fetch(REQUEST)) is not None
-    with pytest.raises(ConfigError):
-        regs["http"].factory(ComponentContext("http", {"url": ""}, tmp_path))
-    call = regs["callable"].factory(ComponentContext("callable", {"target": f"{__name__}:not_mine"}, tmp_path))
+    with pytest.raises(ConfigError) as info:
+        build("http", {"url": ""})
+    assert info.value.key == "tokens.http.url"
+    call = build("callable", {"target": f"{__name__}:not_mine"})
     assert await call.fetch(REQUEST) is None
-    with pytest.raises(ConfigError):
-        regs["callable"].factory(ComponentContext("callable", {"target": ""}, tmp_path))
-    static = regs["static"].factory(ComponentContext("static", {"secret": "pst_test_s"}, tmp_path))
+    with pytest.raises(ConfigError) as info:
+        build("callable", {"target": ""})
+    assert info.value.key == "tokens.callable.target"
+    static = build("static", {"secret": "pst_test_s"})
     assert (await static.fetch(REQUEST)) == ConnectionToken("pst_test_s", "tml_1")

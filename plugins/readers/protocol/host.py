@@ -84,9 +84,16 @@ class LinkSettings:
     keepalive_interval: float = 0.0
 
 
-#: Timing options every link plugin offers, checked by ``link_settings``.
+#: Timing options every link plugin offers; ``link_settings`` builds them.
 LINK_OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("timeout", (int, float), 2.0, "Seconds to wait for the reader to answer a request.", maximum=600),
+    OptionSpec(
+        "timeout",
+        (int, float),
+        2.0,
+        "Seconds to wait for the reader to answer a request.",
+        exclusive_minimum=True,
+        maximum=60,
+    ),
     OptionSpec("reconnect", bool, True, "Reopen a lost link automatically, with backoff."),
     OptionSpec(
         "reconnect_attempts", int, 10, "Reconnect attempts before giving up (0: never give up).", maximum=1_000_000
@@ -96,40 +103,44 @@ LINK_OPTIONS: tuple[OptionSpec, ...] = (
         (int, float),
         0.2,
         "Seconds before the second attempt; doubles after each.",
+        exclusive_minimum=True,
+        maximum=60,
+    ),
+    OptionSpec(
+        "reconnect_max_delay",
+        (int, float),
+        5.0,
+        "Longest wait between reconnect attempts (at least reconnect_initial_delay).",
         maximum=3600,
     ),
-    OptionSpec("reconnect_max_delay", (int, float), 5.0, "Longest wait between reconnect attempts.", maximum=3600),
     OptionSpec(
         "keepalive",
         (int, float),
         0.0,
-        "Seconds between liveness pings (0: off; a read error still counts).",
+        "Seconds between liveness pings (0: off, else longer than timeout; a read error still counts).",
         maximum=3600,
     ),
 )
 
 
 def link_settings(opts: Mapping[str, Any], prefix: str) -> LinkSettings:
-    """Check the timing options every link plugin shares (``LINK_OPTIONS``); errors name the key."""
-    timeout = float(opts.get("timeout", 2.0))
-    if not 0 < timeout <= 60:
-        raise ConfigError(f"{prefix}.timeout", "must be more than 0 and at most 60 seconds", timeout)
-    attempts = opts.get("reconnect_attempts", 10)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-        raise ConfigError(f"{prefix}.reconnect_attempts", "must be a whole number, 0 or more", attempts)
-    initial = float(opts.get("reconnect_initial_delay", 0.2))
-    maximum = float(opts.get("reconnect_max_delay", 5.0))
-    if not 0 < initial <= 60:
-        raise ConfigError(f"{prefix}.reconnect_initial_delay", "must be more than 0 and at most 60", initial)
-    if not initial <= maximum <= 3600:
+    """Timing from options the core validated against ``LINK_OPTIONS`` (every key present).
+
+    Only what one option cannot say is checked here, naming the key: the longest reconnect
+    delay is not below the first, and a keepalive is longer than the timeout.
+    """
+    timeout = float(opts["timeout"])
+    initial = float(opts["reconnect_initial_delay"])
+    maximum = float(opts["reconnect_max_delay"])
+    if maximum < initial:
         raise ConfigError(f"{prefix}.reconnect_max_delay", "must be at least the initial delay, at most 3600", maximum)
-    keepalive = float(opts.get("keepalive", 0.0))
-    if keepalive and not timeout < keepalive <= 3600:
+    keepalive = float(opts["keepalive"])
+    if keepalive and keepalive <= timeout:
         raise ConfigError(f"{prefix}.keepalive", "must be 0 (off) or longer than the timeout", keepalive)
     return LinkSettings(
         response_timeout=timeout,
-        reconnect=bool(opts.get("reconnect", True)),
-        reconnect_attempts=attempts,
+        reconnect=opts["reconnect"],
+        reconnect_attempts=opts["reconnect_attempts"],
         reconnect_initial_delay=initial,
         reconnect_max_delay=maximum,
         keepalive_interval=keepalive,

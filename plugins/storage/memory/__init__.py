@@ -29,8 +29,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
 
 
 def build_store(ctx: ComponentContext) -> MemoryStore:
-    """Factory: validated options -> an unopened store."""
-    return MemoryStore(**{OPT_IN: bool(ctx.options.get(OPT_IN, False))})
+    """Factory: options the core validated against ``OPTIONS`` -> an unopened store."""
+    return MemoryStore(**{OPT_IN: ctx.options[OPT_IN]})
 
 
 @hookimpl

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, OptionSpec, StorageBackendRegistration
 
@@ -56,10 +55,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
         int,
         30,
         "Days the reconciliation summary of a forwarded or declined payment is kept.",
-        maximum=36500,
+        maximum=3650,
     ),
-    OptionSpec("journal_mode", str, "wal", "SQLite journal mode; anything but wal needs allow_weak_durability."),
-    OptionSpec("synchronous", str, "full", "SQLite synchronous level: full or extra (normal/off need the override)."),
+    OptionSpec(
+        "journal_mode",
+        str,
+        "wal",
+        "SQLite journal mode; anything but wal needs allow_weak_durability.",
+        choices=("wal", "delete", "truncate", "persist"),
+        ignore_case=True,
+    ),
+    OptionSpec(
+        "synchronous",
+        str,
+        "full",
+        "SQLite synchronous level: full or extra (normal/off need the override).",
+        choices=("extra", "full", "normal", "off"),
+        ignore_case=True,
+    ),
     OptionSpec(
         "reserve_bytes",
         int,
@@ -71,52 +84,30 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("store_id", str, "", "Name under which the key provider keeps this store's key; empty means the path."),
 )
 
-_JOURNAL_MODES = ("wal", "delete", "truncate", "persist")
-_SYNC_LEVELS = ("extra", "full", "normal", "off")
-
-
-def _option_error(key: str, message: str, value: object) -> ConfigError:
-    return ConfigError(f"storage.sqlcipher.{key}", message, value)
-
 
 def build_store(ctx: ComponentContext) -> SqlCipherStore:
-    """Factory: validated options -> an unopened store."""
+    """Factory: options the core validated against ``OPTIONS`` -> an unopened store."""
     from .connection import Durability
     from .store import SqlCipherStore, StoreConfig
 
     opts = ctx.options
-    raw_path = str(opts.get("path") or "")
+    raw_path = opts["path"]
     path = Path(raw_path).expanduser() if raw_path else Path("payments.db")
     if not path.is_absolute():
         path = Path(ctx.data_dir) / path
-    busy = opts.get("busy_timeout_ms", 5000)
-    if isinstance(busy, bool) or not isinstance(busy, int) or not 0 <= busy <= 600_000:
-        raise _option_error("busy_timeout_ms", "must be an integer between 0 and 600000", busy)
-    retention = opts.get("retention_days", 30)
-    if isinstance(retention, bool) or not isinstance(retention, int) or not 0 <= retention <= 3650:
-        raise _option_error("retention_days", "must be an integer between 0 and 3650", retention)
-    reserve = opts.get("reserve_bytes", 4 * 1024 * 1024)
-    if isinstance(reserve, bool) or not isinstance(reserve, int) or not 0 <= reserve <= 1024**3:
-        raise _option_error("reserve_bytes", "must be an integer between 0 and 1073741824", reserve)
-    journal = str(opts.get("journal_mode", "wal")).lower()
-    if journal not in _JOURNAL_MODES:
-        raise _option_error("journal_mode", f"must be one of {', '.join(_JOURNAL_MODES)}", journal)
-    sync = str(opts.get("synchronous", "full")).lower()
-    if sync not in _SYNC_LEVELS:
-        raise _option_error("synchronous", f"must be one of {', '.join(_SYNC_LEVELS)}", sync)
     resolved = path.resolve()
     return SqlCipherStore(
         StoreConfig(
             path=resolved,
-            store_id=str(opts.get("store_id") or "") or str(resolved),
+            store_id=opts["store_id"] or str(resolved),
             durability=Durability(
-                journal_mode=journal,
-                synchronous=sync,
-                busy_timeout_ms=busy,
-                allow_weak=bool(opts.get("allow_weak_durability", False)),
+                journal_mode=opts["journal_mode"],
+                synchronous=opts["synchronous"],
+                busy_timeout_ms=opts["busy_timeout_ms"],
+                allow_weak=opts["allow_weak_durability"],
             ),
-            retention_days=retention,
-            reserve_bytes=reserve,
+            retention_days=opts["retention_days"],
+            reserve_bytes=opts["reserve_bytes"],
         )
     )
 

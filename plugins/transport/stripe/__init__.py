@@ -11,11 +11,9 @@ the factory or on first use of ``StripeTransport`` from here.
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, ForwardingTransportRegistration, OptionSpec
 
@@ -51,7 +49,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
         "",
         "Base URL of the device API (session, card_present payment methods); empty means api_base.",
     ),
-    OptionSpec("stripe_version", str, DEFAULT_STRIPE_VERSION, "Stripe-Version header sent with every request."),
+    OptionSpec(
+        "stripe_version",
+        str,
+        DEFAULT_STRIPE_VERSION,
+        "Stripe-Version header sent with every request.",
+        # It goes into a header on every request: a bad one would fail them all, at forwarding time.
+        pattern=r"\d{4}-\d{2}-\d{2}(\.[A-Za-z0-9_]+)?(; ?[A-Za-z0-9_]+=[A-Za-z0-9_.]+)*",
+        pattern_help="a Stripe API version such as 2023-08-16",
+    ),
     OptionSpec(
         "timeout",
         (int, float),
@@ -76,7 +82,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
         minimum=1,
         maximum=1000,
     ),
-    OptionSpec("probe_path", str, "/healthcheck", "Path requested (unauthenticated) to test reachability."),
+    OptionSpec(
+        "probe_path",
+        str,
+        "/healthcheck",
+        "Path requested (unauthenticated) to test reachability.",
+        pattern=r"/[!-~]*",
+        pattern_help="a URL path starting with /",
+    ),
     OptionSpec("probe_timeout", (int, float), 5.0, "Seconds a reachability probe may take.", minimum=0.01, maximum=600),
     OptionSpec(
         "search_delay",
@@ -90,44 +103,25 @@ OPTIONS: tuple[OptionSpec, ...] = (
     ),
 )
 
-#: a dated version, optionally with a release name and beta flags ("2025-03-31.basil; feature_beta=v1")
-_STRIPE_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(\.[A-Za-z0-9_]+)?(; ?[A-Za-z0-9_]+=[A-Za-z0-9_.]+)*")
-_PROBE_PATH = re.compile(r"/[!-~]*")
-
 
 def build(context: ComponentContext) -> StripeTransport:
-    """Factory: validated options -> transport (ConfigError names a bad option)."""
-    from .http import check_base_url
+    """Factory: options the core validated against ``OPTIONS`` -> transport.
+
+    The base URLs are judged by the transport (ConfigError naming the option): it is also built directly.
+    """
     from .transport import StripeTransport
 
     opts = context.options
-    for key in ("timeout", "connect_timeout", "probe_timeout"):
-        if float(opts.get(key, 1.0)) <= 0:
-            raise ConfigError(key, "must be a positive number of seconds", opts.get(key))
-    if int(opts.get("max_connections", 20)) < 1:
-        raise ConfigError("max_connections", "must be at least 1", opts.get("max_connections"))
-    version = opts.get("stripe_version", DEFAULT_STRIPE_VERSION)
-    if not _STRIPE_VERSION.fullmatch(version):
-        # It goes into a header on every request: a bad one would fail them all, at forwarding time.
-        raise ConfigError(
-            "forwarding.stripe.stripe_version", "must be a Stripe API version such as 2023-08-16", version
-        )
-    probe_path = opts.get("probe_path", "/healthcheck")
-    if not _PROBE_PATH.fullmatch(probe_path):
-        raise ConfigError("forwarding.stripe.probe_path", "must be a URL path starting with /", probe_path)
-    device_base = opts.get("device_api_base") or None
-    if device_base:
-        check_base_url("device_api_base", device_base)
     return StripeTransport(
-        opts.get("api_base", DEFAULT_API_BASE),
-        stripe_version=version,
-        timeout=float(opts.get("timeout", 30.0)),
-        connect_timeout=float(opts.get("connect_timeout", 5.0)),
-        max_connections=int(opts.get("max_connections", 20)),
-        device_api_base=device_base,
-        probe_path=probe_path,
-        probe_timeout=float(opts.get("probe_timeout", 5.0)),
-        search_delay=float(opts.get("search_delay", DEFAULT_SEARCH_DELAY)),
+        opts["api_base"],
+        stripe_version=opts["stripe_version"],
+        timeout=float(opts["timeout"]),
+        connect_timeout=float(opts["connect_timeout"]),
+        max_connections=opts["max_connections"],
+        device_api_base=opts["device_api_base"] or None,
+        probe_path=opts["probe_path"],
+        probe_timeout=float(opts["probe_timeout"]),
+        search_delay=float(opts["search_delay"]),
     )
 
 
