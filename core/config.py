@@ -161,56 +161,15 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
     ),
     "acceptance": (),
     "forwarding_policy": (),
-    # the store hub (docs/fleet.md); the replicator's own options live in [replicator.<name>]
-    "hub": (
-        OptionSpec("replicator", str, "", "Replicator component that copies payments to the store hub; empty: no hub."),
-        OptionSpec(
-            "mode",
-            str,
-            "async",
-            "sync: an offline confirm waits (at most sync_timeout) for the hub's "
-            "commit too; async: replicate in the background.",
-        ),
-        OptionSpec("lane", str, "", "This lane's name on the hub (with the postgres replicator: its PostgreSQL role)."),
-        OptionSpec(
-            "key_provider",
-            str,
-            "env",
-            "Storage key provider component holding the hub key "
-            "(asked for the store id 'hub'); never the one that holds this lane's storage key.",
-        ),
-        OptionSpec(
-            "sync_timeout",
-            (int, float),
-            0.3,
-            "Seconds a sync-mode confirm waits for the hub before returning local-only (the payment catches up later).",
-            minimum=0.01,
-            maximum=10,
-        ),
-        OptionSpec(
-            "interval",
-            (int, float),
-            2.0,
-            "Seconds between background rounds (catch-up, heartbeat).",
-            minimum=0.05,
-            maximum=3600,
-        ),
-        OptionSpec("batch_size", int, 200, "Payments per hub transaction during catch-up.", minimum=1, maximum=10000),
-    ),
-    "replicator": (),
 }
 
+#: Sections owned by an offterm service outside the core, kept here as raw tables (``Config.extensions``) and
+#: validated by that service with the same ``validate_options``: ``[serve]`` by ``offterm.serve.config``
+#: (documented in docs/serve.md).  The core never reads them; it only stops calling them unknown.
+EXTENSION_SECTIONS = ("serve",)
+
 #: kinds whose section may hold component sub-tables
-COMPONENT_SECTIONS = (
-    "reader",
-    "storage",
-    "storage_key",
-    "tokens",
-    "forwarding",
-    "acceptance",
-    "forwarding_policy",
-    "replicator",
-)
+COMPONENT_SECTIONS = ("reader", "storage", "storage_key", "tokens", "forwarding", "acceptance", "forwarding_policy")
 
 
 #: control characters (C0, DEL, C1) and the bidirectional overrides that make text read differently
@@ -340,6 +299,8 @@ class Config:
     component_options: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     source: Path | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: raw tables of EXTENSION_SECTIONS, validated by the service that owns each
+    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def get(self, section: str, key: str) -> Any:
         return self.sections[section][key]
@@ -387,8 +348,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _parse(data: Mapping[str, Any], path: Path | None, env: Mapping[str, str]) -> Config:
     for section in data:
-        if section not in CORE_OPTIONS:
-            raise ConfigError(section, f"unknown section (valid: {', '.join(sorted(CORE_OPTIONS))})")
+        if section not in CORE_OPTIONS and section not in EXTENSION_SECTIONS:
+            valid = ", ".join(sorted([*CORE_OPTIONS, *EXTENSION_SECTIONS]))
+            raise ConfigError(section, f"unknown section (valid: {valid})")
+    extensions: dict[str, dict[str, Any]] = {}
+    for section in EXTENSION_SECTIONS:
+        table = data.get(section, {})
+        if not isinstance(table, Mapping):
+            raise ConfigError(section, "must be a table", table)
+        extensions[section] = copy.deepcopy(dict(table))
     sections: dict[str, dict[str, Any]] = {}
     components: dict[tuple[str, str], dict[str, Any]] = {}
     for section, specs in CORE_OPTIONS.items():
@@ -402,7 +370,7 @@ def _parse(data: Mapping[str, Any], path: Path | None, env: Mapping[str, str]) -
                     components[(section, name)] = dict(table)
         sections[section] = validate_options(section, specs, scalars, env)
     _check_core(sections)
-    return Config(sections=sections, component_options=components, source=path, env=env)
+    return Config(sections=sections, component_options=components, source=path, env=env, extensions=extensions)
 
 
 def _check_core(sections: dict[str, dict[str, Any]]) -> None:
