@@ -161,6 +161,43 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
     ),
     "acceptance": (),
     "forwarding_policy": (),
+    # the store hub (docs/fleet.md); the replicator's own options live in [replicator.<name>]
+    "hub": (
+        OptionSpec("replicator", str, "", "Replicator component that copies payments to the store hub; empty: no hub."),
+        OptionSpec(
+            "mode",
+            str,
+            "async",
+            "sync: an offline confirm waits (at most sync_timeout) for the hub's "
+            "commit too; async: replicate in the background.",
+        ),
+        OptionSpec("lane", str, "", "This lane's name on the hub (with the postgres replicator: its PostgreSQL role)."),
+        OptionSpec(
+            "key_provider",
+            str,
+            "env",
+            "Storage key provider component holding the hub key "
+            "(asked for the store id 'hub'); never the one that holds this lane's storage key.",
+        ),
+        OptionSpec(
+            "sync_timeout",
+            (int, float),
+            0.3,
+            "Seconds a sync-mode confirm waits for the hub before returning local-only (the payment catches up later).",
+            minimum=0.01,
+            maximum=10,
+        ),
+        OptionSpec(
+            "interval",
+            (int, float),
+            2.0,
+            "Seconds between background rounds (catch-up, heartbeat).",
+            minimum=0.05,
+            maximum=3600,
+        ),
+        OptionSpec("batch_size", int, 200, "Payments per hub transaction during catch-up.", minimum=1, maximum=10000),
+    ),
+    "replicator": (),
 }
 
 #: Sections owned by an offterm service outside the core, kept here as raw tables (``Config.extensions``) and
@@ -169,7 +206,16 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
 EXTENSION_SECTIONS = ("serve",)
 
 #: kinds whose section may hold component sub-tables
-COMPONENT_SECTIONS = ("reader", "storage", "storage_key", "tokens", "forwarding", "acceptance", "forwarding_policy")
+COMPONENT_SECTIONS = (
+    "reader",
+    "storage",
+    "storage_key",
+    "tokens",
+    "forwarding",
+    "acceptance",
+    "forwarding_policy",
+    "replicator",
+)
 
 
 #: control characters (C0, DEL, C1) and the bidirectional overrides that make text read differently
