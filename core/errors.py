@@ -101,65 +101,17 @@ class UnexpectedIntentState(InvalidRequest):
 
 
 class OfflineRefused(OfftermError):
-    """A payment may not be taken offline; ``code`` says why."""
+    """A payment may not be taken offline; ``code`` says why.
+
+    The refusals of one acceptance policy live with it: the bundled limits policy's
+    (``AmountExceedsOfflineMaximum``...) in ``offterm.plugins.policies.limits``.
+    """
 
     code = "offline_refused"
 
     def __init__(self, message: str, *, policy: str = "", **details: Any) -> None:
         super().__init__(message, policy=policy, **details)
         self.policy = policy
-
-
-class AmountExceedsOfflineMaximum(OfflineRefused):
-    code = "amount_exceeds_max_offline_amount"
-
-
-class OfflineTotalLimitReached(OfflineRefused):
-    code = "offline_total_amount_limit_reached"
-
-
-class OfflinePaymentCountLimitReached(OfflineRefused):
-    code = "offline_payments_database_too_large"
-
-
-class OfflineBacklogTooOld(OfflineRefused):
-    code = "offline_payments_too_old"
-
-
-class InvalidOfflineCurrency(OfflineRefused):
-    code = "invalid_offline_currency"
-
-
-class CardBrandNotAllowedOffline(OfflineRefused):
-    code = "card_brand_not_supported_offline"
-
-
-class CardSwipeNotAvailableOffline(OfflineRefused):
-    code = "card_swipe_not_available"
-
-
-class InteracNotSupportedOffline(OfflineRefused):
-    code = "interac_not_supported_offline"
-
-
-class OfflineAndCardExpired(OfflineRefused):
-    code = "offline_and_card_expired"
-
-
-class OfflinePinRequired(OfflineRefused):
-    """In the EEA an offline payment needs contact chip and a verified PIN."""
-
-    code = "offline_requires_chip_and_pin"
-
-
-class ReaderNotAvailableOffline(OfflineRefused):
-    """The reader has not connected online recently enough to work offline."""
-
-    code = "reader_connection_not_available_offline"
-
-
-class ReaderOfflineLocationMismatch(OfflineRefused):
-    code = "reader_connection_offline_location_mismatch"
 
 
 class NoLastSeenAccount(OfflineRefused):

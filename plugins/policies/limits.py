@@ -20,23 +20,7 @@ from typing import Any
 from offterm.core.config import validate_options
 from offterm.core.contracts import AcceptanceRequest, CardDetails, OfflineAcceptancePolicy
 from offterm.core.currency import format_amount, normalize_currency
-from offterm.core.errors import (
-    AmountExceedsOfflineMaximum,
-    CardBrandNotAllowedOffline,
-    CardSwipeNotAvailableOffline,
-    ConfigError,
-    InteracNotSupportedOffline,
-    InvalidOfflineCurrency,
-    OfflineAndCardExpired,
-    OfflineBacklogTooOld,
-    OfflinePaymentCountLimitReached,
-    OfflinePinRequired,
-    OfflineRefused,
-    OfflineTotalLimitReached,
-    ReaderNotAvailableOffline,
-    ReaderOfflineLocationMismatch,
-    UnknownCurrency,
-)
+from offterm.core.errors import ConfigError, OfflineRefused, UnknownCurrency
 from offterm.core.hookspecs import hookimpl
 from offterm.core.models import ReadMethod
 from offterm.core.registrations import AcceptancePolicyRegistration, ComponentContext, OptionSpec
@@ -57,6 +41,61 @@ CO_BADGED_DOMESTIC: frozenset[str] = frozenset({"eftpos_au", "cartes_bancaires"}
 #: Networks never accepted offline, even co-badged.
 INTERAC = "interac"
 GIROCARD = "girocard"
+
+
+# -- refusals (Stripe's offline error codes); returned by evaluate(), raised by the Terminal --------
+
+
+class AmountExceedsOfflineMaximum(OfflineRefused):
+    code = "amount_exceeds_max_offline_amount"
+
+
+class OfflineTotalLimitReached(OfflineRefused):
+    code = "offline_total_amount_limit_reached"
+
+
+class OfflinePaymentCountLimitReached(OfflineRefused):
+    code = "offline_payments_database_too_large"
+
+
+class OfflineBacklogTooOld(OfflineRefused):
+    code = "offline_payments_too_old"
+
+
+class InvalidOfflineCurrency(OfflineRefused):
+    code = "invalid_offline_currency"
+
+
+class CardBrandNotAllowedOffline(OfflineRefused):
+    code = "card_brand_not_supported_offline"
+
+
+class CardSwipeNotAvailableOffline(OfflineRefused):
+    code = "card_swipe_not_available"
+
+
+class InteracNotSupportedOffline(OfflineRefused):
+    code = "interac_not_supported_offline"
+
+
+class OfflineAndCardExpired(OfflineRefused):
+    code = "offline_and_card_expired"
+
+
+class OfflinePinRequired(OfflineRefused):
+    """In the EEA an offline payment needs contact chip and a verified PIN."""
+
+    code = "offline_requires_chip_and_pin"
+
+
+class ReaderNotAvailableOffline(OfflineRefused):
+    """The reader has not connected online recently enough to work offline."""
+
+    code = "reader_connection_not_available_offline"
+
+
+class ReaderOfflineLocationMismatch(OfflineRefused):
+    code = "reader_connection_offline_location_mismatch"
 
 
 @dataclass(frozen=True)

@@ -47,5 +47,5 @@ def test_errors_with_their_own_constructors_arrive_whole() -> None:
     assert config.details == {"key": "storage.sqlcipher.path"}
     declined = pickle.loads(pickle.dumps(errors.CardDeclined("no", code="card_declined", decline_code="lost_card")))
     assert (declined.code, declined.decline_code, str(declined)) == ("card_declined", "lost_card", "[card_declined] no")
-    refused = pickle.loads(pickle.dumps(errors.OfflineTotalLimitReached("over", policy="limits")))
+    refused = pickle.loads(pickle.dumps(errors.NoLastSeenAccount("over", policy="limits")))
     assert refused.details == {"policy": "limits"}

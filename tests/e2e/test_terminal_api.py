@@ -18,14 +18,16 @@ from offterm.core import (
 )
 from offterm.core.errors import (
     CardDeclined,
-    CardSwipeNotAvailableOffline,
     NoLastSeenAccount,
     OfflineModeDisabled,
-    ReaderNotAvailableOffline,
     ReaderNotConnected,
     RequireOnlineWhileOffline,
     UnexpectedIntentState,
     UnknownCurrency,
+)
+from offterm.plugins.policies.limits import (
+    CardSwipeNotAvailableOffline,
+    ReaderNotAvailableOffline,
 )
 
 

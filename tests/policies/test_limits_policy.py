@@ -21,25 +21,27 @@ from offterm.core.contracts import (
     StoreSummary,
 )
 from offterm.core.errors import (
+    ConfigError,
+    OfflineRefused,
+)
+from offterm.core.manager import create_plugin_manager
+from offterm.core.models import ReadMethod
+from offterm.core.registrations import ComponentContext
+from offterm.plugins.policies import limits
+from offterm.plugins.policies.limits import (
     AmountExceedsOfflineMaximum,
     CardBrandNotAllowedOffline,
     CardSwipeNotAvailableOffline,
-    ConfigError,
     InteracNotSupportedOffline,
     InvalidOfflineCurrency,
     OfflineAndCardExpired,
     OfflineBacklogTooOld,
     OfflinePaymentCountLimitReached,
     OfflinePinRequired,
-    OfflineRefused,
     OfflineTotalLimitReached,
     ReaderNotAvailableOffline,
     ReaderOfflineLocationMismatch,
 )
-from offterm.core.manager import create_plugin_manager
-from offterm.core.models import ReadMethod
-from offterm.core.registrations import ComponentContext
-from offterm.plugins.policies import limits
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 READER = ReaderInfo(
@@ -500,3 +502,18 @@ def test_settings_are_not_shared_between_instances() -> None:
     options["max_amount"]["usd"] = 10**9
     refused(policy.evaluate(request(101)), AmountExceedsOfflineMaximum)
     assert replace(limits.LimitsSettings()).max_amount == {"usd": 1_000_000}
+
+
+def test_a_refusal_lives_with_the_policy_and_crosses_processes_whole() -> None:
+    import pickle
+
+    from offterm.core import errors
+
+    refused = pickle.loads(pickle.dumps(OfflineTotalLimitReached("over", policy="limits", limit="max_total")))
+    assert isinstance(refused, errors.OfflineRefused) and type(refused).__module__ == limits.__name__
+    assert (refused.code, refused.policy, refused.details["limit"]) == (
+        "offline_total_amount_limit_reached",
+        "limits",
+        "max_total",
+    )
+    assert not hasattr(errors, "OfflineTotalLimitReached")

@@ -17,18 +17,20 @@ import pytest
 
 from offterm.core import IntentStatus, NetworkStatus, OfflineBehavior, Terminal, create_plugin_manager, hookimpl
 from offterm.core.errors import (
-    CardBrandNotAllowedOffline,
     CardReadError,
+    OfftermError,
+    ReaderDisconnected,
+    ReaderTimeout,
+)
+from offterm.core.manager import BUNDLED_PLUGINS
+from offterm.plugins.policies.limits import (
+    CardBrandNotAllowedOffline,
     CardSwipeNotAvailableOffline,
     InteracNotSupportedOffline,
     OfflineAndCardExpired,
     OfflinePinRequired,
-    OfftermError,
-    ReaderDisconnected,
     ReaderOfflineLocationMismatch,
-    ReaderTimeout,
 )
-from offterm.core.manager import BUNDLED_PLUGINS
 from offterm.plugins.readers import serial as serial_plugin
 from offterm.sim.netproxy import FaultProxy
 from offterm.sim.processor import SimHandle, start_simulator
