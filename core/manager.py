@@ -27,7 +27,6 @@ import importlib
 import importlib.metadata
 import logging
 import os
-import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -36,7 +35,10 @@ from typing import Any, TypeVar, cast
 import pluggy
 import structlog
 
-from . import hookspecs
+# Imported for its side effect: offterm's structlog loggers go to the logging module (redacted,
+# stderr at worst), never structlog's default of printing to stdout, even when an app builds a
+# manager before anything imports the Terminal.
+from . import hookspecs, logs  # noqa: F401
 from .errors import ComponentConflict, ComponentNotFound, PluginError
 from .registrations import (
     AcceptancePolicyRegistration,
@@ -292,6 +294,9 @@ class PluginManager:
         self.strict = strict
         self.info: dict[str, PluginInfo] = {}
         self.load_failures: dict[str, str] = {}
+        #: (plugin, message) already reported: each failure is one log line per manager, however
+        #: often the Terminal looks the same kind up again
+        self._reported: set[tuple[str, str]] = set()
 
     # -- registration ---------------------------------------------------------
 
@@ -307,11 +312,18 @@ class PluginManager:
         self.info[name] = PluginInfo(name=name, source=source, module=module)
 
     def _fail(self, name: str, message: str, exc: BaseException) -> None:
+        """A plugin failed: fatal in strict mode, else one log line per manager (never a Python warning).
+
+        Logging only: ``warnings.warn`` would bypass redaction and, with the
+        Terminal looking each kind up several times, repeat itself.
+        """
         self.load_failures[name] = message
         if self.strict:
             raise PluginError(f"{message} (strict mode: set {ENV_STRICT}=0 to only warn)") from exc
+        if (name, message) in self._reported:
+            return
+        self._reported.add((name, message))
         log.warning("plugin_load_failed", plugin=name, error=message)
-        warnings.warn(f"offterm: {message}; the plugin is skipped", RuntimeWarning, stacklevel=3)
 
     # -- components -------------------------------------------------------------
 

@@ -32,6 +32,10 @@ def _ep(name: str, value: str) -> importlib.metadata.EntryPoint:
     return importlib.metadata.EntryPoint(name=name, value=value, group="offterm")
 
 
+def _load_failed(logs: list[dict]) -> list[dict]:
+    return [e for e in logs if e["event"] == "plugin_load_failed"]
+
+
 @pytest.fixture
 def sandbox_module(tmp_path, monkeypatch):
     """Write an importable module into a temporary path."""
@@ -100,8 +104,9 @@ def test_broken_plugin_warns_with_its_name_and_others_still_load(sandbox_module)
     """,
     )
     eps = lambda: [_ep("broken", "broken_plugin"), _ep("good", "good_plugin")]  # noqa: E731
-    with pytest.warns(RuntimeWarning, match='plugin "broken"'):
+    with structlog.testing.capture_logs() as logs:
         pm = create_plugin_manager(bundled=(), entry_points=eps, env={})
+    assert [e["plugin"] for e in _load_failed(logs)] == ["broken"]
     assert "broken" in pm.load_failures
     assert "boom at import" in pm.load_failures["broken"]
     assert "good" in pm.available("tokens")
@@ -123,8 +128,11 @@ def test_plugin_whose_hook_raises_is_isolated():
     pm = create_plugin_manager(
         bundled=(), autoload=False, env={}, plugins={"exploding": Exploding(), "fine": _token_plugin("fine")}
     )
-    with pytest.warns(RuntimeWarning, match='plugin "exploding" failed in offterm_connection_token_providers'):
+    with structlog.testing.capture_logs() as logs:
         assert pm.available("tokens") == {"fine": "fine"}
+    [failure] = _load_failed(logs)
+    assert failure["error"].startswith('plugin "exploding" failed in offterm_connection_token_providers')
+    assert "registration exploded" in pm.load_failures["exploding"]
 
 
 def test_misspelled_hook_name_is_rejected():
@@ -148,9 +156,11 @@ def test_misspelled_hook_in_entry_point_plugin_is_a_named_warning(sandbox_module
             return []
     """,
     )
-    with pytest.warns(RuntimeWarning, match='plugin "typo-ep" implements an unknown hook'):
+    with structlog.testing.capture_logs() as logs:
         pm = create_plugin_manager(bundled=(), entry_points=lambda: [_ep("typo-ep", "typo_plugin")], env={})
     assert "typo-ep" not in pm.info
+    assert 'plugin "typo-ep" implements an unknown hook' in pm.load_failures["typo-ep"]
+    assert [e["plugin"] for e in _load_failed(logs)] == ["typo-ep"]
 
 
 def test_unknown_component_name_lists_the_choices():
@@ -188,9 +198,9 @@ def test_wrong_registration_type_is_a_named_failure():
             yield TokenProviderRegistration(name="nope", factory=lambda ctx: None)
 
     pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"wrong": Wrong()})
-    with pytest.warns(RuntimeWarning, match="expected StorageBackendRegistration"):
-        with pytest.raises(ComponentNotFound):
-            pm.storage_backend("nope")
+    with pytest.raises(ComponentNotFound):
+        pm.storage_backend("nope")
+    assert "expected StorageBackendRegistration" in pm.load_failures["wrong"]
 
 
 def test_invalid_component_name_is_rejected():
@@ -327,8 +337,10 @@ def test_a_raising_registration_wrapper_is_attributed_to_its_plugin():
 
     plugins = {"fine": _token_plugin("fine"), "broken-wrapper": Broken()}
     pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins=plugins)
-    with pytest.warns(RuntimeWarning, match='plugin "broken-wrapper" failed in offterm_connection_token_providers'):
+    with structlog.testing.capture_logs() as logs:
         assert pm.token_provider("fine").name == "fine"
+    [failure] = _load_failed(logs)
+    assert failure["error"].startswith('plugin "broken-wrapper" failed in offterm_connection_token_providers')
     assert "wrapper bug" in pm.load_failures["broken-wrapper"]
     assert seen == [["fine"]], "the wrapper ran around the real call"
     strict = create_plugin_manager(bundled=(), autoload=False, strict=True, env={}, plugins=plugins)
@@ -519,3 +531,33 @@ def test_hook_tracing_is_off_without_the_env_var(caplog):
     with caplog.at_level(logging.DEBUG, logger="offterm.plugins.trace"):
         assert "quiet" in pm.available("tokens")
     assert [r for r in caplog.records if r.name == "offterm.plugins.trace"] == []
+
+
+# -- one report per failure (issue #14) ----------------------------------------------
+
+
+def test_a_failing_registration_is_reported_once_per_manager_and_never_as_a_python_warning():
+    import warnings
+
+    class Exploding:
+        @hookimpl
+        def offterm_connection_token_providers(self):
+            raise ValueError("registration exploded")
+
+    plugins = {"exploding": Exploding(), "fine": _token_plugin("fine")}
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins=plugins)
+    with warnings.catch_warnings(record=True) as caught, structlog.testing.capture_logs() as logs:
+        warnings.simplefilter("always")
+        for _ in range(3):  # the Terminal looks a kind up several times
+            assert pm.token_provider("fine").name == "fine"
+            assert pm.available("tokens") == {"fine": "fine"}
+    assert caught == []
+    assert [e["plugin"] for e in _load_failed(logs)] == ["exploding"]
+    other = create_plugin_manager(bundled=(), autoload=False, env={}, plugins=plugins)
+    with structlog.testing.capture_logs() as logs:
+        other.available("tokens")
+    assert len(_load_failed(logs)) == 1, "once per manager: a new manager reports it again"
+    strict = create_plugin_manager(bundled=(), autoload=False, strict=True, env={}, plugins=plugins)
+    for _ in range(2):  # strict mode raises at every lookup, not only the first
+        with pytest.raises(PluginError, match='"exploding".*registration exploded'):
+            strict.available("tokens")
