@@ -83,6 +83,7 @@ from .intents import card_present_details, intent_from_stored
 from .keys import Step, step_key
 from .network import NetworkMonitor
 from .owners import make_owner
+from .replication import build_replication
 from .session import SessionManager
 from .store_runner import AsyncStore
 
@@ -348,6 +349,8 @@ class Terminal:
             recovered = await self.forwarder.recover_claims()
             if recovered:
                 log.warning("recovered_claims_after_crash", count=recovered)
+            # the store hub ([hub]): a no-op when none is configured; never connects here (docs/fleet.md)
+            self.replication = build_replication(self.config, self.plugins, self._build, self.store)
         except BaseException:
             await self.store.close()
             raise
@@ -357,6 +360,7 @@ class Terminal:
             self.network.start()
             self.forwarder.start()
             self.forwarder.trigger()
+            self.replication.start()
         log.info("terminal_opened", pending=self._summary.pending_count)
 
     def _check_component_tables(self) -> None:
@@ -388,6 +392,7 @@ class Terminal:
         summary = self._summary
         steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
             ("forwarder", self.forwarder.stop),
+            ("replication", self.replication.stop),
             ("network", self.network.stop),
             ("reader", self.disconnect_reader),
         ]
@@ -828,6 +833,7 @@ class Terminal:
         # Durable from here on: the forwarder owns it now, so an online attempt's journal entry goes.
         if pending.steps_sent:
             await self._end_journal(intent.offline_id)
+        await self.replication.stored(stored)  # sync mode: the hub's commit too, at most [hub] sync_timeout
         self._pending.pop(intent.offline_id, None)
         result = intent_from_stored(stored)
         intent.status = result.status

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from pgcluster import Cluster, PostgresNotInstalled
+from pgcluster import HUB_KEY, Cluster, PostgresNotInstalled
 
 _numbers = itertools.count(1)
 
@@ -47,9 +47,6 @@ def hub_db(pg: Cluster) -> str:
     with psycopg.connect(pg.url().replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return name
-
-
-HUB_KEY = bytes(range(32))
 
 
 @pytest.fixture

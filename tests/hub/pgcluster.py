@@ -121,3 +121,7 @@ class Cluster:
         if self.running:
             self.stop("fast")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+#: the hub key every test hub is initialised with
+HUB_KEY = bytes(range(32))

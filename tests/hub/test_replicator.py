@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from conftest import HUB_KEY
+from pgcluster import HUB_KEY
 
 from offterm.core.contracts import CardDetails, CardResult, HistoryEntry, PaymentState, StoredPayment
 from offterm.core.contracts.replication import (
