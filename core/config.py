@@ -11,11 +11,12 @@ from ``OFFTERM_<KIND>_<NAME>_<KEY>`` instead of the file.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,20 @@ def _type_names(types: tuple[type, ...]) -> str:
     return " or ".join(names.get(t.__name__, t.__name__) for t in types)
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice ``word`` most probably misspells (``difflib``), or None: for "did you mean" hints."""
+    matches = difflib.get_close_matches(word, sorted(choices), n=1)
+    return matches[0] if matches else None
+
+
+def _unknown(what: str, name: str, valid: Iterable[str]) -> str:
+    """``unknown option, did you mean 'concurrency'? (valid: ...)``."""
+    choices = sorted(valid)
+    guess = closest(name, choices)
+    hint = f", did you mean {guess!r}?" if guess else ""
+    return f"unknown {what}{hint} (valid: {', '.join(choices) or 'none'})"
+
+
 def validate_options(
     where: str, specs: tuple[OptionSpec, ...], raw: Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -320,8 +335,7 @@ def validate_options(
     known = {s.key: s for s in specs}
     for key in raw:
         if key not in known:
-            choices = ", ".join(sorted(known)) or "none"
-            raise ConfigError(f"{where}.{key}", f"unknown option (valid: {choices})")
+            raise ConfigError(f"{where}.{key}", _unknown("option", key, known))
     result: dict[str, Any] = {}
     for spec in specs:
         key = f"{where}.{spec.key}"
@@ -395,8 +409,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _parse(data: Mapping[str, Any], path: Path | None, env: Mapping[str, str]) -> Config:
     for section in data:
         if section not in CORE_OPTIONS and section not in EXTENSION_SECTIONS:
-            valid = ", ".join(sorted([*CORE_OPTIONS, *EXTENSION_SECTIONS]))
-            raise ConfigError(section, f"unknown section (valid: {valid})")
+            raise ConfigError(section, _unknown("section", section, [*CORE_OPTIONS, *EXTENSION_SECTIONS]))
     extensions: dict[str, dict[str, Any]] = {}
     for section in EXTENSION_SECTIONS:
         table = data.get(section, {})

@@ -39,6 +39,7 @@ import structlog
 # stderr at worst), never structlog's default of printing to stdout, even when an app builds a
 # manager before anything imports the Terminal.
 from . import hookspecs, logs  # noqa: F401
+from .config import closest
 from .errors import ComponentConflict, ComponentNotFound, PluginError
 from .registrations import (
     AcceptancePolicyRegistration,
@@ -301,15 +302,36 @@ class PluginManager:
     # -- registration ---------------------------------------------------------
 
     def register(self, plugin: object, name: str, source: str = "registered") -> None:
-        """Register a plugin object (module or instance); rejects misspelled hooks."""
-        self.pm.register(plugin, name=name)
+        """Register a plugin object (module or instance); rejects misspelled hooks.
+
+        A hook name that matches no hookspec is named, with the closest real
+        hook: ``plugin "x" implements an unknown hook "offterm_on_payment_stord"
+        (did you mean offterm_on_payment_stored?)``.
+        """
         try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:  # e.g. an argument the hookspec does not have
+            detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise PluginError(f'plugin "{name}" is not a valid offterm plugin: {detail}') from exc
+        unknown = self._unknown_hooks(plugin)
+        try:
+            if unknown:
+                raise pluggy.PluginValidationError(plugin, f"unknown hooks {unknown}")
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
-            raise PluginError(f'plugin "{name}" implements an unknown hook: {exc}') from exc
+            raise PluginError(_unknown_hooks_message(name, unknown) if unknown else f'plugin "{name}": {exc}') from exc
         module = getattr(plugin, "__name__", type(plugin).__module__)
         self.info[name] = PluginInfo(name=name, source=source, module=module)
+
+    def _unknown_hooks(self, plugin: object) -> list[str]:
+        """Names of ``plugin``'s hook functions that match no hookspec (pluggy's ``optionalhook`` aside)."""
+        return sorted(
+            caller.name
+            for caller in self.pm.get_hookcallers(plugin) or ()
+            if not caller.has_spec()
+            and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+        )
 
     def _fail(self, name: str, message: str, exc: BaseException) -> None:
         """A plugin failed: fatal in strict mode, else one log line per manager (never a Python warning).
@@ -364,9 +386,18 @@ class PluginManager:
         found = self._collect(hook_name, expected)
         if name not in found:
             kind = expected.kind  # type: ignore[attr-defined]
-            choices = ", ".join(sorted(found)) or "none registered"
-            raise ComponentNotFound(f"no {kind} component named {name!r}. Choose one of: {choices}")
+            raise ComponentNotFound(self._not_found_message(f"no {kind} component named {name!r}", name, found))
         return cast(R, found[name].registration)
+
+    def _not_found_message(self, what: str, name: str, found: Mapping[str, object]) -> str:
+        """``what``, the closest name, the choices, and every plugin that failed to load (it may be the one)."""
+        guess = closest(name, found)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
+        choices = ", ".join(sorted(found)) or "none registered"
+        failed = "".join(
+            f'; plugin "{plugin}" failed to load: {message}' for plugin, message in sorted(self.load_failures.items())
+        )
+        return f"{what}{hint}. Choose one of: {choices}{failed}"
 
     def provider_of(self, hook_name: str, expected: type[R], name: str) -> str:
         """Name of the plugin that provides component ``name`` (for doctor output)."""
@@ -495,9 +526,47 @@ def create_plugin_manager(
             try:
                 manager.register(loaded, ep.name, source=source)
             except PluginError as exc:
-                manager._fail(ep.name, str(exc), exc)
+                manager._fail(ep.name, exc.message, exc)
 
     for name, plugin in (plugins or {}).items():
         if not pm.is_blocked(name):
             manager.register(plugin, name)
+    _warn_unknown_disabled(blocked, bundled, plugins or {}, entry_points)
     return manager
+
+
+def _warn_unknown_disabled(
+    blocked: set[str],
+    bundled: tuple[tuple[str, str], ...],
+    plugins: Mapping[str, object],
+    entry_points: Callable[[], Iterable[importlib.metadata.EntryPoint]] | None,
+) -> None:
+    """A ``disable`` entry that names no installed plugin is a typo: one warning, with the closest name."""
+    known = {name for name, _ in bundled} | {module for _, module in bundled} | set(plugins)
+    unknown = blocked - known
+    if not unknown:
+        return
+    # installed entry points count even with autoload off: their names are listed, nothing is imported
+    eps = entry_points() if entry_points else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    installed = {name for name, _ in bundled} | set(plugins) | {ep.name for ep in eps}
+    for name in sorted(unknown - installed):
+        guess = closest(name, installed)
+        log.warning(
+            "plugin_disable_unknown",
+            plugin=name,
+            error=f'"{name}" in [plugins] disable / {ENV_DISABLE} names no installed plugin'
+            + (f" (did you mean {guess}?)" if guess else ""),
+        )
+
+
+def _unknown_hooks_message(plugin: str, unknown: list[str]) -> str:
+    """``plugin "x" implements an unknown hook "offterm_on_payment_stord" (did you mean offterm_on_payment_stored?)``.
+
+    pluggy's own error for this ("unknown hook ... in plugin <object repr>") names neither the plugin nor the fix.
+    """
+    specs = [name for name in vars(hookspecs) if name.startswith(f"{hookspecs.PROJECT_NAME}_")]
+    named = []
+    for hook in unknown:
+        guess = closest(hook, specs)
+        named.append(f'"{hook}"' + (f" (did you mean {guess}?)" if guess else ""))
+    return f'plugin "{plugin}" implements an unknown hook{"s" if len(named) > 1 else ""} {", ".join(named)}'

@@ -159,8 +159,11 @@ def test_misspelled_hook_in_entry_point_plugin_is_a_named_warning(sandbox_module
     with structlog.testing.capture_logs() as logs:
         pm = create_plugin_manager(bundled=(), entry_points=lambda: [_ep("typo-ep", "typo_plugin")], env={})
     assert "typo-ep" not in pm.info
-    assert 'plugin "typo-ep" implements an unknown hook' in pm.load_failures["typo-ep"]
-    assert [e["plugin"] for e in _load_failed(logs)] == ["typo-ep"]
+    message = (
+        'plugin "typo-ep" implements an unknown hook "offterm_storage_backend" (did you mean offterm_storage_backends?)'
+    )
+    assert pm.load_failures["typo-ep"] == message
+    assert [e["error"] for e in _load_failed(logs)] == [message]
 
 
 def test_unknown_component_name_lists_the_choices():
@@ -561,3 +564,111 @@ def test_a_failing_registration_is_reported_once_per_manager_and_never_as_a_pyth
     for _ in range(2):  # strict mode raises at every lookup, not only the first
         with pytest.raises(PluginError, match='"exploding".*registration exploded'):
             strict.available("tokens")
+
+
+# -- did you mean (issue #14) -------------------------------------------------------
+
+
+def test_a_misspelled_hook_says_which_plugin_which_hook_and_the_likely_one():
+    class Typo:
+        @hookimpl
+        def offterm_on_payment_stord(self, intent):
+            pass
+
+    with pytest.raises(PluginError) as info:
+        create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"x": Typo()})
+    assert info.value.message == (
+        'plugin "x" implements an unknown hook "offterm_on_payment_stord" (did you mean offterm_on_payment_stored?)'
+    )
+
+
+def test_a_hook_name_far_from_any_hook_gets_no_suggestion():
+    class Odd:
+        @hookimpl
+        def completely_unrelated(self):
+            pass
+
+    with pytest.raises(PluginError) as info:
+        create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"odd": Odd()})
+    assert info.value.message == 'plugin "odd" implements an unknown hook "completely_unrelated"'
+
+
+def test_a_misspelled_component_name_suggests_the_closest():
+    pm = create_plugin_manager(autoload=False, env={})
+    with pytest.raises(ComponentNotFound) as info:
+        pm.storage_backend("sqlciper")
+    assert "no storage component named 'sqlciper' (did you mean 'sqlcipher'?). Choose one of: " in str(info.value)
+    assert "sqlcipher" in str(info.value).split("Choose one of: ")[1]
+
+
+def test_component_not_found_names_the_plugin_that_failed_to_load(sandbox_module):
+    sandbox_module(
+        "acme_store_plugin",
+        """
+        from offterm.core import hookimpl
+        from offterm.core.registrations import StorageBackendRegistration
+
+        @hookimpl
+        def offterm_storage_backends():
+            yield StorageBackendRegistration(name="acme", factory=lambda ctx: None)
+
+        @hookimpl
+        def offterm_on_payment_stord(intent):  # the typo that sinks the whole plugin
+            pass
+    """,
+    )
+    with structlog.testing.capture_logs():
+        pm = create_plugin_manager(entry_points=lambda: [_ep("acme", "acme_store_plugin")], env={})
+    with pytest.raises(ComponentNotFound) as info:
+        pm.storage_backend("acme")
+    assert (
+        'plugin "acme" failed to load: plugin "acme" implements an unknown hook "offterm_on_payment_stord" '
+        "(did you mean offterm_on_payment_stored?)"
+    ) in str(info.value)
+
+
+def test_an_argument_the_hookspec_lacks_is_a_named_plugin_error():
+    class WrongArgs:
+        @hookimpl
+        def offterm_on_payment_stored(self, intent, colour):
+            pass
+
+    with pytest.raises(PluginError, match='plugin "wrong-args" is not a valid offterm plugin.*colour'):
+        create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"wrong-args": WrongArgs()})
+
+
+# -- disable entries naming nothing (issue #14) -------------------------------------
+
+
+def _disable_warnings(logs: list[dict]) -> list[dict]:
+    return [e for e in logs if e["event"] == "plugin_disable_unknown"]
+
+
+def test_a_disable_entry_naming_no_installed_plugin_warns_once_with_a_suggestion():
+    with structlog.testing.capture_logs() as logs:
+        pm = create_plugin_manager(autoload=False, disabled=["stirpe"], env={"OFFTERM_DISABLE_PLUGINS": "stirpe"})
+    [warning] = _disable_warnings(logs)
+    assert warning["log_level"] == "warning" and warning["plugin"] == "stirpe"
+    assert warning["error"].endswith("names no installed plugin (did you mean stripe?)")
+    assert "stripe" in pm.info, "a typo disables nothing"
+    with structlog.testing.capture_logs() as logs:
+        create_plugin_manager(autoload=False, env={"OFFTERM_DISABLE_PLUGINS": "zzzzzz"})
+    [warning] = _disable_warnings(logs)
+    assert warning["plugin"] == "zzzzzz" and "did you mean" not in warning["error"]
+
+
+def test_disable_entries_naming_real_plugins_do_not_warn(sandbox_module):
+    sandbox_module("never_imported_plugin", "raise RuntimeError('must not be imported')\n")
+    eps = lambda: [_ep("installed", "never_imported_plugin")]  # noqa: E731
+    with structlog.testing.capture_logs() as logs:
+        # a bundled name, a bundled module path, an installed entry point (autoload off or on), an app's plugin
+        for autoload in (False, True):
+            create_plugin_manager(
+                autoload=autoload,
+                disabled=["stripe", "offterm.plugins.storage.memory", "installed", "mine"],
+                entry_points=eps,
+                plugins={"mine": _token_plugin("mine")},
+                env={},
+            )
+    assert _disable_warnings(logs) == []
+    assert _load_failed(logs) == []

@@ -99,7 +99,7 @@ def test_a_plugin_failure_before_the_terminal_is_imported_goes_to_stderr_never_s
 import importlib.metadata, sys
 from offterm.core import create_plugin_manager
 ep = importlib.metadata.EntryPoint(name="ghost", value="no_such_module_for_offterm", group="offterm")
-pm = create_plugin_manager(bundled=(), entry_points=lambda: [ep], env={})
+pm = create_plugin_manager(bundled=(), entry_points=lambda: [ep], env={"OFFTERM_DISABLE_PLUGINS": "ghots"})
 assert "offterm.core._engine.terminal" not in sys.modules
 assert "ghost" in pm.load_failures
 """
@@ -109,4 +109,5 @@ assert "ghost" in pm.load_failures
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.count("plugin_load_failed") == 1 and "ghost" in proc.stderr
+    assert proc.stderr.count("plugin_disable_unknown") == 1 and "did you mean ghost?" in proc.stderr
     assert "RuntimeWarning" not in proc.stderr
