@@ -3,9 +3,12 @@
 Layout: core sections hold scalar keys (``[terminal]``, ``[plugins]``,
 ``[forwarding]``...); a component's own options live in a sub-table named
 after it, ``[<kind>.<name>]`` (``[storage.sqlcipher]``, ``[tokens.http]``),
-validated against the OptionSpecs its registration declares.  Every error
-names the key and the bad value.  Secrets (``OptionSpec.secret``) may come
-from ``OFFTERM_<KIND>_<NAME>_<KEY>`` instead of the file.
+validated against the OptionSpecs its registration declares.  An event
+listener plugin's own settings live in ``[plugins.<name>]``, validated the
+same way (by :func:`validate_options`) against the OptionSpecs its
+``ListenerSettingsRegistration`` declares, when a Terminal opens.  Every
+error names the key and the bad value.  Secrets (``OptionSpec.secret``) may
+come from ``OFFTERM_<KIND>_<NAME>_<KEY>`` instead of the file.
 """
 
 from __future__ import annotations
@@ -361,6 +364,8 @@ class Config:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     #: raw tables of EXTENSION_SECTIONS, validated by the service that owns each
     extensions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``[plugins.<name>]`` tables: raw settings of listener plugins, validated when a Terminal opens
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def get(self, section: str, key: str) -> Any:
         return self.sections[section][key]
@@ -374,6 +379,10 @@ class Config:
         """Validated options of one selected component."""
         raw = self.component_options.get((kind, registration.name), {})
         return validate_options(f"{kind}.{registration.name}", registration.options, raw, self.env)
+
+    def plugin_settings(self, name: str, specs: tuple[OptionSpec, ...]) -> dict[str, Any]:
+        """Validated ``[plugins.<name>]`` options of a listener plugin (the same checks as a component's)."""
+        return validate_options(f"plugins.{name}", specs, self.plugin_options.get(name, {}), self.env)
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -429,7 +438,20 @@ def _parse(data: Mapping[str, Any], path: Path | None, env: Mapping[str, str]) -
                     components[(section, name)] = dict(table)
         sections[section] = validate_options(section, specs, scalars, env)
     _check_core(sections)
-    return Config(sections=sections, component_options=components, source=path, env=env, extensions=extensions)
+    return Config(
+        sections=sections,
+        component_options=components,
+        source=path,
+        env=env,
+        plugin_options=_plugin_tables(data.get("plugins", {})),
+        extensions=extensions,
+    )
+
+
+def _plugin_tables(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``[plugins.<name>]`` tables: a listener plugin's own settings (checked when a Terminal opens)."""
+    core = {spec.key for spec in CORE_OPTIONS["plugins"]}
+    return {name: dict(table) for name, table in raw.items() if isinstance(table, Mapping) and name not in core}
 
 
 def _check_core(sections: dict[str, dict[str, Any]]) -> None:

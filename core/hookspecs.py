@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         AcceptancePolicyRegistration,
         ForwardingPolicyRegistration,
         ForwardingTransportRegistration,
+        ListenerSettingsRegistration,
         ReaderTransportRegistration,
         ReplicatorRegistration,
         StorageBackendRegistration,
@@ -136,6 +137,45 @@ def offterm_forwarding_policies() -> Iterable[ForwardingPolicyRegistration]:
     Selected by ``[forwarding] policy``.
 
     :return: an iterable of ``ForwardingPolicyRegistration``.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Settings of event listeners: [plugins.<name>] in the configuration file
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def offterm_listener_settings() -> Iterable[ListenerSettingsRegistration]:
+    """Declare the settings a plugin reads from its ``[plugins.<name>]`` table.
+
+    Called when a Terminal opens, before any event hook.  For each
+    registration the table ``[plugins.<name>]`` is validated against its
+    ``options`` (``OptionSpec`` objects, checked exactly as component
+    options: a bad value is a ``ConfigError`` naming ``plugins.<name>.<key>``; a
+    ``secret`` option may come from ``OFFTERM_PLUGINS_<NAME>_<KEY>``), then
+    ``apply`` is called with the validated options, every declared key
+    present (defaults included), even when the file has no such table.  A
+    ``[plugins.<name>]`` table no plugin declares is a ``ConfigError``
+    (unless ``<name>`` is a disabled plugin).  Two plugins declaring one
+    name fail loudly, naming both.
+
+    Not ``firstresult``: every plugin's registrations are collected, like
+    the component registration hooks.  ``apply`` may raise ``ConfigError``
+    for a value the option specs cannot express (it stops the Terminal);
+    any other exception is reported as a failure of the plugin.
+
+    :return: an iterable of ``ListenerSettingsRegistration``.
+
+    Example::
+
+        @hookimpl
+        def offterm_listener_settings():
+            yield ListenerSettingsRegistration(
+                name="webhook",
+                options=(OptionSpec("url", str, None, "Where to POST events."),),
+                apply=lambda options: sender.configure(options["url"]),
+            )
     """
 
 

@@ -39,12 +39,13 @@ import structlog
 # stderr at worst), never structlog's default of printing to stdout, even when an app builds a
 # manager before anything imports the Terminal.
 from . import hookspecs, logs  # noqa: F401
-from .config import closest
-from .errors import ComponentConflict, ComponentNotFound, PluginError
+from .config import CORE_OPTIONS, Config, closest
+from .errors import ComponentConflict, ComponentNotFound, ConfigError, PluginError
 from .registrations import (
     AcceptancePolicyRegistration,
     ForwardingPolicyRegistration,
     ForwardingTransportRegistration,
+    ListenerSettingsRegistration,
     ReaderTransportRegistration,
     Registration,
     ReplicatorRegistration,
@@ -84,6 +85,8 @@ ENV_TRACE = "OFFTERM_TRACE_HOOKS"  # "1": log every hook call
 EVENT_HOOK_PREFIX = "offterm_on_"
 
 R = TypeVar("R", bound=Registration[Any])
+#: anything ``_collect`` indexes by name: a component registration or a listener's settings
+N = TypeVar("N", bound=Registration[Any] | ListenerSettingsRegistration)
 
 
 def _truthy(value: str | None) -> bool:
@@ -349,7 +352,7 @@ class PluginManager:
 
     # -- components -------------------------------------------------------------
 
-    def _collect(self, hook_name: str, expected: type[R]) -> dict[str, _Provided]:
+    def _collect(self, hook_name: str, expected: type[N]) -> dict[str, _Provided]:
         """Call one registration hook through pluggy and index its components by name.
 
         Each plugin's answer comes back tagged (``PluginItems``), so a failure
@@ -430,6 +433,60 @@ class PluginManager:
         """All offline acceptance policies, sorted by name (order-independent)."""
         found = self._collect("offterm_offline_acceptance_policies", AcceptancePolicyRegistration)
         return [cast(AcceptancePolicyRegistration, found[n].registration) for n in sorted(found)]
+
+    # -- listener settings ---------------------------------------------------------
+
+    def listener_settings(self) -> dict[str, ListenerSettingsRegistration]:
+        """Every ``[plugins.<name>]`` settings declaration, by name (``offterm_listener_settings``)."""
+        found = self._collect("offterm_listener_settings", ListenerSettingsRegistration)
+        reserved = {spec.key for spec in CORE_OPTIONS["plugins"]}
+        settings: dict[str, ListenerSettingsRegistration] = {}
+        for name, provided in found.items():
+            if name in reserved:  # [plugins] <name> is a core key, never a table
+                error = PluginError(f"settings name {name!r} is a core [plugins] key")
+                self._fail(
+                    provided.plugin, f'plugin "{provided.plugin}" failed in offterm_listener_settings: {error}', error
+                )
+                continue
+            settings[name] = cast(ListenerSettingsRegistration, provided.registration)
+        return settings
+
+    def apply_listener_settings(self, config: Config) -> None:
+        """Validate each listener's ``[plugins.<name>]`` table and hand the options to its ``apply``.
+
+        Called by the Terminal when it opens, before any event.  Options are
+        validated by the same code as component options (``plugins.<name>.<key>``
+        names a bad value; ``secret`` ones may come from
+        ``OFFTERM_PLUGINS_<NAME>_<KEY>``); ``apply`` gets every declared key,
+        defaults included, even with no table in the file.  A table that no
+        plugin declares is a ConfigError, unless its name is a disabled plugin
+        or one that failed to load.  ``apply`` raising ConfigError stops the
+        Terminal; any other exception is a plugin failure (logged once, fatal
+        in strict mode).
+        """
+        settings = self.listener_settings()
+        for name in config.plugin_options:
+            if name in settings or self.pm.is_blocked(name) or name in self.load_failures:
+                continue
+            guess = closest(name, settings)
+            hint = f" (did you mean [plugins.{guess}]?)" if guess else ""
+            choices = ", ".join(sorted(settings)) or "none"
+            raise ConfigError(
+                f"plugins.{name}", f"no plugin reads these settings{hint}; plugins with settings: {choices}"
+            )
+        for name, registration in sorted(settings.items()):
+            options = config.plugin_settings(name, registration.options)
+            try:
+                registration.apply(options)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                plugin = self.listener_settings_provider(name)
+                self._fail(plugin, f'plugin "{plugin}" failed to apply [plugins.{name}]: {exc}', exc)
+
+    def listener_settings_provider(self, name: str) -> str:
+        """Name of the plugin that declared the settings ``[plugins.<name>]``."""
+        return self._collect("offterm_listener_settings", ListenerSettingsRegistration)[name].plugin
 
     # -- events -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from .contracts import (
     ConnectionTokenProvider,
@@ -152,6 +152,39 @@ class ForwardingPolicyRegistration(Registration[ForwardingPolicy]):
     """A ``ForwardingPolicy``, selected by ``[forwarding] policy``."""
 
     kind = "forwarding_policy"
+
+
+@dataclass(frozen=True)
+class ListenerSettingsRegistration:
+    """The settings an event-listener plugin reads from its ``[plugins.<name>]`` table.
+
+    Yielded from ``offterm_listener_settings``.  When a Terminal opens, the
+    table is validated against ``options`` (the same checks as a component's
+    options: a bad value is a ConfigError naming ``plugins.<name>.<key>``;
+    a ``secret`` option may come from ``OFFTERM_PLUGINS_<NAME>_<KEY>``) and
+    ``apply`` is called once with every declared key, defaults included, even
+    when the file has no such table.  By convention ``name`` is the plugin's
+    own name (its entry-point name), so ``[plugins] disable`` and
+    ``[plugins.<name>]`` say the same thing.
+    """
+
+    kind: ClassVar[str] = "listener settings"
+
+    name: str
+    apply: Callable[[Mapping[str, Any]], None]
+    options: tuple[OptionSpec, ...] = field(default=())
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise PluginError(
+                f"invalid settings name {self.name!r}: use 1-40 of a-z, 0-9, '_' or '-', starting with a letter"
+            )
+        if not callable(self.apply):
+            raise PluginError(f"settings {self.name!r}: apply is not callable")
+        keys = [o.key for o in self.options]
+        if len(keys) != len(set(keys)):
+            raise PluginError(f"settings {self.name!r}: duplicate option keys")
 
 
 class ReplicatorRegistration(Registration[Replicator]):

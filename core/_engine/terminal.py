@@ -292,6 +292,7 @@ class Terminal:
         if self._create_store:  # an inspection Terminal creates nothing: the store finds its own directory
             make_private_dir(self.data_dir, lambda m: ConfigError("terminal.data_dir", m), "directory")
         self._check_component_tables()
+        pm.apply_listener_settings(self.config)  # [plugins.<name>] tables, before any event
         store_reg = pm.storage_backend(cfg["storage"]["backend"])
         key_reg = pm.storage_key_provider(cfg["storage"]["key_provider"])
         transport_reg = pm.forwarding_transport(cfg["forwarding"]["transport"])

@@ -193,3 +193,29 @@ def test_a_misspelled_key_or_section_suggests_the_closest(tmp_path):
         load_config({"terminall": {}}, env={})
     with pytest.raises(ConfigError, match=r"forwarding\.zzzz: unknown option \(valid: "):
         load_config({"forwarding": {"zzzz": 1}}, env={})
+
+
+def test_plugins_tables_are_kept_raw_and_validated_like_component_options():
+    config = load_config(
+        {"plugins": {"strict": True, "webhook": {"url": "https://example.test/h", "timeout": 7.5}}}, env={}
+    )
+    assert config.get("plugins", "strict") is True
+    assert config.plugin_options == {"webhook": {"url": "https://example.test/h", "timeout": 7.5}}
+    specs = (
+        OptionSpec("url", str, None, "where"),
+        OptionSpec("timeout", (int, float), 5.0, "secs", maximum=60),
+        OptionSpec("secret", str, None, "signing secret", secret=True),
+    )
+    env = {"OFFTERM_PLUGINS_WEBHOOK_SECRET": "whsec_from_env"}
+    config = load_config({"plugins": {"webhook": {"url": "https://example.test/h"}}}, env=env)
+    assert config.plugin_settings("webhook", specs) == {
+        "url": "https://example.test/h",
+        "timeout": 5.0,
+        "secret": "whsec_from_env",
+    }
+    config = load_config({"plugins": {"webhook": {"timeout": 61}}}, env={})
+    with pytest.raises(ConfigError, match=r"plugins\.webhook\.timeout: must be at most 60"):
+        config.plugin_settings("webhook", specs)
+
+
+# -- what OptionSpec says beyond type and range, checked once, here ---------------------------------------------

@@ -24,6 +24,7 @@ def test_there_are_hooks():
         "offterm_forwarding_transports",
         "offterm_offline_acceptance_policies",
         "offterm_forwarding_policies",
+        "offterm_listener_settings",
         "offterm_on_offline_status_changed",
         "offterm_on_network_status_changed",
         "offterm_on_payment_stored",

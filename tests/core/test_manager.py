@@ -672,3 +672,206 @@ def test_disable_entries_naming_real_plugins_do_not_warn(sandbox_module):
             )
     assert _disable_warnings(logs) == []
     assert _load_failed(logs) == []
+
+
+# -- listener settings: [plugins.<name>] (issue #14) ---------------------------------
+
+
+def _settings_plugin(received: list[dict], name: str = "hooky", **extra: object):
+    from offterm.core.registrations import ListenerSettingsRegistration, OptionSpec
+
+    class Listener:
+        @hookimpl
+        def offterm_listener_settings(self):
+            yield ListenerSettingsRegistration(
+                name=name,
+                options=(
+                    OptionSpec("url", str, None, "where to send"),
+                    OptionSpec("retries", int, 2, "how often", maximum=10),
+                    OptionSpec("token", str, None, "bearer", secret=True),
+                ),
+                apply=lambda options: received.append(dict(options)),
+                **extra,
+            )
+
+    return Listener()
+
+
+def test_listener_settings_are_validated_and_applied_with_defaults():
+    from offterm.core.config import load_config
+
+    received: list[dict] = []
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"hooky": _settings_plugin(received)})
+    pm.apply_listener_settings(load_config({"plugins": {"hooky": {"url": "https://example.test/h"}}}, env={}))
+    assert received == [{"url": "https://example.test/h", "retries": 2, "token": None}]
+    env = {"OFFTERM_PLUGINS_HOOKY_TOKEN": "from-env"}
+    pm.apply_listener_settings(load_config({}, env=env))
+    assert received[-1] == {"url": None, "retries": 2, "token": "from-env"}, "no table: defaults, secrets from env"
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message"),
+    [
+        ({"retries": 11}, "plugins.hooky.retries", "must be at most 10"),
+        ({"retries": "3"}, "plugins.hooky.retries", "must be an integer"),
+        ({"retrys": 3}, "plugins.hooky.retrys", "unknown option, did you mean 'retries'?"),
+    ],
+)
+def test_a_bad_listener_setting_is_a_config_error_naming_plugins_name_key(table, key, message):
+    from offterm.core.config import load_config
+    from offterm.core.errors import ConfigError
+
+    received: list[dict] = []
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"hooky": _settings_plugin(received)})
+    with pytest.raises(ConfigError) as info:
+        pm.apply_listener_settings(load_config({"plugins": {"hooky": table}}, env={}))
+    assert info.value.key == key and message in str(info.value)
+    assert received == []
+
+
+def test_a_plugins_table_no_plugin_reads_is_an_error_unless_that_plugin_is_disabled():
+    from offterm.core.config import load_config
+    from offterm.core.errors import ConfigError
+
+    received: list[dict] = []
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"hooky": _settings_plugin(received)})
+    with pytest.raises(ConfigError, match=r"plugins\.hooki: no plugin reads these settings \(did you mean"):
+        pm.apply_listener_settings(load_config({"plugins": {"hooki": {"url": "x"}}}, env={}))
+    quiet = create_plugin_manager(bundled=(), autoload=False, disabled=["hooki"], env={})
+    quiet.apply_listener_settings(load_config({"plugins": {"hooki": {"url": "x"}}}, env={}))
+
+
+def test_two_plugins_declaring_one_settings_name_fail_naming_both():
+    from offterm.core.config import load_config
+
+    plugins = {"first": _settings_plugin([]), "second": _settings_plugin([])}
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins=plugins)
+    with pytest.raises(ComponentConflict, match='"first" and "second"|"second" and "first"'):
+        pm.apply_listener_settings(load_config({}, env={}))
+
+
+def test_a_failing_apply_is_a_plugin_failure_and_a_config_error_from_apply_stops():
+    from offterm.core.config import load_config
+    from offterm.core.errors import ConfigError
+    from offterm.core.registrations import ListenerSettingsRegistration
+
+    def broken(options):
+        raise RuntimeError("apply bug")
+
+    def refuses(options):
+        raise ConfigError("plugins.picky.url", "must be https")
+
+    class Broken:
+        @hookimpl
+        def offterm_listener_settings(self):
+            yield ListenerSettingsRegistration(name="broken", apply=broken)
+
+    class Picky:
+        @hookimpl
+        def offterm_listener_settings(self):
+            yield ListenerSettingsRegistration(name="picky", apply=refuses)
+
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"broken": Broken()})
+    with structlog.testing.capture_logs() as logs:
+        pm.apply_listener_settings(load_config({}, env={}))
+    assert [e["plugin"] for e in _load_failed(logs)] == ["broken"]
+    assert "apply bug" in pm.load_failures["broken"]
+    pm = create_plugin_manager(bundled=(), autoload=False, env={}, plugins={"picky": Picky()})
+    with pytest.raises(ConfigError, match="must be https"):
+        pm.apply_listener_settings(load_config({}, env={}))
+
+
+def test_listener_settings_names_are_validated_and_core_keys_are_reserved():
+    from offterm.core.config import load_config
+
+    with pytest.raises(PluginError, match="invalid settings name"):
+        _settings_plugin([], name="Bad Name").offterm_listener_settings().__next__()
+    pm = create_plugin_manager(
+        bundled=(), autoload=False, strict=True, env={}, plugins={"x": _settings_plugin([], name="strict")}
+    )
+    with pytest.raises(PluginError, match="core \\[plugins\\] key"):
+        pm.apply_listener_settings(load_config({}, env={}))
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _toml(data: dict, prefix: str = "") -> str:
+    """A TOML file for a config dict (tables of scalars, lists and sub-tables)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"[{prefix}]"] if prefix and scalars else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for key, table in tables.items():
+        lines.append(_toml(table, f"{prefix}.{key}" if prefix else key))
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_listener_is_configured_from_its_toml_section_through_the_real_terminal(offterm_config, tmp_path):
+    """[plugins.<name>] in a TOML file reaches the listener's apply when the Terminal opens, before any event."""
+    from offterm.core import OfflineBehavior, Terminal
+    from offterm.core.errors import ConfigError
+    from offterm.core.registrations import ListenerSettingsRegistration, OptionSpec
+
+    class Counter:
+        """Counts stored payments above a threshold the file sets."""
+
+        def __init__(self) -> None:
+            self.threshold: int | None = None
+            self.label = ""
+            self.seen: list[tuple[str, int]] = []
+
+        def apply(self, options):
+            self.threshold, self.label = options["threshold"], options["label"]
+
+        @hookimpl
+        def offterm_listener_settings(self):
+            yield ListenerSettingsRegistration(
+                name="counter",
+                options=(
+                    OptionSpec("threshold", int, 0, "smallest amount counted", maximum=1_000_000),
+                    OptionSpec("label", str, "big", "what to call them"),
+                ),
+                apply=self.apply,
+            )
+
+        @hookimpl
+        def offterm_on_offline_status_changed(self, status):
+            assert self.threshold is not None, "settings arrive before any event"
+
+        @hookimpl
+        def offterm_on_payment_stored(self, intent):
+            if intent.amount >= self.threshold:
+                self.seen.append((self.label, intent.amount))
+
+    config = dict(offterm_config, plugins={**offterm_config["plugins"], "counter": {"threshold": 500, "label": "ok"}})
+    path = tmp_path / "offterm.toml"
+    path.write_text(_toml(config))
+    counter = Counter()
+    pm = create_plugin_manager(autoload=False, strict=True, env={}, plugins={"counter": counter})
+    async with Terminal.from_config(path, plugin_manager=pm) as terminal:
+        [reader] = await terminal.discover_readers()
+        await terminal.connect_reader(reader)
+        for amount in (300, 700):
+            intent = await terminal.create_payment_intent(
+                {"amount": amount, "currency": "usd"}, offline_behavior=OfflineBehavior.FORCE_OFFLINE
+            )
+            terminal.connected_reader.present_card("visa")
+            await terminal.confirm_payment_intent(await terminal.collect_payment_method(intent))
+    assert counter.seen == [("ok", 700)]
+
+    config["plugins"]["counter"]["threshold"] = "lots"
+    path.write_text(_toml(config))
+    pm = create_plugin_manager(autoload=False, strict=True, env={}, plugins={"counter": Counter()})
+    with pytest.raises(ConfigError) as info:
+        async with Terminal.from_config(path, plugin_manager=pm):
+            pass
+    assert info.value.key == "plugins.counter.threshold"
+    assert "must be an integer" in str(info.value)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from offterm.core import OfflineBehavior, Terminal
-from offterm.core.errors import ConnectionTokenError
+from offterm.core.errors import ConfigError, ConnectionTokenError
 from offterm.testing import make_plugin_manager
 
 INSTALL_HINT = (
@@ -248,3 +248,91 @@ def test_a_refused_delivery_is_not_retried(receiver):
     sender.submit(module.Delivery(receiver.url, b"{}", "evt_2", "test.event"))
     assert sender.flush(10)
     assert sender.failed == 1 and len(receiver.requests) == 1
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string for these values
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _toml(data: dict[str, Any], prefix: str = "") -> str:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    lines = [f"[{prefix}]"] if prefix and scalars else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines.append(_toml(table, f"{prefix}.{key}" if prefix else key))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def webhook_plugin() -> Iterator[Any]:
+    """The entry point's instance, its file settings reset afterwards (it lives as long as the process)."""
+    module = webhook_module()
+    yield module.plugin
+    module.plugin.configure({})
+
+
+async def test_the_url_comes_from_the_plugins_webhook_table_of_the_toml_file(
+    receiver, offterm_config, webhook_plugin, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("OFFTERM_WEBHOOK_URL", "http://127.0.0.1:9/not-this-one")  # the file wins
+    monkeypatch.delenv("OFFTERM_WEBHOOK_SECRET", raising=False)
+    monkeypatch.delenv("OFFTERM_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    offterm_config["plugins"].update(autoload=True, webhook={"url": receiver.url, "secret": SECRET, "timeout": 5})
+    path = tmp_path / "offterm.toml"
+    path.write_text(_toml(offterm_config))
+
+    async with Terminal.from_config(path) as terminal:
+        assert terminal.plugins.info["webhook"].source.startswith("entry point offterm-webhook")
+        await open_with_reader(terminal)
+        stored = await pay(terminal, "visa", OfflineBehavior.FORCE_OFFLINE)
+        assert await terminal.forward_now() == 0
+    assert webhook_plugin.flush(15), "webhook deliveries did not finish"
+    assert [e["data"]["offline_id"] for e in receiver.events("payment.stored")] == [stored.offline_id]
+    [forwarded] = receiver.events("payment_intent.forwarded")
+    assert forwarded["data"]["outcome"] == "authorized"
+    for request in receiver.requests:  # signed with the secret from the file
+        t, v1 = (part.split("=", 1)[1] for part in request["headers"]["Offterm-Signature"].split(","))
+        expected = hmac.new(SECRET.encode(), f"{t}.".encode() + request["raw"], hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(v1, expected)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message"),
+    [
+        ({"timeout": "soon"}, "plugins.webhook.timeout", "must be"),
+        ({"timeout": 301}, "plugins.webhook.timeout", "must be at most 300"),
+        ({"url": "ftp://example.test/x"}, "plugins.webhook.url", "must be an http:// or https:// URL"),
+        ({"ulr": "https://example.test/x"}, "plugins.webhook.ulr", "did you mean 'url'?"),
+    ],
+)
+async def test_a_bad_plugins_webhook_value_stops_the_terminal_naming_the_key(
+    offterm_config, webhook_plugin, monkeypatch, tmp_path, table, key, message
+):
+    monkeypatch.delenv("OFFTERM_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    offterm_config["plugins"].update(autoload=True, webhook=table)
+    path = tmp_path / "offterm.toml"
+    path.write_text(_toml(offterm_config))
+    with pytest.raises(ConfigError) as info:
+        async with Terminal.from_config(path):
+            pass
+    assert info.value.key == key and message in str(info.value)
+
+
+def test_settings_precedence_constructor_then_file_then_environment(webhook_plugin, monkeypatch):
+    module = webhook_module()
+    monkeypatch.setenv("OFFTERM_WEBHOOK_URL", "https://env.example.test/h")
+    monkeypatch.setenv("OFFTERM_WEBHOOK_TIMEOUT", "9")
+    plugin = module.WebhookPlugin()
+    assert plugin.settings() == module.WebhookSettings(url="https://env.example.test/h", timeout=9.0)
+    plugin.configure({"url": "https://file.example.test/h", "secret": None, "timeout": None, "queue_size": None})
+    assert plugin.settings() == module.WebhookSettings(url="https://file.example.test/h", timeout=9.0)
+    explicit = module.WebhookPlugin("https://code.example.test/h", timeout=1.0)
+    explicit.configure({"url": "https://file.example.test/h", "timeout": 3})
+    assert explicit.settings() == module.WebhookSettings(url="https://code.example.test/h", timeout=1.0)

@@ -2,17 +2,19 @@
 
 An example of a separately packaged third-party plugin.  The entry point
 ``webhook = "offterm_webhook:plugin"`` in the ``offterm`` group makes every
-Terminal load :data:`plugin`, configured from ``OFFTERM_WEBHOOK_*``
+Terminal load :data:`plugin`, configured from the ``[plugins.webhook]`` table
+of the offterm configuration file, or else from ``OFFTERM_WEBHOOK_*``
 environment variables.
 """
 
 from __future__ import annotations
 
 from .payloads import build_event
-from .plugin import WebhookPlugin, WebhookSettings
+from .plugin import OPTIONS, WebhookPlugin, WebhookSettings
 from .sender import Delivery, WebhookSender
 
-#: The instance the entry point loads (settings read from the environment at each event).
+#: The instance the entry point loads (settings from ``[plugins.webhook]`` when a Terminal opens,
+#: else read from the environment at each event).
 plugin = WebhookPlugin()
 
-__all__ = ["Delivery", "WebhookPlugin", "WebhookSender", "WebhookSettings", "build_event", "plugin"]
+__all__ = ["OPTIONS", "Delivery", "WebhookPlugin", "WebhookSender", "WebhookSettings", "build_event", "plugin"]

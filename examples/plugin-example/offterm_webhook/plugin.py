@@ -1,17 +1,25 @@
-"""The event listener: four offterm event hooks, each turned into one queued webhook delivery."""
+"""The event listener: four offterm event hooks, each turned into one queued webhook delivery.
+
+Settings come, first to last: the constructor's arguments, the ``[plugins.webhook]``
+table of the offterm configuration file (validated by offterm against
+:data:`OPTIONS` when a Terminal opens, see ``offterm_listener_settings``), then
+the ``OFFTERM_WEBHOOK_*`` environment variables.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from offterm.core import hookimpl
-from offterm.core.errors import OfftermError
+from offterm.core.errors import ConfigError, OfftermError
 from offterm.core.models import OfflineStatus, PaymentIntent
+from offterm.core.registrations import ListenerSettingsRegistration, OptionSpec
 
 from .payloads import build_event, error_data, intent_data, outcome, status_data
 from .sender import Delivery, WebhookSender
@@ -22,6 +30,38 @@ ENV_URL = "OFFTERM_WEBHOOK_URL"
 ENV_SECRET = "OFFTERM_WEBHOOK_SECRET"  # noqa: S105 - a variable name, not a secret
 ENV_TIMEOUT = "OFFTERM_WEBHOOK_TIMEOUT"
 ENV_QUEUE_SIZE = "OFFTERM_WEBHOOK_QUEUE_SIZE"
+
+#: The name of the settings table, ``[plugins.webhook]``: the entry-point name, so
+#: ``[plugins] disable = ["webhook"]`` and ``[plugins.webhook]`` name the same plugin.
+SETTINGS_NAME = "webhook"
+
+#: ``[plugins.webhook]`` keys.  Unset (None), a key falls back to its ``OFFTERM_WEBHOOK_*`` variable.
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("url", str, None, f"Where to POST events (else {ENV_URL}); unset: the plugin does nothing."),
+    OptionSpec(
+        "secret",
+        str,
+        None,
+        f"HMAC-SHA256 signing secret (else OFFTERM_PLUGINS_WEBHOOK_SECRET, then {ENV_SECRET}).",
+        secret=True,
+    ),
+    OptionSpec(
+        "timeout",
+        (int, float),
+        None,
+        f"Seconds per delivery attempt (else {ENV_TIMEOUT}, default 5).",
+        minimum=0.001,
+        maximum=300,
+    ),
+    OptionSpec(
+        "queue_size",
+        int,
+        None,
+        f"Events waiting at most (else {ENV_QUEUE_SIZE}, default 1000).",
+        minimum=1,
+        maximum=1_000_000,
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +86,8 @@ class WebhookPlugin:
         self._secret = secret
         self._timeout = timeout
         self._sender = sender
+        #: the validated ``[plugins.webhook]`` table of the last Terminal opened (a None value: unset)
+        self._file: Mapping[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"WebhookPlugin(url={self._url!r})"
@@ -53,17 +95,38 @@ class WebhookPlugin:
     @property
     def sender(self) -> WebhookSender:
         if self._sender is None:
-            self._sender = WebhookSender(max_queue=_env_int(ENV_QUEUE_SIZE, 1000))
+            queue_size = self._file.get("queue_size") or _env_int(ENV_QUEUE_SIZE, 1000)
+            self._sender = WebhookSender(max_queue=queue_size)
         return self._sender
 
     def settings(self) -> WebhookSettings:
-        """Explicit settings, else the environment now (so a changed variable applies at the next event)."""
+        """Explicit settings, else ``[plugins.webhook]``, else the environment now (a changed
+        variable applies at the next event)."""
         env = os.environ
-        timeout = self._timeout if self._timeout is not None else _env_float(ENV_TIMEOUT, 5.0)
+        file = self._file
+        timeout = next((t for t in (self._timeout, file.get("timeout")) if t is not None), None)
         return WebhookSettings(
-            url=self._url or env.get(ENV_URL) or None,
-            secret=self._secret or env.get(ENV_SECRET) or None,
-            timeout=timeout,
+            url=self._url or file.get("url") or env.get(ENV_URL) or None,
+            secret=self._secret or file.get("secret") or env.get(ENV_SECRET) or None,
+            timeout=float(timeout) if timeout is not None else _env_float(ENV_TIMEOUT, 5.0),
+        )
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Take the validated ``[plugins.webhook]`` table (offterm calls this when a Terminal opens)."""
+        url = options.get("url")
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise ConfigError(f"plugins.{SETTINGS_NAME}.url", "must be an http:// or https:// URL", url)
+        self._file = dict(options)
+
+    # -- offterm settings hook ----------------------------------------------------
+
+    @hookimpl
+    def offterm_listener_settings(self) -> Iterator[ListenerSettingsRegistration]:
+        yield ListenerSettingsRegistration(
+            name=SETTINGS_NAME,
+            options=OPTIONS,
+            apply=self.configure,
+            description="POST offterm's events as JSON to a webhook URL.",
         )
 
     def flush(self, timeout: float = 10.0) -> bool:
