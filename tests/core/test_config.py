@@ -219,3 +219,146 @@ def test_plugins_tables_are_kept_raw_and_validated_like_component_options():
 
 
 # -- what OptionSpec says beyond type and range, checked once, here ---------------------------------------------
+
+
+def test_a_value_outside_the_choices_names_the_key_and_the_allowed_values():
+    specs = (OptionSpec("mode", str, "wal", "h", choices=("wal", "delete")),)
+    with pytest.raises(ConfigError) as info:
+        validate_options("storage.x", specs, {"mode": "fast"}, env={})
+    assert info.value.key == "storage.x.mode"
+    assert "must be one of: wal, delete" in str(info.value) and "'fast'" in str(info.value)
+    assert validate_options("storage.x", specs, {"mode": "delete"}, env={}) == {"mode": "delete"}
+    with pytest.raises(ConfigError, match="one of: wal, delete"):
+        validate_options("storage.x", specs, {"mode": "WAL"}, env={})
+
+
+def test_ignore_case_choices_become_the_choice_as_listed():
+    specs = (OptionSpec("mode", str, "wal", "h", choices=("wal", "delete"), ignore_case=True),)
+    assert validate_options("s.x", specs, {"mode": "WAL"}, env={}) == {"mode": "wal"}
+
+
+def test_choices_of_a_list_apply_to_each_item_and_true_is_not_one():
+    specs = (
+        OptionSpec("brands", list, [], "h", choices=("visa", "amex")),
+        OptionSpec("level", int, 1, "h", choices=(0, 1)),
+    )
+    assert validate_options("a.x", specs, {"brands": ["amex"]}, env={})["brands"] == ["amex"]
+    with pytest.raises(ConfigError, match="must list only: visa, amex") as info:
+        validate_options("a.x", specs, {"brands": ["visa", "jcb"]}, env={})
+    assert info.value.key == "a.x.brands"
+    with pytest.raises(ConfigError, match="must be true or false|must be an integer|one of"):
+        validate_options("a.x", specs, {"level": True}, env={})
+
+
+def test_a_pattern_is_matched_in_full_and_its_meaning_named():
+    specs = (
+        OptionSpec("var", str, "A", "h", pattern="[A-Z_]+", pattern_help="an environment variable name"),
+        OptionSpec("raw", str, "a", "h", pattern="[a-z]+"),
+        OptionSpec("items", list, [], "h", pattern="(?s).+", pattern_help="a non-empty string"),
+        OptionSpec("maybe", (str, type(None)), None, "h", pattern="[a-z]+"),
+    )
+    with pytest.raises(ConfigError, match="must be an environment variable name") as info:
+        validate_options("storage_key.env", specs, {"var": "A B"}, env={})
+    assert info.value.key == "storage_key.env.var"
+    with pytest.raises(ConfigError, match=r"must be a string matching \[a-z\]\+"):
+        validate_options("k.x", specs, {"raw": "abc1"}, env={})
+    with pytest.raises(ConfigError, match="each item must be a non-empty string"):
+        validate_options("k.x", specs, {"items": ["ok", ""]}, env={})
+    with pytest.raises(ConfigError, match="each item must be a non-empty string"):
+        validate_options("k.x", specs, {"items": [1]}, env={})
+    assert validate_options("k.x", specs, {"maybe": None}, env={})["maybe"] is None
+
+
+def test_string_lengths():
+    specs = (
+        OptionSpec("name", str, "x", "h", min_length=1),
+        OptionSpec("prefix", str, "", "h", max_length=3),
+    )
+    with pytest.raises(ConfigError, match="k.x.name: must not be empty"):
+        validate_options("k.x", specs, {"name": ""}, env={})
+    with pytest.raises(ConfigError, match="k.x.prefix: must be at most 3 characters"):
+        validate_options("k.x", specs, {"prefix": "abcd"}, env={})
+    assert validate_options("k.x", specs, {"prefix": ""}, env={})["prefix"] == ""
+
+
+def test_an_exclusive_minimum_refuses_the_minimum_itself():
+    specs = (OptionSpec("timeout", (int, float), 2.0, "h", exclusive_minimum=True, maximum=60),)
+    with pytest.raises(ConfigError, match="k.x.timeout: must be more than 0"):
+        validate_options("k.x", specs, {"timeout": 0}, env={})
+    assert validate_options("k.x", specs, {"timeout": 0.001}, env={})["timeout"] == 0.001
+
+
+def test_a_secret_that_breaks_a_rule_is_never_shown_and_the_environment_is_checked_too():
+    specs = (OptionSpec("key", str, "", "h", secret=True, pattern="[0-9a-f]{4}", pattern_help="4 hex digits"),)
+    with pytest.raises(ConfigError, match="must be 4 hex digits") as info:
+        validate_options("reader.x", specs, {"key": "zzzz-secret"}, env={})
+    assert "zzzz-secret" not in str(info.value)
+    with pytest.raises(ConfigError, match="must be 4 hex digits") as info:
+        validate_options("reader.x", specs, {}, env={"OFFTERM_READER_X_KEY": "yyyy-secret"})
+    assert info.value.key == "reader.x.key" and "yyyy-secret" not in str(info.value)
+    assert validate_options("reader.x", specs, {}, env={"OFFTERM_READER_X_KEY": "00ff"}) == {"key": "00ff"}
+
+
+def test_a_spec_with_a_broken_pattern_or_list_choices_is_a_plugin_error():
+    from offterm.core.errors import PluginError
+
+    with pytest.raises(PluginError, match="not a regular expression"):
+        OptionSpec("x", str, "", "h", pattern="(")
+    with pytest.raises(PluginError, match="choices must be a tuple"):
+        OptionSpec("x", str, "", "h", choices=["a"])  # type: ignore[arg-type]
+
+
+# Each check a bundled plugin's factory used to repeat by hand, now refused by the core from the
+# OptionSpec, with the key named, before any factory runs.
+@pytest.mark.parametrize(
+    ("kind", "name", "options", "key", "says"),
+    [
+        ("storage", "sqlcipher", {"journal_mode": "fast"}, "storage.sqlcipher.journal_mode", "wal, delete"),
+        ("storage", "sqlcipher", {"synchronous": "sometimes"}, "storage.sqlcipher.synchronous", "extra, full"),
+        ("storage", "sqlcipher", {"retention_days": 3651}, "storage.sqlcipher.retention_days", "at most 3650"),
+        ("storage", "sqlcipher", {"busy_timeout_ms": -1}, "storage.sqlcipher.busy_timeout_ms", "negative"),
+        ("storage_key", "env", {"variable": "not a name"}, "storage_key.env.variable", "environment variable"),
+        ("storage_key", "keyring", {"service": ""}, "storage_key.keyring.service", "not be empty"),
+        ("tokens", "http", {"url": ""}, "tokens.http.url", "not be empty"),
+        ("tokens", "callable", {"target": ""}, "tokens.callable.target", "not be empty"),
+        ("forwarding", "stripe", {"timeout": 0}, "forwarding.stripe.timeout", "at least 0.01"),
+        ("forwarding", "stripe", {"max_connections": 0}, "forwarding.stripe.max_connections", "at least 1"),
+        ("forwarding", "stripe", {"stripe_version": "latest"}, "forwarding.stripe.stripe_version", "2023-08-16"),
+        ("forwarding", "stripe", {"probe_path": "health"}, "forwarding.stripe.probe_path", "starting with /"),
+        ("reader", "simulated", {"count": 0}, "reader.simulated.count", "at least 1"),
+        ("reader", "simulated", {"reader_type": ""}, "reader.simulated.reader_type", "not be empty"),
+        ("reader", "simulated", {"location_id": ""}, "reader.simulated.location_id", "not be empty"),
+        ("reader", "simulated", {"card_key": "ab" * 31 + "zz"}, "reader.simulated.card_key", "64 hexadecimal"),
+        ("reader", "simulated", {"read_method": "chip"}, "reader.simulated.read_method", "contact_emv"),
+        ("reader", "simulated", {"read_delay": 61}, "reader.simulated.read_delay", "at most 60"),
+        ("reader", "serial", {"port": " "}, "reader.serial.port", "device path"),
+        ("reader", "serial", {"baudrate": 10}, "reader.serial.baudrate", "at least 50"),
+        ("reader", "serial", {"pid": 0x10000}, "reader.serial.pid", "at most 65535"),
+        ("reader", "serial", {"timeout": 0}, "reader.serial.timeout", "more than 0"),
+        ("reader", "serial", {"timeout": 61}, "reader.serial.timeout", "at most 60"),
+        ("reader", "serial", {"reconnect_initial_delay": 0}, "reader.serial.reconnect_initial_delay", "more than 0"),
+        ("reader", "serial", {"reconnect_attempts": -1}, "reader.serial.reconnect_attempts", "negative"),
+        ("reader", "ble", {"service_uuid": "nope"}, "reader.ble.service_uuid", "128-bit UUID"),
+        ("reader", "ble", {"scan_timeout": 0}, "reader.ble.scan_timeout", "more than 0"),
+        ("reader", "ble", {"scan_timeout": 121}, "reader.ble.scan_timeout", "at most 120"),
+        ("reader", "ble", {"adapter": "hci0; rm"}, "reader.ble.adapter", "adapter name"),
+        ("reader", "ble", {"name_prefix": "x" * 30}, "reader.ble.name_prefix", "at most 29"),
+        ("acceptance", "limits", {"max_count": 0}, "acceptance.limits.max_count", "at least 1"),
+        ("acceptance", "limits", {"allowed_brands": ["visa", ""]}, "acceptance.limits.allowed_brands", "non-empty"),
+        ("acceptance", "limits", {"eea_countries": [1]}, "acceptance.limits.eea_countries", "non-empty"),
+        ("forwarding_policy", "default", {"base_delay": -1}, "forwarding_policy.default.base_delay", "negative"),
+        ("forwarding_policy", "default", {"seed": "x"}, "forwarding_policy.default.seed", "integer"),
+        ("forwarding_policy", "default", {"max_attempts": 2.5}, "forwarding_policy.default.max_attempts", "integer"),
+    ],
+)
+def test_bundled_component_options_are_refused_by_the_core(kind, name, options, key, says):
+    pm = create_plugin_manager(autoload=False, env={})
+    hook_name = COMPONENT_KINDS[kind][0]
+    [registration] = [
+        r for impl in getattr(pm.pm.hook, hook_name).get_hookimpls() for r in impl.function() if r.name == name
+    ]
+    config = load_config({kind: {name: options}}, env={})
+    with pytest.raises(ConfigError) as info:
+        config.component(kind, registration)
+    assert info.value.key == key
+    assert says in str(info.value)
