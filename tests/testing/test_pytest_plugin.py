@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 THIRD_PARTY_TEST = """
 import os
+import re
 from offterm.core import hookimpl
 
 
@@ -68,3 +70,49 @@ def test_the_plugin_can_be_switched_off(tmp_path):
     result = _run_pytest(tmp_path, "-p", "no:offterm")
     assert result.returncode != 0
     assert "fixture 'offterm_plugin_manager' not found" in result.stdout
+
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "plugins.md")
+
+
+def _docs_block(first_line: str) -> str:
+    """The fenced python block of docs/plugins.md that starts with ``first_line``."""
+    with open(DOCS) as fh:
+        text = fh.read()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    [block] = [b for b in blocks if b.startswith(first_line)]
+    return block
+
+
+def test_the_documented_fixtures_are_the_shipped_ones():
+    import inspect
+
+    from offterm.testing import fixtures
+
+    shipped = set(re.findall(r"^@pytest\.fixture[^\n]*\n(?:async )?def (\w+)", inspect.getsource(fixtures), re.M))
+    assert len(shipped) >= 6
+    with open(DOCS) as fh:
+        section = fh.read().split("## Testing a plugin", 1)[1].split("### Conformance kits", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M))
+    assert documented == shipped
+    assert "pip install offterm pytest pytest-asyncio" in section
+
+
+def test_the_documented_listener_test_passes_in_a_third_party_project(tmp_path):
+    """docs/plugins.md's example listener test, run as a plugin author would, with pytest-asyncio."""
+    package = tmp_path / "acme_offterm"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "listener.py").write_text(_docs_block("# acme_offterm/listener.py"))
+    (tmp_path / "test_acme_listener.py").write_text(_docs_block("# tests/test_acme_listener.py"))
+    env = dict(os.environ, PYTEST_ADDOPTS="", PYTHONPATH=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
