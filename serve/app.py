@@ -158,10 +158,11 @@ def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[R
                 except (FormError, ValueError) as exc:
                     raise ApiError(400, f"Invalid query: {exc}", code="parameter_invalid_string") from None
             if post and request.headers.get("idempotency-key") is not None:
-                key = request.headers["idempotency-key"]
-                saved = state.idempotency.begin(key, fingerprint("POST", request.url.path, params))
-                if saved is not None:
-                    key = None  # a replay: the key's answer stays as it is
+                claimed = request.headers["idempotency-key"]
+                saved = state.idempotency.begin(claimed, fingerprint("POST", request.url.path, params))
+                if saved is None:
+                    key = claimed  # ours now: its answer is kept (or the key forgotten) below
+                else:
                     status = saved.status
                     return Response(
                         saved.body,
