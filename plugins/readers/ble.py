@@ -15,17 +15,13 @@ through :mod:`.ble_link` (which holds the implementation).
 from __future__ import annotations
 
 import importlib
-import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from offterm.core.config import validate_options
 from offterm.core.hookspecs import hookimpl
-from offterm.core.registrations import ComponentContext, OptionSpec, ReaderTransportRegistration
+from offterm.core.registrations import ComponentContext, ReaderTransportRegistration
 
-from .protocol import ble as gatt
-from .protocol.host import LINK_OPTIONS, LinkSettings, link_settings
+from ._ble_settings import OPTIONS, TRANSPORT_NAME, BleSettings, parse_options, settings_from
 
 if TYPE_CHECKING:
     from .ble_link import BleLink, BleReaderTransport
@@ -41,8 +37,6 @@ __all__ = [
     "settings_from",
 ]
 
-TRANSPORT_NAME = "ble"
-
 #: Names re-exported from ``.ble_link`` on first access (it imports bleak).
 _LAZY = frozenset({"BleLink", "BleReaderTransport"})
 
@@ -53,77 +47,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@dataclass(frozen=True)
-class BleSettings:
-    service_uuid: str = gatt.SERVICE_UUID
-    name_prefix: str = "OFFTERM"
-    scan_timeout: float = 5.0
-    adapter: str | None = None
-    link: LinkSettings = LinkSettings()
-
-    @property
-    def bluez(self) -> Any:
-        """BlueZ-only arguments of bleak's client, scanner and adapter (all three take just ``adapter``)."""
-        return {"adapter": self.adapter} if self.adapter else {}
-
-
-# -- configuration -----------------------------------------------------------------------------
-
-#: what ``uuid.UUID`` reads: 32 hex digits, dashes anywhere, optionally braced or as a URN
-_UUID = r"(?i)(?:urn:)?(?:uuid:)?\{?(?:-*[0-9a-f]){32}-*\}?"
-
-OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec(
-        "service_uuid",
-        str,
-        gatt.SERVICE_UUID,
-        "GATT service UUID readers advertise.",
-        pattern=_UUID,
-        pattern_help="a 128-bit UUID",
-    ),
-    OptionSpec(
-        "name_prefix",
-        str,
-        "OFFTERM",
-        "Only readers whose advertised name starts with this ('' for any).",
-        max_length=29,
-    ),
-    OptionSpec(
-        "scan_timeout",
-        (int, float),
-        5.0,
-        "Seconds to look for a reader when connecting or reconnecting.",
-        exclusive_minimum=True,
-        maximum=120,
-    ),
-    OptionSpec(
-        "adapter",
-        (str, type(None)),
-        None,
-        "Bluetooth adapter (Linux: hci0); default: the system's.",
-        pattern=r"[^\W_]+",
-        pattern_help="an adapter name such as hci0",
-    ),
-    *LINK_OPTIONS,
-)
-
-
-def settings_from(options: Mapping[str, Any], prefix: str = "reader.ble") -> BleSettings:
-    """Settings from options the core validated against ``OPTIONS`` (every key present)."""
-    return BleSettings(
-        service_uuid=str(uuid.UUID(options["service_uuid"].lower())),
-        name_prefix=options["name_prefix"],
-        scan_timeout=float(options["scan_timeout"]),
-        adapter=options["adapter"],
-        link=link_settings(options, prefix),
-    )
-
-
-def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.ble") -> BleSettings:
-    """Settings from a raw options table, validated by the core as the configuration is."""
-    return settings_from(validate_options(prefix, OPTIONS, dict(options or {}), env={}), prefix)
 
 
 def _factory(context: ComponentContext) -> BleReaderTransport:

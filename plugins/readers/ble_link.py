@@ -18,7 +18,7 @@ from bleak.exc import BleakError
 from offterm.core.contracts import ReaderInfo, ReaderTransport
 from offterm.core.errors import ReaderDisconnected, ReaderError
 
-from .ble import TRANSPORT_NAME, BleSettings
+from ._ble_settings import TRANSPORT_NAME, BleSettings
 from .protocol import ble as gatt
 from .protocol.host import ByteLink, OnBytes, OnLost, ProtocolReaderConnection
 

@@ -14,16 +14,13 @@ through :mod:`.serial_link` (which holds the implementation).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from offterm.core.config import validate_options
-from offterm.core.errors import ConfigError
 from offterm.core.hookspecs import hookimpl
-from offterm.core.registrations import ComponentContext, OptionSpec, ReaderTransportRegistration
+from offterm.core.registrations import ComponentContext, ReaderTransportRegistration
 
-from .protocol.host import LINK_OPTIONS, LinkSettings, link_settings
+from ._serial_settings import OPTIONS, TRANSPORT_NAME, SerialSettings, parse_options, settings_from
 
 if TYPE_CHECKING:
     from .serial_link import SerialLink, SerialReaderTransport
@@ -39,8 +36,6 @@ __all__ = [
     "settings_from",
 ]
 
-TRANSPORT_NAME = "serial"
-
 #: Names re-exported from ``.serial_link`` on first access (it imports pyserial);
 #: ``serial`` is the pyserial package itself, as this module used to expose it.
 _LAZY = frozenset({"SerialLink", "SerialReaderTransport", "serial"})
@@ -52,72 +47,6 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@dataclass(frozen=True)
-class SerialSettings:
-    port: str | None = None
-    vid: int | None = None
-    pid: int | None = None
-    baudrate: int = 115200
-    link: LinkSettings = LinkSettings()
-
-
-# -- configuration -----------------------------------------------------------------------------
-
-OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec(
-        "port",
-        (str, type(None)),
-        None,
-        "Serial port of the reader: a device path (/dev/ttyACM0, COM3) or a pyserial URL "
-        "(socket://127.0.0.1:7000). Unset: discover USB serial ports.",
-        pattern=r"(?s).*\S.*",
-        pattern_help="a device path or a pyserial URL",
-    ),
-    OptionSpec(
-        "vid",
-        (int, str, type(None)),
-        None,
-        "Only discover USB ports with this vendor id (1027 or '0x0403'), 0 to 0xFFFF.",
-        maximum=0xFFFF,
-    ),
-    OptionSpec("pid", (int, str, type(None)), None, "Only discover USB ports with this product id.", maximum=0xFFFF),
-    OptionSpec(
-        "baudrate", int, 115200, "Line speed (ignored by pseudo-terminals and sockets).", minimum=50, maximum=4_000_000
-    ),
-    *LINK_OPTIONS,
-)
-
-
-def _usb_id(value: int | str | None, key: str) -> int | None:
-    """An id given as text (``'0x0403'``) is read here, so its range too; the core bounds an integer."""
-    if value is None or isinstance(value, int):
-        return value
-    try:
-        number = int(value, 0)
-    except ValueError:
-        raise ConfigError(key, "must be a USB id: an integer or a hex string like '0x0403'", value) from None
-    if not 0 <= number <= 0xFFFF:
-        raise ConfigError(key, "must be a USB id from 0 to 0xFFFF", value)
-    return number
-
-
-def settings_from(options: Mapping[str, Any], prefix: str = "reader.serial") -> SerialSettings:
-    """Settings from options the core validated against ``OPTIONS`` (every key present)."""
-    port = options["port"]
-    return SerialSettings(
-        port=port.strip() if port is not None else None,
-        vid=_usb_id(options["vid"], f"{prefix}.vid"),
-        pid=_usb_id(options["pid"], f"{prefix}.pid"),
-        baudrate=options["baudrate"],
-        link=link_settings(options, prefix),
-    )
-
-
-def parse_options(options: Mapping[str, Any] | None, prefix: str = "reader.serial") -> SerialSettings:
-    """Settings from a raw options table, validated by the core as the configuration is."""
-    return settings_from(validate_options(prefix, OPTIONS, dict(options or {}), env={}), prefix)
 
 
 def _factory(context: ComponentContext) -> SerialReaderTransport:

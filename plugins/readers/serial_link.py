@@ -17,8 +17,8 @@ import structlog
 from offterm.core.contracts import ReaderInfo, ReaderTransport
 from offterm.core.errors import ReaderDisconnected, ReaderError
 
+from ._serial_settings import TRANSPORT_NAME, SerialSettings
 from .protocol.host import ByteLink, LinkSettings, OnBytes, OnLost, ProtocolReaderConnection, probe
-from .serial import TRANSPORT_NAME, SerialSettings
 
 __all__ = ["SerialLink", "SerialReaderTransport"]
 
