@@ -81,11 +81,18 @@ class OfflineDetails:
 
     ``requires_upload`` is True until the processor has the payment: the
     intent is stored, NOT authorised, until then.
+
+    ``replicated_to_hub`` says whether the store hub (docs/fleet.md) had committed the payment
+    when the confirm returned: True in ``sync`` mode when it did, False when the confirm fell
+    back to local-only (the hub was down or slower than ``[hub] sync_timeout``; it catches up
+    later) and in ``async`` mode (replicated in the background, after the confirm), None when
+    no hub is configured.  Only True means the payment survives the loss of this device.
     """
 
     stored_at: datetime
     requires_upload: bool
     card_present_details: CardPresentDetails | None = None
+    replicated_to_hub: bool | None = None
 
 
 @dataclass

@@ -834,7 +834,8 @@ class Terminal:
         # Durable from here on: the forwarder owns it now, so an online attempt's journal entry goes.
         if pending.steps_sent:
             await self._end_journal(intent.offline_id)
-        await self.replication.stored(stored)  # sync mode: the hub's commit too, at most [hub] sync_timeout
+        # sync mode: the hub's commit too, at most [hub] sync_timeout
+        reached_hub = await self.replication.stored(stored)
         self._pending.pop(intent.offline_id, None)
         result = intent_from_stored(stored)
         intent.status = result.status
@@ -842,6 +843,7 @@ class Terminal:
             stored_at=stored.stored_at,
             requires_upload=True,
             card_present_details=card_present_details(pending.card.details),
+            replicated_to_hub=reached_hub if self.replication.enabled else None,
         )
         log.info("payment_stored", offline_id=intent.offline_id, amount=intent.amount, currency=intent.currency)
         self.plugins.emit("payment_stored", intent=replace(intent))
