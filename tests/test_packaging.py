@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -77,7 +78,7 @@ def test_wheel_holds_only_the_offterm_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"offterm", next(t for t in tops if t.endswith(".dist-info"))}
-    assert "offterm/core/terminal.py" in names and "offterm/plugins/storage/sqlcipher/store.py" in names
+    assert "offterm/core/_engine/terminal.py" in names and "offterm/plugins/storage/sqlcipher/store.py" in names
     assert not any(n.startswith("offterm/__init__") for n in names), "offterm is a namespace package"
 
 
@@ -113,7 +114,16 @@ def test_type_checkers_resolve_offterm_after_the_readme_install(tmp_path):
     """
     args = _quick_start_install_args()
     assert "editable_mode=strict" in args, args
-    args = [str(ROOT) if arg == "." else arg for arg in args]
+    # A copy of the sources: strict mode writes its link tree into <project>/build/, and the
+    # repository's own is the one the developer's (or CI's) environment imports from.
+    project = tmp_path / "project"
+    for name in ("pyproject.toml", "README.md", *PYPROJECT["tool"]["setuptools"]["package-dir"].values()):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    args = [str(project) if arg == "." else arg for arg in args]
     env_dir = tmp_path / "venv"
     # No pip in the new environment: this environment's pip installs into it (--python), which is
     # seconds faster.  --no-deps: mypy needs offterm's files here, not its dependencies.  The build
