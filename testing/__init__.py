@@ -9,11 +9,18 @@ Installing offterm registers the fixtures with pytest (entry point
 * ``offterm_hook_recorder`` - a :class:`HookRecorder` registered in it: every
   event hook call, with its arguments.
 * ``processor_simulator`` - a running processor simulator
-  (``offterm.sim.processor.SimHandle``) on 127.0.0.1.
+  (``offterm.sim.processor.SimHandle``) on 127.0.0.1; options through
+  ``@pytest.mark.offterm_simulator(**options)``.
+* ``offterm_network`` - a network fault proxy (``offterm.sim.netproxy.FaultProxy``)
+  in front of it; options through ``@pytest.mark.offterm_network(**options)``.
+* ``offterm_data_dir`` - the Terminal's data directory, ``tmp_path / "offterm"``.
 * ``reader_emulator`` - the reader emulator in its own process
   (:class:`ReaderEmulatorProcess`), on a pseudo-terminal.
 * ``offterm_store`` - an open SQLCipher store with a file key in ``tmp_path``.
-* ``offterm_config`` - a Terminal configuration dict wired to the simulator.
+* ``offterm_config`` - a Terminal configuration dict wired to the simulator,
+  data in ``offterm_data_dir``.
+
+``offterm.testing.fixtures`` documents each fixture's parameters.
 
 Everything here is also usable without pytest.  Unlike ``offterm.core``,
 this package may import the simulators.

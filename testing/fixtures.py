@@ -3,6 +3,27 @@
 Loaded by pytest in every project where offterm is installed, so importing
 it stays cheap: the simulators and the store are imported by the fixtures
 that need them.  Disable with ``-p no:offterm``.
+
+Fixtures (each for one test, all stopped or closed after it):
+
+* ``offterm_plugin_manager`` - a fresh, strict plugin manager with the bundled plugins.
+* ``offterm_hook_recorder`` - a ``HookRecorder`` registered in ``offterm_plugin_manager``.
+* ``processor_simulator`` - a processor simulator on 127.0.0.1; options through
+  ``@pytest.mark.offterm_simulator(**options)``.
+* ``offterm_network`` - a network fault proxy (``offterm.sim.netproxy.FaultProxy``) in
+  front of ``processor_simulator``; options through ``@pytest.mark.offterm_network(**options)``.
+* ``offterm_data_dir`` - the Terminal's data directory, ``tmp_path / "offterm"`` (not created).
+* ``reader_emulator`` - the reader emulator in its own process, on a pseudo-terminal.
+* ``offterm_store`` - an open SQLCipher store with a file key in ``tmp_path``.
+* ``offterm_config`` - a Terminal configuration dict wired to ``processor_simulator``.
+
+Markers (registered here, so ``--strict-markers`` accepts them):
+
+* ``offterm_simulator(**options)`` - keyword arguments for
+  ``offterm.sim.processor.running_simulator``: ``faults={...}``, ``session_ttl=...``,
+  ``subprocess=True`` (the simulator in its own process), any ``SimConfig`` field.
+* ``offterm_network(**options)`` - keyword arguments for ``FaultProxy``: ``mode="down"``
+  (start cut), ``delay=...``, ``drip_bytes=...``, ``drip_interval=...``.
 """
 
 from __future__ import annotations
@@ -16,11 +37,34 @@ import pytest
 
 if TYPE_CHECKING:
     from offterm.core.contracts import PaymentStore
+    from offterm.sim.netproxy import FaultProxy
     from offterm.sim.processor import SimHandle
 
     from .plugins import ScratchPluginManager
     from .reader import ReaderEmulatorProcess
     from .recorder import HookRecorder
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "offterm_simulator(**options): options for the processor_simulator fixture "
+        "(offterm.sim.processor.running_simulator's keyword arguments)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "offterm_network(**options): options for the offterm_network fixture (FaultProxy's keyword arguments)",
+    )
+
+
+def _marker_options(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """Keyword arguments of the closest ``@pytest.mark.<name>(...)`` (test, then class, then module)."""
+    marker = request.node.get_closest_marker(name)
+    if marker is None:
+        return {}
+    if marker.args:
+        raise TypeError(f"@pytest.mark.{name} takes keyword arguments only")
+    return dict(marker.kwargs)
 
 
 @pytest.fixture
@@ -49,12 +93,46 @@ def offterm_hook_recorder(offterm_plugin_manager: ScratchPluginManager) -> HookR
 
 
 @pytest.fixture
-def processor_simulator() -> Iterator[SimHandle]:
-    """A processor simulator serving on 127.0.0.1 (a free port) for one test, with fresh books."""
+def processor_simulator(request: pytest.FixtureRequest) -> Iterator[SimHandle]:
+    """A processor simulator serving on 127.0.0.1 (a free port) for one test, with fresh books.
+
+    ``@pytest.mark.offterm_simulator(**options)`` passes ``options`` to
+    ``offterm.sim.processor.running_simulator``: ``faults={"error_rates": {503: 0.2}}``,
+    ``session_ttl=0.4``, ``subprocess=True``, or any other ``SimConfig`` field.
+    Faults can also be changed during the test: ``processor_simulator.set_faults(...)``.
+    """
     from offterm.sim.processor import running_simulator
 
-    with running_simulator() as sim:
+    with running_simulator(**_marker_options(request, "offterm_simulator")) as sim:
         yield sim
+
+
+@pytest.fixture
+def offterm_network(request: pytest.FixtureRequest, processor_simulator: SimHandle) -> Iterator[FaultProxy]:
+    """The POS's network: a fault proxy (``offterm.sim.netproxy.FaultProxy``) in front of ``processor_simulator``.
+
+    Point the Terminal at ``offterm_network.url`` (``.terminal_config()`` does it)
+    and cut or degrade the link with ``.set_mode("down")``.
+    ``@pytest.mark.offterm_network(**options)`` passes ``options`` to ``FaultProxy``:
+    ``mode="down"`` starts with the network cut; ``delay``, ``drip_bytes``,
+    ``drip_interval`` tune the slow modes.
+    """
+    from offterm.sim.netproxy import FaultProxy
+
+    proxy = FaultProxy(processor_simulator.port, **_marker_options(request, "offterm_network")).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def offterm_data_dir(tmp_path: Path) -> Path:
+    """The Terminal's data directory for one test: ``tmp_path / "offterm"``, not yet created.
+
+    ``offterm_config`` uses it; the Terminal and ``offterm.testing.open_store`` create it.
+    """
+    return tmp_path / "offterm"
 
 
 @pytest.fixture
@@ -86,8 +164,8 @@ def offterm_store(tmp_path: Path, offterm_plugin_manager: ScratchPluginManager) 
 
 
 @pytest.fixture
-def offterm_config(tmp_path: Path, processor_simulator: SimHandle) -> dict[str, Any]:
-    """A Terminal configuration dict wired to ``processor_simulator``, data in ``tmp_path``.
+def offterm_config(offterm_data_dir: Path, processor_simulator: SimHandle) -> dict[str, Any]:
+    """A Terminal configuration dict wired to ``processor_simulator``, data in ``offterm_data_dir``.
 
     Simulated reader, SQLCipher store with a file key, ``http`` token provider
     and ``stripe`` transport; offline payments enabled; short timers; plugin
@@ -95,4 +173,4 @@ def offterm_config(tmp_path: Path, processor_simulator: SimHandle) -> dict[str, 
     """
     from .config import terminal_config
 
-    return terminal_config(processor_simulator, tmp_path / "offterm")
+    return terminal_config(processor_simulator, offterm_data_dir)

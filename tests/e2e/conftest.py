@@ -1,34 +1,16 @@
-"""Fixtures for end-to-end tests: a real processor simulator behind a fault proxy."""
+"""Fixtures for end-to-end tests: a real processor simulator (``simulator``) behind a fault proxy (``network``).
+
+Both are offterm.testing's, aliased in tests/conftest.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from offterm.core import hookimpl
 from offterm.sim.netproxy import FaultProxy
-from offterm.sim.processor import SimHandle, start_simulator
-
-
-@pytest.fixture
-def simulator() -> Iterator[SimHandle]:
-    handle = start_simulator()
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
-@pytest.fixture
-def network(simulator: SimHandle) -> Iterator[FaultProxy]:
-    """The POS's network: every request to the processor and the backend goes through it."""
-    proxy = FaultProxy(simulator.port).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture
