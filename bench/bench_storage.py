@@ -33,10 +33,8 @@ from offterm.core.models import CaptureMethod, ReadMethod, new_offline_id
 from offterm.core.registrations import ComponentContext
 from offterm.plugins.readers.card_encryption import TEST_BASE_KEY_HEX, SensitiveCard, encrypt
 from offterm.plugins.storage.keys import StaticKeyProvider
-from offterm.plugins.storage.sqlcipher import SqlCipherStore, build_store, new_idempotency_key
-from offterm.plugins.storage.sqlcipher import codec as _codec
-from offterm.plugins.storage.sqlcipher import store as _store
-from offterm.plugins.storage.sqlcipher.connection import Durability, connect, load_driver
+from offterm.plugins.storage.sqlcipher import SqlCipherStore, _codec, _store, build_store, new_idempotency_key
+from offterm.plugins.storage.sqlcipher._connection import Durability, connect, load_driver
 
 BENCH_KEY = bytes(range(32))
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)

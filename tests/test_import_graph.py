@@ -105,3 +105,41 @@ def test_the_graph_is_read() -> None:
 
 def test_no_import_cycles_among_offterm_modules() -> None:
     assert _cycles(_graph()) == []
+
+
+def _private_part(module: str) -> str | None:
+    """The package a ``_private`` module belongs to (``offterm.plugins.readers`` for ``..._ble_link``)."""
+    parts = module.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and part != "__init__":
+            return ".".join(parts[:i])
+    return None
+
+
+def test_no_module_imports_another_packages_private_module() -> None:
+    """``_name`` modules are not API: only their own package (and its sub-packages) imports them.
+
+    The torture harness (``offterm.testing.torture``) injects faults inside the store on purpose.
+    """
+    offenders = [
+        f"{name} -> {target}"
+        for name, targets in _graph().items()
+        if not name.startswith("offterm.testing.torture")
+        for target in targets
+        if target.startswith("offterm.plugins.")
+        if (owner := _private_part(target)) is not None and not name.startswith(owner + ".") and name != owner
+    ]
+    assert offenders == []
+
+
+def test_every_plugins_package_says_what_is_public() -> None:
+    import importlib
+
+    for name, path in _modules().items():
+        if not name.startswith("offterm.plugins") or path.name != "__init__.py":
+            continue
+        package = importlib.import_module(name)
+        public = getattr(package, "__all__", None)
+        assert public is not None, f"{name} has no __all__"
+        for item in public:
+            assert hasattr(package, item) or f"{name}.{item}" in _modules(), f"{name}.__all__ names {item}, absent"

@@ -78,7 +78,7 @@ def test_wheel_holds_only_the_offterm_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"offterm", next(t for t in tops if t.endswith(".dist-info"))}
-    assert "offterm/core/_engine/terminal.py" in names and "offterm/plugins/storage/sqlcipher/store.py" in names
+    assert "offterm/core/_engine/terminal.py" in names and "offterm/plugins/storage/sqlcipher/_store.py" in names
     assert not any(n.startswith("offterm/__init__") for n in names), "offterm is a namespace package"
 
 

@@ -9,7 +9,7 @@ of this service (left by a process that crashed) are disconnected, so the
 reader advertises again and starts a clean session.
 
 This is the hook module and stays light: bleak is imported by the factory,
-through :mod:`.ble_link` (which holds the implementation).
+through :mod:`._ble_link` (which holds the implementation).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from offterm.core.registrations import ComponentContext, ReaderTransportRegistra
 from ._ble_settings import OPTIONS, TRANSPORT_NAME, BleSettings, parse_options, settings_from
 
 if TYPE_CHECKING:
-    from .ble_link import BleLink, BleReaderTransport
+    from ._ble_link import BleLink, BleReaderTransport
 
 __all__ = [
     "OPTIONS",
@@ -37,20 +37,20 @@ __all__ = [
     "settings_from",
 ]
 
-#: Names re-exported from ``.ble_link`` on first access (it imports bleak).
+#: Names re-exported from ``._ble_link`` on first access (it imports bleak).
 _LAZY = frozenset({"BleLink", "BleReaderTransport"})
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(".ble_link", __package__), name)
+        value = getattr(importlib.import_module("._ble_link", __package__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _factory(context: ComponentContext) -> BleReaderTransport:
-    from .ble_link import BleReaderTransport
+    from ._ble_link import BleReaderTransport
 
     return BleReaderTransport(settings_from(context.options, prefix=f"reader.{context.name}"))
 

@@ -8,7 +8,7 @@ backoff; if the device re-enumerated under another name, the USB ports are
 searched again for the same serial number.
 
 This is the hook module and stays light: pyserial is imported by the factory,
-through :mod:`.serial_link` (which holds the implementation).
+through :mod:`._serial_link` (which holds the implementation).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from offterm.core.registrations import ComponentContext, ReaderTransportRegistra
 from ._serial_settings import OPTIONS, TRANSPORT_NAME, SerialSettings, parse_options, settings_from
 
 if TYPE_CHECKING:
-    from .serial_link import SerialLink, SerialReaderTransport
+    from ._serial_link import SerialLink, SerialReaderTransport
 
 __all__ = [
     "OPTIONS",
@@ -36,21 +36,21 @@ __all__ = [
     "settings_from",
 ]
 
-#: Names re-exported from ``.serial_link`` on first access (it imports pyserial);
+#: Names re-exported from ``._serial_link`` on first access (it imports pyserial);
 #: ``serial`` is the pyserial package itself, as this module used to expose it.
 _LAZY = frozenset({"SerialLink", "SerialReaderTransport", "serial"})
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(".serial_link", __package__), name)
+        value = getattr(importlib.import_module("._serial_link", __package__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _factory(context: ComponentContext) -> SerialReaderTransport:
-    from .serial_link import SerialReaderTransport
+    from ._serial_link import SerialReaderTransport
 
     return SerialReaderTransport(settings_from(context.options, prefix=f"reader.{context.name}"))
 

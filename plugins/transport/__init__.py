@@ -1,1 +1,3 @@
-"""offterm plugins.transport."""
+"""The Stripe forwarding transport (``stripe``) and the connection-token providers (``tokens``)."""
+
+__all__ = ["stripe", "tokens"]

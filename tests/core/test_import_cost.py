@@ -90,8 +90,8 @@ from offterm.plugins.storage.sqlcipher import SqlCipherStore, StoreConfig, new_i
 from offterm.plugins.transport.stripe import StripeTransport
 from offterm.core._engine.keys import step_key
 after = loaded(HEAVY)
-from offterm.plugins.storage.sqlcipher import store
-from offterm.plugins.transport.stripe import transport
+from offterm.plugins.storage.sqlcipher import _store as store
+from offterm.plugins.transport.stripe import _transport as transport
 same = [SqlCipherStore is store.SqlCipherStore, StoreConfig is store.StoreConfig,
         StripeTransport is transport.StripeTransport, step_key("k", "confirm") == "k-confirm",
         new_idempotency_key().startswith("offterm-")]

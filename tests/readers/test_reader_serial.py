@@ -158,7 +158,7 @@ async def test_writes_larger_than_the_os_buffer_arrive_whole_and_in_order() -> N
     import threading
     import time
 
-    from offterm.plugins.readers.serial_link import SerialLink
+    from offterm.plugins.readers._serial_link import SerialLink
 
     master, slave = os.openpty()
     tty.setraw(slave)

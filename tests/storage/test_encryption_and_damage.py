@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from offterm.core.contracts.storage import PaymentState
 from offterm.core.errors import EncryptionUnavailable, StorageDamaged, StorageError, WrongStorageKey
 from offterm.plugins.storage.keys import StaticKeyProvider
-from offterm.plugins.storage.sqlcipher.connection import CIPHER_PINS, StorageBusy, WeakDurability
+from offterm.plugins.storage.sqlcipher._connection import CIPHER_PINS, StorageBusy, WeakDurability
 
 S = PaymentState
 NOW = T0 + timedelta(hours=1)

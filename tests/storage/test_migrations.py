@@ -15,8 +15,9 @@ from storage_testkit import T0, make_store, new_payment, raw_connect
 from offterm.core.contracts.storage import PaymentState
 from offterm.core.errors import StorageError
 from offterm.plugins.storage.keys import StaticKeyProvider
-from offterm.plugins.storage.sqlcipher import migrate, schema
-from offterm.plugins.storage.sqlcipher.migrate import StorageMigrationFailed
+from offterm.plugins.storage.sqlcipher import _migrate as migrate
+from offterm.plugins.storage.sqlcipher import _schema as schema
+from offterm.plugins.storage.sqlcipher._migrate import StorageMigrationFailed
 
 S = PaymentState
 RECENT = int((datetime.now(UTC) - timedelta(hours=1)).timestamp() * 1_000_000)

@@ -105,8 +105,8 @@ def install_migration_hooks(kill: KillPlan, side: SideFile) -> None:
     """Kill inside the schema upgrade: at a random moment in it, after its backup, or after its commit."""
     if not kill.point.startswith("migration"):
         return
-    from offterm.plugins.storage.sqlcipher import migrate
-    from offterm.plugins.storage.sqlcipher import store as store_module
+    from offterm.plugins.storage.sqlcipher import _migrate as migrate
+    from offterm.plugins.storage.sqlcipher import _store as store_module
 
     real_ensure, real_upgrade = store_module.ensure_schema, migrate._upgrade
 

@@ -257,8 +257,8 @@ async def test_online_and_stored_attempts_send_byte_identical_requests(
 
 
 def test_create_parameters_depend_on_the_request_only() -> None:
-    from offterm.plugins.transport.stripe.forms import encode
-    from offterm.plugins.transport.stripe.transport import intent_params
+    from offterm.plugins.transport.stripe._forms import encode
+    from offterm.plugins.transport.stripe._transport import intent_params
 
     online = _request(metadata={"b": "2", "a": "1"}, currency="USD")
     stored = replace(online, metadata={"a": "1", "b": "2"}, currency="usd")

@@ -11,6 +11,13 @@ from .framing import MAX_PAYLOAD, SYNC, VERSION, Frame, FrameDecoder, encode_fra
 from .messages import PROTOCOL_VERSION, Message, MessageType, decode, encode
 
 __all__ = [
+    # the modules, each public
+    "ble",
+    "dukpt",
+    "framing",
+    "host",
+    "messages",
+    # the codec's names
     "MAX_PAYLOAD",
     "PROTOCOL_VERSION",
     "SYNC",

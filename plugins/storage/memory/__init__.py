@@ -3,7 +3,7 @@
 Configured under ``[storage.memory]``.  Payments live in this process only and are
 **lost when it exits**, so the store refuses to open unless
 ``i_understand_payments_are_lost_on_exit = true``: it is for tests, demos and as the
-model a new backend copies (``store.py``), never for real payments.
+model a new backend copies (``_store.py``), never for real payments.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, OptionSpec, StorageBackendRegistration
 
-from .store import OPT_IN, MemoryStore
+from ._store import OPT_IN, MemoryStore
 
 __all__ = ["OPTIONS", "OPT_IN", "MemoryStore", "build_store", "offterm_storage_backends"]
 

@@ -19,7 +19,7 @@ from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, OptionSpec, StorageBackendRegistration
 
 if TYPE_CHECKING:
-    from .store import SqlCipherStore, StoreConfig, new_idempotency_key
+    from ._store import SqlCipherStore, StoreConfig, new_idempotency_key
 
 #: Names re-exported from ``.store`` on first access (it imports SQLAlchemy).
 _LAZY = frozenset({"SqlCipherStore", "StoreConfig", "new_idempotency_key"})
@@ -27,7 +27,7 @@ _LAZY = frozenset({"SqlCipherStore", "StoreConfig", "new_idempotency_key"})
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(".store", __name__), name)
+        value = getattr(importlib.import_module("._store", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -87,8 +87,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
 
 def build_store(ctx: ComponentContext) -> SqlCipherStore:
     """Factory: options the core validated against ``OPTIONS`` -> an unopened store."""
-    from .connection import Durability
-    from .store import SqlCipherStore, StoreConfig
+    from ._connection import Durability
+    from ._store import SqlCipherStore, StoreConfig
 
     opts = ctx.options
     raw_path = opts["path"]

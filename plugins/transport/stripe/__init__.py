@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from offterm.core.hookspecs import hookimpl
 from offterm.core.registrations import ComponentContext, ForwardingTransportRegistration, OptionSpec
 
-from .defaults import DEFAULT_API_BASE, DEFAULT_SEARCH_DELAY, DEFAULT_STRIPE_VERSION
+from ._defaults import DEFAULT_API_BASE, DEFAULT_SEARCH_DELAY, DEFAULT_STRIPE_VERSION
 
 if TYPE_CHECKING:
-    from .transport import StripeTransport
+    from ._transport import StripeTransport
 
 #: Names re-exported from ``.transport`` on first access (it imports httpx).
 _LAZY = frozenset({"StripeTransport"})
@@ -28,13 +28,13 @@ _LAZY = frozenset({"StripeTransport"})
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(".transport", __name__), name)
+        value = getattr(importlib.import_module("._transport", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["OPTIONS", "StripeTransport", "build"]
+__all__ = ["OPTIONS", "StripeTransport", "build", "device", "offterm_forwarding_transports"]
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
@@ -109,7 +109,7 @@ def build(context: ComponentContext) -> StripeTransport:
 
     The base URLs are judged by the transport (ConfigError naming the option): it is also built directly.
     """
-    from .transport import StripeTransport
+    from ._transport import StripeTransport
 
     opts = context.options
     return StripeTransport(

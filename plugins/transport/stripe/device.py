@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from offterm.core.contracts import CardResult, ConnectionToken, ProcessorSession
 from offterm.core.errors import AuthenticationFailed, OutcomeUnknown
 
-from .http import StripeHttp
+from ._http import StripeHttp
 
 DEVICE_PATHS = {"session": "/device/v1/sessions", "payment_method": "/device/v1/payment_methods"}
 #: When a stored payment was collected; a header, so it is not among the parameters a key compares.

@@ -22,8 +22,8 @@ from offterm.core.errors import (
     TransientProcessorError,
 )
 
-from . import intents
-from .redact import scrub
+from . import _intents as intents
+from ._redact import scrub
 
 #: Error codes that mean "this credential is no good": get a new session.
 AUTH_CODES = frozenset(

@@ -15,7 +15,7 @@ from typing import Any
 
 from offterm.core.contracts.forwarding import IntentSnapshot, PaymentError
 
-from .redact import scrub
+from ._redact import scrub
 
 #: The metadata key carrying the payment's offline id; search and the simulator's ledger use it.
 OFFLINE_ID_KEY = "offterm_offline_id"

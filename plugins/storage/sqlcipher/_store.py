@@ -55,12 +55,12 @@ from offterm.core.errors import (
 from offterm.core.models import CaptureMethod, time_ordered_hex
 from offterm.core.paths import make_private_dir
 
-from . import codec
-from .codec import PAYMENT_COLUMNS, SELECT_PAYMENT, DecodeProblem, from_micros, to_micros
-from .connection import Durability, classify, connect, load_driver, verify_key
-from .migrate import ensure_schema
-from .reserve import SpaceReserve
-from .schema import CLAIMABLE_WHERE, UNCLAIMABLE_WHERE
+from . import _codec as codec
+from ._codec import PAYMENT_COLUMNS, SELECT_PAYMENT, DecodeProblem, from_micros, to_micros
+from ._connection import Durability, classify, connect, load_driver, verify_key
+from ._migrate import ensure_schema
+from ._reserve import SpaceReserve
+from ._schema import CLAIMABLE_WHERE, UNCLAIMABLE_WHERE
 
 log = structlog.get_logger("offterm.storage.sqlcipher")
 
@@ -630,6 +630,55 @@ class SqlCipherStore(PaymentStore):
             extra=" AND attempts > 0" if unknown else "",
             needs="sent" if unknown else "",
         )
+
+    @_drains_when_full
+    def record_outcome(
+        self,
+        offline_id: str,
+        to_state: PaymentState,
+        now: datetime,
+        *,
+        intent_id: str | None = None,
+        error_code: str | None = None,
+    ) -> StoredPayment | None:
+        try:
+            target = PaymentState(to_state)
+        except ValueError:
+            raise InvalidTransition(f"unknown payment state {to_state!r}") from None
+        if target not in (PaymentState.FORWARDED, PaymentState.DECLINED, PaymentState.NEEDS_ATTENTION):
+            raise InvalidTransition(
+                f"an outcome decided elsewhere is forwarded, declined or needs_attention, not {target}"
+            )
+        params: dict[str, Any] = {
+            "id": offline_id,
+            "now": to_micros(now, "now"),
+            "state": target.value,
+            "intent_id": _check_intent(intent_id, optional=True),
+            "code": error_code,
+            "message": None if error_code is None else "decided by the store hub's forwarder",
+            "decline": error_code if target is PaymentState.DECLINED else None,
+        }
+        purge = ", " + _PURGE_CARD + ", finalized_at = :now" if target in FINAL_STATES else ""
+        with self._tx(write=True) as conn:
+            row = conn.execute("SELECT state FROM payments WHERE offline_id = ?", (offline_id,)).fetchone()
+            if row is None:
+                raise PaymentNotFound(f"no stored payment {offline_id!r}")
+            if row[0] not in _PENDING:
+                return None
+            if row[0] != PaymentState.FORWARDING.value:  # through forwarding: the transitions the schema allows
+                conn.execute(
+                    "UPDATE payments SET state = 'forwarding', transition_code = 'decided_by_hub', updated_at = :now, "
+                    f"{_CLEAR_CLAIM} WHERE offline_id = :id",
+                    params,
+                )
+            rows = conn.execute(
+                "UPDATE payments SET state = :state, intent_id = coalesce(:intent_id, intent_id), "
+                "last_error_code = :code, last_error_message = :message, decline_code = :decline, "
+                "transition_code = 'decided_by_hub', "
+                f"next_attempt_at = NULL, updated_at = :now, {_CLEAR_CLAIM}{purge} WHERE offline_id = :id" + _RETURNING,
+                params,
+            ).fetchall()
+        return self._decode_or_view(rows[0])
 
     def _update_held(
         self, sets: str, params: dict[str, Any], *, live_lease: bool = False, extra: str = "", needs: str = ""

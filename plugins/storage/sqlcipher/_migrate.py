@@ -19,8 +19,8 @@ import structlog
 
 from offterm.core.errors import StorageError
 
-from . import schema
-from .connection import CIPHER_PINS, key_connection
+from . import _schema as schema
+from ._connection import CIPHER_PINS, key_connection
 
 log = structlog.get_logger("offterm.storage.sqlcipher")
 

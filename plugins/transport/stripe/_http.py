@@ -21,8 +21,8 @@ import structlog
 from offterm.core.errors import ConfigError, OutcomeUnknown
 from offterm.core.logs import bind_request
 
-from . import forms
-from .errors import deadline_error, from_response, from_transport_error, unreadable_error
+from . import _forms as forms
+from ._errors import deadline_error, from_response, from_transport_error, unreadable_error
 
 log = structlog.get_logger("offterm.transport.stripe")
 

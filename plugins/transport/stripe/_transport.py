@@ -63,9 +63,10 @@ from offterm.core.errors import (
 from offterm.core.logs import bind_request
 from offterm.core.models import CaptureMethod
 
-from . import device, intents
-from .defaults import DEFAULT_API_BASE, DEFAULT_SEARCH_DELAY, DEFAULT_STRIPE_VERSION
-from .http import Answer, ProcessorClient, StripeHttp, check_base_url
+from . import _intents as intents
+from . import device
+from ._defaults import DEFAULT_API_BASE, DEFAULT_SEARCH_DELAY, DEFAULT_STRIPE_VERSION
+from ._http import Answer, ProcessorClient, StripeHttp, check_base_url
 
 log = structlog.get_logger("offterm.transport.stripe")
 

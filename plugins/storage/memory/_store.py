@@ -330,6 +330,38 @@ class MemoryStore(PaymentStore):
             self._clear_claim(rec)
             return self._move(rec, target, now, error_code, **changes)
 
+    def record_outcome(
+        self,
+        offline_id: str,
+        to_state: PaymentState,
+        now: datetime,
+        *,
+        intent_id: str | None = None,
+        error_code: str | None = None,
+    ) -> StoredPayment | None:
+        now = _aware(now, "now")
+        target = _decided_elsewhere(to_state)
+        if intent_id is not None:
+            _text(intent_id, "intent_id")
+        with self._lock:
+            rec = self._record(offline_id)
+            if rec.payment.state not in PENDING_STATES:
+                return None
+            changes: dict[str, object] = {
+                "intent_id": intent_id or rec.payment.intent_id,
+                "last_error_code": error_code,
+                "last_error_message": None if error_code is None else "decided by the store hub's forwarder",
+                "decline_code": error_code if target is _S.DECLINED else None,
+                "next_attempt_at": None,
+            }
+            if target in FINAL_STATES:
+                details = rec.payment.card_details
+                changes.update(card=None, card_details=details and replace(details, cardholder_name=None))
+            self._clear_claim(rec)
+            if rec.payment.state is not _S.FORWARDING:  # through forwarding: only the allowed transitions
+                self._move(rec, _S.FORWARDING, now, "decided_by_hub")
+            return self._move(rec, target, now, "decided_by_hub", **changes)
+
     def release(self, owner: str, now: datetime) -> int:
         _text(owner, "owner")
         now = _aware(now, "now")
@@ -422,6 +454,16 @@ class MemoryStore(PaymentStore):
             oldest_stored_at=min((p.stored_at for p in pending), default=None),
             needs_attention_count=sum(r.payment.state is _S.NEEDS_ATTENTION for r in self._payments.values()),
         )
+
+
+def _decided_elsewhere(to_state: str) -> PaymentState:
+    try:
+        target = PaymentState(to_state)
+    except ValueError:
+        raise InvalidTransition(f"unknown payment state {to_state!r}") from None
+    if target not in (_S.FORWARDED, _S.DECLINED, _S.NEEDS_ATTENTION):
+        raise InvalidTransition(f"an outcome decided elsewhere is forwarded, declined or needs_attention, not {target}")
+    return target
 
 
 def _now() -> datetime:
