@@ -85,7 +85,32 @@ def run_checks(config_path: str | None) -> list[Check]:
 
     results.append(_check("components", components))
     results.extend(asyncio.run(_terminal_checks(cfg, pm)))
+    if cfg.get("hub", "replicator"):
+        results.append(_check("hub", lambda: _hub_check(cfg, pm)))
     return results
+
+
+def _hub_check(cfg: Config, pm: PluginManager) -> tuple[str, str]:
+    """The configured store hub: reachable, initialised at this offterm's schema, the same hub key, and
+    what it last heard from this lane.  Reads only (no heartbeat, nothing replicated)."""
+    from datetime import UTC, datetime
+
+    from .hub import hub_components
+
+    replicator, key = hub_components(cfg, pm)
+    try:
+        replicator.open(key)  # schema version and key check: typed errors (hub_unavailable, wrong_hub_key...)
+        lane = cfg.get("hub", "lane")
+        mine = [s for s in replicator.status() if s.lane == lane]
+    finally:
+        replicator.close()
+    if not mine or mine[0].last_heartbeat is None:
+        return "warn", f"reachable, schema and hub key ok; no heartbeat from lane {lane} yet"
+    age = (datetime.now(UTC) - mine[0].last_heartbeat).total_seconds()
+    lag = mine[0].replication_lag_seconds
+    detail = f"reachable, schema and hub key ok; lane {lane} last heartbeat {age:.0f} s ago, lag {lag or 0:.0f} s"
+    silent = age > float(cfg.get("hub", "lane_silent_after"))
+    return ("warn", detail + " (silent: the hub forwarder may take its payments over)") if silent else ("ok", detail)
 
 
 async def _terminal_checks(cfg: Config, pm: PluginManager) -> list[Check]:

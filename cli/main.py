@@ -691,6 +691,9 @@ def doctor(ctx: Context, as_json: bool) -> None:
     sys.exit(EXIT_ATTENTION if any(c["status"] == "fail" for c in checks) else EXIT_OK)
 
 
+from . import hub as _hub  # noqa: E402, F401  - registers `offterm hub` on the group above
+
+
 def main() -> None:
     cli(prog_name="offterm")
 

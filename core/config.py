@@ -200,6 +200,22 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
             maximum=3600,
         ),
         OptionSpec("batch_size", int, 200, "Payments per hub transaction during catch-up.", minimum=1, maximum=10000),
+        OptionSpec(
+            "lane_silent_after",
+            (int, float),
+            120.0,
+            "Seconds without a heartbeat after which `offterm hub forward` takes over a lane's waiting payments.",
+            minimum=0.1,
+            maximum=7 * 86400,
+        ),
+        OptionSpec(
+            "forward_interval",
+            (int, float),
+            5.0,
+            "Seconds between two passes of `offterm hub forward` run as a service.",
+            minimum=0.05,
+            maximum=3600,
+        ),
     ),
     "replicator": (),
 }
