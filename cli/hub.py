@@ -5,6 +5,8 @@
   ``--forwarder`` makes the hub forwarder's role instead.
 * ``hub status`` shows, per lane, what waits (stored / forwarding / needs attention, by currency),
   the oldest stored payment, the last heartbeat and the replication lag: one indexed query.
+* ``hub forward`` takes over the payments of lanes silent for ``[hub] lane_silent_after`` and
+  forwards each exactly once; a long-lived service, or one pass with ``--once``.
 
 The hub is the one ``[hub] replicator`` names, with its ``[replicator.<name>]`` options; the hub
 key comes from ``[hub] key_provider``.  Registered on the ``offterm`` group by ``offterm.cli.main``.
@@ -12,6 +14,9 @@ key comes from ``[hub] key_provider``.  Registered on the ``offterm`` group by `
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -238,3 +243,54 @@ def status(ctx: Context, as_json: bool) -> None:
         ctx.console.print(table)
     attention = any(r["silent"] or "needs_attention" in r["states"] for r in rows)
     sys.exit(EXIT_ATTENTION if attention else EXIT_OK)
+
+
+FORWARD_EXIT_CODES = exit_codes_help(
+    (EXIT_OK, "stopped cleanly (--once: the pass ended, nothing failed)"),
+    (EXIT_ATTENTION, "--once: a payment needs attention, or the processor or token backend failed"),
+    *_COMMON,
+)
+
+
+@hub.command(epilog=FORWARD_EXIT_CODES)
+@click.option("--once", is_flag=True, help="One pass, then exit (default: run as a service until stopped).")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print what the pass did as JSON.")
+@pass_ctx
+def forward(ctx: Context, once: bool, as_json: bool) -> None:
+    """Take over the payments of silent lanes and forward each exactly once (the hub forwarder).
+
+    A lane is silent when its last heartbeat is older than [hub] lane_silent_after.  Connects with
+    [replicator.<name>] url as the hub forwarder's role (`offterm hub add-lane NAME --forwarder`),
+    and to the processor with the configured [forwarding] transport and [tokens] providers.
+    Leases are rows of the hub: several hub forwarders may run; each payment has one at a time.
+    """
+    from offterm.core._engine.hub_forwarder import HubRound, build_hub_forwarder
+
+    async def main() -> HubRound | None:
+        cfg = ctx.config()
+        forwarder = build_hub_forwarder(cfg, plugin_manager(cfg))
+        await forwarder.open()
+        try:
+            if once:
+                return await forwarder.run_once()
+            task = asyncio.current_task()
+            loop = asyncio.get_running_loop()
+            assert task is not None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, task.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await forwarder.run_forever()
+            return None
+        finally:
+            await forwarder.close()
+
+    report = _guard(ctx, lambda: asyncio.run(main()))
+    if report is None:
+        sys.exit(EXIT_OK)
+    summary = report.as_dict()
+    if as_json:
+        _emit_json(summary)
+    else:
+        ctx.console.print(", ".join(f"{k} {v}" for k, v in summary.items() if v is not None))
+    sys.exit(EXIT_ATTENTION if report.needs_attention or report.failure else EXIT_OK)

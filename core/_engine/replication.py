@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -31,12 +32,20 @@ from typing import Any, TypeVar
 import structlog
 
 from ..config import Config
-from ..contracts.replication import HubError, ReplicationRecord, Replicator
-from ..contracts.storage import StorageKeyProvider, StoredPayment
-from ..errors import ConfigError, OfftermError, StorageKeyUnavailable
+from ..contracts.replication import HubError, HubOutcome, ReplicationRecord, Replicator, StateTotals
+from ..contracts.storage import PaymentState, StorageKeyProvider, StoredPayment
+from ..errors import (
+    CardDeclined,
+    ConfigError,
+    OfftermError,
+    PaymentNotFound,
+    PermanentProcessorError,
+    StorageKeyUnavailable,
+)
 from ..manager import PluginManager
 from ..registrations import Registration
 from .forwarder import utcnow
+from .intents import intent_from_stored
 from .store_runner import AsyncStore
 
 log = structlog.get_logger("offterm.hub")
@@ -44,11 +53,33 @@ log = structlog.get_logger("offterm.hub")
 T = TypeVar("T")
 
 CURSOR_META = "hub_replication_cursor"
+#: the last hub outcome this lane recorded (``Replicator.outcomes``): when the hub forwarder decided it
+OUTCOMES_META = "hub_outcomes_cursor"
+#: outcomes decided this close before the cursor are read again (recording one twice changes nothing):
+#: two hub forwarders may commit their decisions out of time order
+OUTCOMES_OVERLAP = timedelta(seconds=60)
+#: hub outcome -> the lane's state, and the error its event carries
+_OUTCOME_STATES = {
+    "forwarded": PaymentState.FORWARDED,
+    "declined": PaymentState.DECLINED,
+    "needs_attention": PaymentState.NEEDS_ATTENTION,
+}
 HUB_KEY_ID = "hub"
 MODES = ("sync", "async")
 #: changes this close behind the cursor are sent again (no-ops on the hub): a change whose time was
 #: taken just before another's but committed just after it is never skipped
 OVERLAP = timedelta(seconds=2)
+
+
+def _outcome_error(payment: StoredPayment) -> OfftermError | None:
+    """The error ``payment_intent_forwarded`` carries for an outcome the hub forwarder decided."""
+    if payment.state is PaymentState.DECLINED:
+        return CardDeclined("the card was declined (forwarded by the store hub)", decline_code=payment.decline_code)
+    if payment.state is PaymentState.NEEDS_ATTENTION:
+        return PermanentProcessorError(
+            "the store hub's forwarder put this payment aside for a person", code=payment.last_error_code
+        )
+    return None
 
 
 def _key(payment: StoredPayment) -> tuple[datetime, str]:
@@ -69,8 +100,10 @@ class Replication:
         sync_timeout: float = 0.3,
         interval: float = 2.0,
         batch_size: int = 200,
+        emit: Callable[..., None] | None = None,
     ) -> None:
         self.replicator = replicator
+        self._emit = emit
         self.store = store
         self.lane = lane
         self.mode = mode
@@ -86,6 +119,7 @@ class Replication:
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="offterm-hub") if replicator is not None else None
         )
+        self._exposure_seen: tuple[float, StateTotals] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -120,6 +154,12 @@ class Replication:
         except HubError:
             self._close_quietly()  # reconnect next time: the hub may have restarted
             raise
+
+    def _outcomes(self, since: datetime | None) -> list[HubOutcome]:
+        return self._ensure_open().outcomes(self.lane, since)
+
+    def _exposure(self) -> StateTotals:
+        return self._ensure_open().exposure(self.lane)
 
     def _beat(self, now: datetime, oldest: datetime | None) -> None:
         self._ensure_open().heartbeat(self.lane, now, oldest)
@@ -214,8 +254,78 @@ class Replication:
                     await self._run(self._beat, utcnow(), oldest)
                 except HubError as exc:
                     log.debug("hub_heartbeat_failed", code=exc.code)
+        await self.apply_outcomes()
+        await self.refresh_exposure()
         self._last_error = None
         return sent
+
+    async def apply_outcomes(self) -> int:
+        """Record in the lane's store what the hub forwarder decided for its payments; how many changed.
+
+        Each changed payment emits ``payment_intent_forwarded``, as if this lane had forwarded it.
+        Idempotent: an outcome the lane already has (it forwarded the payment itself, or recorded
+        it before) changes nothing and emits nothing.
+
+        :raises HubError: the hub failed (the outcomes cursor stays; they are read again next time).
+        """
+        if not self.enabled:
+            return 0
+        raw = await self.store.get_meta(OUTCOMES_META)
+        since = datetime.fromisoformat(raw) - OUTCOMES_OVERLAP if raw else None
+        outcomes = await self._run(self._outcomes, since)
+        changed = 0
+        for outcome in outcomes:
+            to = _OUTCOME_STATES.get(outcome.state)
+            if to is None:
+                continue
+            backend = self.store.backend
+            now = utcnow()
+            try:
+                done = await self.store.call(
+                    functools.partial(
+                        backend.record_outcome,
+                        outcome.offline_id,
+                        to,
+                        now,
+                        intent_id=outcome.intent_id,
+                        error_code=outcome.error_code,
+                    )
+                )
+            except PaymentNotFound:
+                continue  # not this device's (a lane whose data directory was replaced): nothing to record
+            if done is None:
+                continue
+            changed += 1
+            log.info("hub_outcome_recorded", offline_id=outcome.offline_id, state=to.value, intent_id=outcome.intent_id)
+            if self._emit is not None:
+                self._emit("payment_intent_forwarded", intent=intent_from_stored(done), error=_outcome_error(done))
+        if outcomes:
+            await self.store.set_meta(OUTCOMES_META, max(o.decided_at for o in outcomes).isoformat())
+        return changed
+
+    async def refresh_exposure(self) -> None:
+        """Ask the hub for the other lanes' waiting payments (store-wide limits); keep the answer with its time."""
+        if not self.enabled:
+            return
+        try:
+            totals = await self._run(self._exposure)
+        except HubError as exc:
+            log.debug("hub_exposure_failed", code=exc.code)
+            return
+        self._exposure_seen = (time.monotonic(), totals)
+
+    def fleet_exposure(self, max_age: float) -> StateTotals | None:
+        """The other lanes' waiting payments as the hub last said, if it said so within ``max_age`` seconds.
+
+        None when there is no hub, the hub has not answered yet, or its last answer is older: the
+        store-wide limits then fall back to this lane's share.  Synchronous and cheap (no I/O):
+        acceptance policies call it inside the store's write transaction.
+        """
+        seen = self._exposure_seen
+        if seen is None:
+            return None
+        at, totals = seen
+        return totals if time.monotonic() - at <= max_age else None
 
     # -- the background loop ---------------------------------------------------------------
 
@@ -280,4 +390,5 @@ def build_replication(
         sync_timeout=float(hub["sync_timeout"]),
         interval=float(hub["interval"]),
         batch_size=int(hub["batch_size"]),
+        emit=plugins.emit,
     )

@@ -65,6 +65,12 @@ class WrongHubKey(HubError):
     code = "wrong_hub_key"
 
 
+class HubLeaseLost(HubError):
+    """The hub forwarder's lease on a payment is gone (expired, or another forwarder holds it)."""
+
+    code = "hub_lease_lost"
+
+
 class HubPermissionDenied(HubError):
     """The hub refused the write: a lane may write only its own rows (row-level security)."""
 
@@ -90,9 +96,12 @@ class HubOutcome:
     """What the hub knows happened to one of this lane's payments (e.g. a hub forwarder's result)."""
 
     offline_id: str
+    #: forwarded, declined or needs_attention
     state: str
     intent_id: str | None
     decided_at: datetime
+    #: the decline code or the reason it needs a person; None when forwarded
+    error_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,78 @@ class LaneStatus:
     last_heartbeat: datetime | None
     #: how far behind the lane's replication was at its last heartbeat (0 when caught up); None: never said
     replication_lag_seconds: float | None
+
+
+@dataclass(frozen=True)
+class HubClaim:
+    """A payment the hub forwarder took over from a silent lane, under a lease.
+
+    ``payment`` is the payment as the lane last replicated it (card data as the reader sealed it),
+    with the hub forwarder's own ledger merged in: the later key generation of the two, the steps
+    sent within it by either, and the intent id either learnt.  Forwarded under the idempotency
+    key the lane stored, so the lane and the hub can never make two charges of it.
+    """
+
+    lane: str
+    payment: StoredPayment
+
+
+class HubQueue(abc.ABC):
+    """The hub forwarder's side of the hub: leases on silent lanes' payments (docs/fleet.md).
+
+    Leases are rows of the hub (``FOR UPDATE SKIP LOCKED``): several hub forwarders split the work
+    and a payment is held by one at a time.  Synchronous, like ``Replicator``; one call at a time.
+    """
+
+    @abc.abstractmethod
+    def open(self, hub_key: bytes) -> None:
+        """Connect and check the hub (schema, key), as ``Replicator.open``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections.  Idempotent."""
+
+    @abc.abstractmethod
+    def take_over(
+        self, owner: str, limit: int, lease_seconds: float, silent_before: datetime, now: datetime
+    ) -> list[HubClaim]:
+        """Lease up to ``limit`` payments (oldest first) of lanes whose last heartbeat is before ``silent_before``.
+
+        Only payments the lane left waiting (stored, forwarding, outcome_unknown), not decided by
+        the hub, whose lease is free or ran out (and whose retry is due).
+        """
+
+    @abc.abstractmethod
+    def save_ledger(
+        self,
+        offline_id: str,
+        owner: str,
+        now: datetime,
+        *,
+        key_generation: int,
+        steps_sent: dict[str, tuple[datetime, datetime]],
+        intent_id: str | None,
+        attempt: bool,
+        lease_seconds: float,
+    ) -> None:
+        """Durably record what the hub forwarder is about to send (``attempt``) or learnt; renews the lease.
+
+        :raises HubLeaseLost: ``owner`` no longer holds the payment's lease.
+        """
+
+    @abc.abstractmethod
+    def decide(
+        self, offline_id: str, owner: str, state: str, now: datetime, *, intent_id: str | None, error_code: str | None
+    ) -> bool:
+        """Record a final outcome (forwarded, declined, needs_attention) for the lane; False if the lease was lost."""
+
+    @abc.abstractmethod
+    def retry_later(self, offline_id: str, owner: str, not_before: datetime, error_code: str | None) -> None:
+        """Give the lease back; the payment may be taken over again from ``not_before``."""
+
+    @abc.abstractmethod
+    def release(self, owner: str) -> int:
+        """Give back every lease ``owner`` holds (a clean stop); how many."""
 
 
 class Replicator(abc.ABC):
@@ -169,3 +250,16 @@ class Replicator(abc.ABC):
     @abc.abstractmethod
     def status(self) -> list[LaneStatus]:
         """Every lane the hub knows (that this connection may see), in one query, sorted by lane."""
+
+    def exposure(self, exclude_lane: str | None = None) -> StateTotals:
+        """Store-wide offline exposure: payments every lane (but ``exclude_lane``) still waits to forward.
+
+        Counts what the hub holds in stored, forwarding or outcome_unknown and the hub forwarder has
+        not decided; totals per currency.  Used by store-wide acceptance limits; a replicator that
+        cannot tell raises ``HubError`` (the policy then falls back to its per-lane share).
+        """
+        raise HubError(f"{type(self).__name__} cannot report store-wide exposure")
+
+    def hub_queue(self) -> HubQueue:
+        """The hub forwarder's queue on this hub (``offterm hub forward``), with this replicator's options."""
+        raise HubError(f"{type(self).__name__} has no hub forwarder")

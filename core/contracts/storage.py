@@ -292,6 +292,34 @@ class PaymentLedger(abc.ABC):
         :raises InvalidRequest: a naive ``now`` or a reason that is not a short string.
         """
 
+    def record_outcome(
+        self,
+        offline_id: str,
+        to_state: PaymentState,
+        now: datetime,
+        *,
+        intent_id: str | None = None,
+        error_code: str | None = None,
+    ) -> StoredPayment | None:
+        """Record an outcome decided elsewhere: the store hub's forwarder forwarded this payment for us.
+
+        In one durable commit, a payment still waiting (``stored``, ``outcome_unknown``, or
+        ``forwarding`` under any claim, which is dropped: a forwarder of ours that still holds it
+        finds its claim gone) moves to ``to_state`` (``forwarded``, ``declined`` or
+        ``needs_attention``) with ``intent_id``, ``error_code`` as its last error (and decline code
+        when declined) and a history entry with code ``decided_by_hub``; ``forwarded`` and
+        ``declined`` purge the card data as ``complete`` does.
+
+        :return: the payment after the update, or None when nothing changed (it was no longer
+            waiting: already forwarded, declined or needing attention here).
+        :raises PaymentNotFound: no such payment.
+        :raises InvalidTransition: ``to_state`` is not one of the three.
+        :raises InvalidRequest: this backend cannot record outcomes decided elsewhere (the default).
+        """
+        from ..errors import InvalidRequest
+
+        raise InvalidRequest(f"{type(self).__name__} cannot record an outcome decided elsewhere")
+
     @abc.abstractmethod
     def get_meta(self, key: str) -> str | None:
         """Read the small encrypted key/value area (last seen account, reader cache).

@@ -30,6 +30,7 @@ from offterm.core.contracts.replication import (
     HubNotInitialised,
     HubOutcome,
     HubPermissionDenied,
+    HubQueue,
     HubSchemaTooNew,
     HubUnavailable,
     LaneStatus,
@@ -256,13 +257,13 @@ class PostgresReplicator(Replicator):
         with self._tx() as conn:
             rows = conn.execute(
                 sa.text(
-                    "SELECT offline_id, hub_state, hub_intent_id, hub_decided_at FROM hub_payments "
+                    "SELECT offline_id, hub_state, hub_intent_id, hub_decided_at, hub_error_code FROM hub_payments "
                     "WHERE lane = :lane AND hub_decided_at IS NOT NULL "
                     "AND (CAST(:since AS timestamptz) IS NULL OR hub_decided_at > :since) ORDER BY hub_decided_at"
                 ),
                 {"lane": lane, "since": since},
             ).all()
-        return [HubOutcome(r[0], r[1], r[2], r[3]) for r in rows]
+        return [HubOutcome(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def status(self) -> list[LaneStatus]:
         """Uses ``admin_url`` when set (every lane), else the lane's own connection (its own row only)."""
@@ -299,6 +300,17 @@ class PostgresReplicator(Replicator):
             )
             for lane, e in sorted(lanes.items())
         ]
+
+    def exposure(self, exclude_lane: str | None = None) -> StateTotals:
+        """Every lane's waiting payments (through ``hub_exposure``, which a lane role may call: totals only)."""
+        with self._tx() as conn:
+            rows = conn.execute(sa.text("SELECT * FROM hub_exposure(:lane)"), {"lane": exclude_lane}).all()
+        return StateTotals(sum(int(r[1]) for r in rows), {r[0]: int(r[2]) for r in rows})
+
+    def hub_queue(self) -> HubQueue:
+        from .hub_queue import PostgresHubQueue
+
+        return PostgresHubQueue(self._options)
 
     def _require_key(self) -> bytes:
         if self._key is None:

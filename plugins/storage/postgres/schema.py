@@ -86,8 +86,31 @@ _V1 = [
         ON hub_payments TO {FORWARDER_ROLE}""",
 ]
 
+#: Version 2: the hub forwarder's own ledger for a payment it took over (its key generation, the steps
+#: it sent with their times, how many attempts), the index its takeover query reads (a lane that went
+#: silent mid-forward leaves payments in ``forwarding`` too), and ``hub_exposure``: the store-wide
+#: totals a lane's acceptance policy needs, without letting a lane role read another lane's rows.
+_V2 = [
+    "ALTER TABLE hub_payments ADD COLUMN hub_key_generation integer",
+    "ALTER TABLE hub_payments ADD COLUMN hub_steps_sent jsonb",
+    "ALTER TABLE hub_payments ADD COLUMN hub_attempts integer NOT NULL DEFAULT 0",
+    """CREATE INDEX hub_payments_takeover_v2 ON hub_payments (lane, stored_at)
+        WHERE state IN ('stored', 'forwarding', 'outcome_unknown') AND hub_state IS NULL""",
+    f"""GRANT UPDATE (hub_key_generation, hub_steps_sent, hub_attempts) ON hub_payments TO {FORWARDER_ROLE}""",
+    """CREATE FUNCTION hub_exposure(exclude_lane text)
+        RETURNS TABLE (currency text, payments bigint, amount numeric)
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+            SELECT p.currency, count(*), sum(p.amount) FROM public.hub_payments p
+            WHERE p.state IN ('stored', 'forwarding', 'outcome_unknown') AND p.hub_state IS NULL
+              AND p.lane IS DISTINCT FROM exclude_lane
+            GROUP BY p.currency
+        $$""",
+    "REVOKE ALL ON FUNCTION hub_exposure(text) FROM PUBLIC",
+    f"GRANT EXECUTE ON FUNCTION hub_exposure(text) TO {LANE_ROLE}, {FORWARDER_ROLE}",
+]
+
 #: version -> statements that bring the schema from version - 1 to it
-MIGRATIONS: dict[int, list[str]] = {1: _V1}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS hub_schema_version (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -17,8 +17,10 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from offterm.core.contracts.readers import CardDetails, CardResult
 from offterm.core.contracts.replication import WrongHubKey
-from offterm.core.contracts.storage import HistoryEntry, StoredPayment
+from offterm.core.contracts.storage import HistoryEntry, PaymentState, StoredPayment
+from offterm.core.models import CaptureMethod, ReadMethod
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -59,7 +61,7 @@ def payload(payment: StoredPayment, history: Sequence[HistoryEntry]) -> dict[str
         "decline_code": payment.decline_code,
         "next_attempt_at": _when(payment.next_attempt_at),
         "key_generation": payment.key_generation,
-        "steps_sent": {step: [_when(a), _when(b)] for step, (a, b) in payment.steps_sent.items()},
+        "steps_sent": steps_json(payment.steps_sent),
         "history": [
             {
                 "at": _when(h.at),
@@ -104,3 +106,66 @@ def verify_key_check(key: bytes, value: bytes) -> None:
             "this lane's hub key is not the key the hub was initialised with: nothing was sent "
             "(check [hub] key_provider; the lane's own payments are untouched)"
         )
+
+
+def _at(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def steps_from(raw: Mapping[str, Sequence[str | None]] | None) -> dict[str, tuple[datetime, datetime]]:
+    """``steps_sent`` as sealed (or as the hub forwarder's ledger holds it) -> datetimes."""
+    out: dict[str, tuple[datetime, datetime]] = {}
+    for step, (first, last) in (raw or {}).items():
+        a, b = _at(first), _at(last)
+        if a is not None and b is not None:
+            out[step] = (a, b)
+    return out
+
+
+def steps_json(steps: Mapping[str, tuple[datetime, datetime]]) -> dict[str, list[str | None]]:
+    return {step: [_when(a), _when(b)] for step, (a, b) in steps.items()}
+
+
+def payment_from(row: Mapping[str, Any], data: Mapping[str, Any]) -> StoredPayment:
+    """A hub row (clear columns) and its opened private part, as the lane's ``StoredPayment``.
+
+    The card data is the reader's, as replicated; the history is not part of it.
+    """
+    details = data.get("card_details")
+    card_details = None
+    if details is not None:
+        card_details = CardDetails(
+            **{**details, "read_method": ReadMethod(details["read_method"]), "networks": tuple(details["networks"])}
+        )
+    card = None
+    if row["card_data"] is not None and card_details is not None:
+        card = CardResult(
+            details=card_details,
+            encrypted_card_data=bytes(row["card_data"]),
+            key_serial=row["key_serial"] or "",
+            encryption_scheme=row["encryption_scheme"] or "offterm-aesgcm-v1",
+        )
+    return StoredPayment(
+        offline_id=row["offline_id"],
+        idempotency_key=data["idempotency_key"],
+        amount=int(row["amount"]),
+        currency=row["currency"],
+        capture_method=CaptureMethod(data["capture_method"]),
+        metadata=dict(data["metadata"]),
+        account_id=data["account_id"],
+        livemode=bool(data["livemode"]),
+        stored_at=row["stored_at"],
+        state=PaymentState(row["state"]),
+        attempts=int(row["attempts"]),
+        card_details=card_details,
+        card=card,
+        intent_id=data.get("intent_id"),
+        description=data.get("description"),
+        last_error_code=data.get("last_error_code"),
+        last_error_message=data.get("last_error_message"),
+        decline_code=data.get("decline_code"),
+        next_attempt_at=_at(data.get("next_attempt_at")),
+        updated_at=row["updated_at"],
+        key_generation=int(data.get("key_generation") or 0),
+        steps_sent=steps_from(data.get("steps_sent")),
+    )
