@@ -329,7 +329,7 @@ async def events(request: Request) -> Response:
         return _json(exc.status, exc.payload(), request_id, exc.headers)
     log.info("event_stream_opened", request_id=request_id, after=after)
     return StreamingResponse(
-        stream(state.outbox, after),
+        stream(state.outbox, after, status=state.service.offline_status),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", "Request-Id": request_id},
     )

@@ -62,6 +62,12 @@ class Outbox:
         self._changed = asyncio.Event()
         return StoredEvent(cur.lastrowid, event_id, type, body)
 
+    def notify(self) -> None:
+        """Wake the waiters without an event: something they show besides events changed (offline status)."""
+        changed = self._event()
+        changed.set()
+        self._changed = asyncio.Event()
+
     def after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
         rows = self._db.execute(
             "SELECT seq, id, type, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)

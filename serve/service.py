@@ -28,7 +28,7 @@ from offterm.core.contracts import PaymentState, ReaderInfo
 from offterm.core.contracts.storage import OnlineAttempt
 from offterm.core.errors import CardDeclined, OfftermError, OutcomeUnknown, ReaderError
 from offterm.core.manager import create_plugin_manager
-from offterm.core.models import IntentStatus, OfflineBehavior, PaymentIntent
+from offterm.core.models import IntentStatus, OfflineBehavior, OfflineStatus, PaymentIntent
 
 from . import objects
 from .config import OFFLINE_BEHAVIOR_KEY, ServeSettings
@@ -51,9 +51,17 @@ class _Listener:
     def offterm_on_online_payment_recovered(self, payment: OnlineAttempt) -> None:
         self._service.recovered(payment)
 
+    def offterm_on_offline_status_changed(self, status: OfflineStatus) -> None:
+        # not an event of the outbox (no webhook, no number): the SSE streams re-read the status
+        self._service.outbox.notify()
+
 
 # Marked by a call rather than as decorators: pluggy's marker is untyped, and mypy strict refuses untyped decorators.
-for _hook in (_Listener.offterm_on_payment_intent_forwarded, _Listener.offterm_on_online_payment_recovered):
+for _hook in (
+    _Listener.offterm_on_payment_intent_forwarded,
+    _Listener.offterm_on_online_payment_recovered,
+    _Listener.offterm_on_offline_status_changed,
+):
     hookimpl(_hook)
 
 

@@ -48,8 +48,16 @@ def test_answers_of_a_real_flow_validate_against_the_document(served: Served) ->
     error = httpx.get(f"{served.service.url}/v1/payment_intents/pi_nope", headers=auth)
     assert error.status_code == 404
     _check("error", error.json())
+    seen: set[str] = set()
     with httpx.stream("GET", f"{served.service.url}{EVENTS_PATH}", headers={**auth, "Last-Event-ID": "0"}) as r:
+        kind = ""
         for line in r.iter_lines():
-            if line.startswith("data: "):
-                _check("event", json.loads(line[6:]))
-                break
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                # the live offline status (no id), then the outbox's events
+                name = "offterm.offline_status" if kind == "offterm.offline_status" else "event"
+                _check(name, json.loads(line[6:]))
+                seen.add(name)
+                if seen == {"offterm.offline_status", "event"}:
+                    break
