@@ -8,14 +8,15 @@
 Sections (``--sections``, default all):
 
 * ``crash``   POS processes SIGKILLed again and again under mixed network and
-  processor faults (tests/torture/torture_crash.py), every station drained and
+  processor faults (offterm.testing.torture.crash), every station drained and
   checked against the simulator's ledger;
 * ``network`` one payment set per fault mode of the proxy and the simulator;
 * ``disk``    a full filesystem, a read-only one, the database removed underneath;
 * ``input``   hostile processor answers, malformed configuration values, tampered
   database bytes, a wrong key, fuzzed reader frames.
 
-Everything random is drawn from ``--seed``.  The exit status is 0 only when the
+The harness is the installed package ``offterm.testing.torture``; this script is
+its command line.  Everything random is drawn from ``--seed``.  The exit status is 0 only when the
 crash run lost and doubled nothing, every database opened, and every other
 case passed or failed only through a known bug (an xfail test in
 tests/torture/test_found_bugs.py), which the summary lists.
@@ -35,15 +36,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TORTURE = ROOT / "tests" / "torture"
-sys.path.insert(0, str(TORTURE))
-SNAPSHOT_ENV = "OFFTERM_TORTURE_CODE"
-#: What a code snapshot holds: the installed namespace's folders, plus the storage team's legacy builders.
-SNAPSHOT_PATHS = ("core", "plugins", "sim", "cli", "testing", "tests/storage", "tests/torture", "bench")
+from offterm.testing.torture import crash as torture_crash
+from offterm.testing.torture import report as torture_report
 
-import torture_crash  # noqa: E402
-import torture_report  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT_ENV = "OFFTERM_TORTURE_CODE"
+#: What a code snapshot holds: the installed namespace's folders (the harness is offterm.testing.torture) and
+#: this script; tests/storage and tests/torture too, where revisions from before the harness moved kept it.
+SNAPSHOT_PATHS = ("core", "plugins", "sim", "cli", "testing", "tests/storage", "tests/torture", "bench")
 
 SECTIONS = ("crash", "network", "disk", "input")
 
@@ -68,9 +68,9 @@ def run_crash(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def run_section(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if name == "crash":
         return run_crash(args, workdir)
-    import torture_battery
+    from offterm.testing.torture import battery
 
-    return torture_battery.run(name, seed=args.seed, quick=args.quick, workdir=workdir / name, log=log)
+    return battery.run(name, seed=args.seed, quick=args.quick, workdir=workdir / name, log=log)
 
 
 def snapshot(rev: str, workdir: Path, argv: list[str]) -> None:
@@ -90,7 +90,6 @@ def snapshot(rev: str, workdir: Path, argv: list[str]) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
     env[SNAPSHOT_ENV] = commit
-    env["OFFTERM_TORTURE_STORAGE_TESTS"] = str(code / "tests" / "storage")
     log(f"running against commit {commit[:12]} (git archive into {code})")
     # The harness too (this script, the POS worker, the batteries) comes from the snapshot.
     os.execve(sys.executable, [sys.executable, str(code / "bench" / "torture.py"), *argv], env)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from torture_payments import pos_config
 
 from offterm.sim.netproxy import FaultProxy
 from offterm.sim.processor import SimHandle, start_simulator
+from offterm.testing.torture.payments import pos_config
 
 
 @pytest.fixture

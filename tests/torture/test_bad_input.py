@@ -1,4 +1,4 @@
-"""Bad input ends in typed errors, never a crash, a hang or a lost payment (see torture_inputs.py)."""
+"""Bad input ends in typed errors, never a crash, a hang or a lost payment (see offterm.testing.torture.inputs)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import random
 from pathlib import Path
 
 import pytest
-from torture_hostile import ACTS
-from torture_inputs import config_cases, frame_cases, hostile_backend_case, hostile_case, key_cases, tamper_cases
 
 from offterm.sim.processor import SimHandle
+from offterm.testing.torture.hostile import ACTS
+from offterm.testing.torture.inputs import (
+    config_cases,
+    frame_cases,
+    hostile_backend_case,
+    hostile_case,
+    key_cases,
+    tamper_cases,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from torture_crash import Settings, run
+
+from offterm.testing.torture.crash import Settings, run
 
 pytestmark = pytest.mark.slow
 

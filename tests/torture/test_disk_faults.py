@@ -1,4 +1,4 @@
-"""Disk faults under a running Terminal, on real filesystems (see torture_disk.py)."""
+"""Disk faults under a running Terminal, on real filesystems (see offterm.testing.torture.disk)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from torture_battery import disk_row
-from torture_disk import run_scenario
-from torture_payments import successful
 
 from offterm.sim.processor import SimHandle, start_simulator
+from offterm.testing.torture.battery import disk_row
+from offterm.testing.torture.disk import run_scenario
+from offterm.testing.torture.payments import successful
 
 pytestmark = pytest.mark.slow
 

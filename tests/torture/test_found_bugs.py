@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from torture_inputs import CONFIG_REGRESSIONS, KNOWN_CONFIG_BUGS, run_config_trials
 
 from offterm.core import OfflineBehavior, Terminal
 from offterm.core.errors import OfftermError, OutcomeUnknown, RequireOnlineWhileOffline
 from offterm.sim.processor import SimHandle
+from offterm.testing.torture.inputs import CONFIG_REGRESSIONS, KNOWN_CONFIG_BUGS, run_config_trials
 
 
 async def _intent(terminal: Terminal, amount: int, behavior: OfflineBehavior = OfflineBehavior.PREFER_ONLINE) -> Any:
@@ -62,9 +62,8 @@ async def test_payments_stored_after_the_database_file_was_removed_survive_a_res
 
 
 def test_close_does_not_raise_when_the_disk_is_full(tmp_path: Path) -> None:
-    from torture_disk import run_scenario
-
     from offterm.sim.processor import start_simulator
+    from offterm.testing.torture.disk import run_scenario
 
     sim = start_simulator()
     try:
@@ -154,7 +153,7 @@ def test_a_pos_killed_as_its_online_confirm_returns_still_knows_the_charge(
     Found by the torture on 16934db: the journal entry was deleted before the confirm returned.  Fixed by
     5ae7411 (the entry now goes at the app's next call); kept as the regression test.
     """
-    from torture_crash import Station, run_life, worker_config
+    from offterm.testing.torture.crash import Station, run_life, worker_config
 
     station = Station(tmp_path, 1)
     base = {"side_file": str(station.side), "seed": 1, "config": worker_config(station, simulator.url, 1)}

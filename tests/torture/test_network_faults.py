@@ -6,9 +6,9 @@ import random
 from pathlib import Path
 
 import pytest
-from torture_battery import _PROXY_CASES, _SIM_CASES, _network_case
 
 from offterm.sim.processor import SimHandle
+from offterm.testing.torture.battery import _PROXY_CASES, _SIM_CASES, _network_case
 
 pytestmark = pytest.mark.slow
 

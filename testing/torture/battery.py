@@ -1,7 +1,7 @@
 """The non-crash sections of the torture run: network faults one at a time, disk faults, bad input.
 
 ``run(section, ...)`` returns ``{"about", "rows", "failures", "lost", "duplicated"}``; each row is one
-case (see torture_payments.row).  A case that fails because of a bug already pinned down by an
+case (see payments.row).  A case that fails because of a bug already pinned down by an
 ``xfail(strict=True)`` test in test_found_bugs.py says so in ``known_bug`` instead of hiding it.
 """
 
@@ -15,10 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import torture_disk
-import torture_inputs
-from torture_hostile import ACTS
-from torture_payments import (
+from offterm.core import OfflineBehavior
+from offterm.sim.netproxy import FaultProxy
+from offterm.sim.processor import SimHandle, start_simulator
+
+from . import disk, inputs
+from .hostile import ACTS
+from .payments import (
     Outcome,
     check_ledger,
     connect,
@@ -31,10 +34,6 @@ from torture_payments import (
     running,
     successful,
 )
-
-from offterm.core import OfflineBehavior
-from offterm.sim.netproxy import FaultProxy
-from offterm.sim.processor import SimHandle, start_simulator
 
 Log = Callable[[str], None]
 
@@ -188,7 +187,7 @@ _DISK_CASES = {
 def disk_section(sim: SimHandle, workdir: Path, log: Log) -> list[dict[str, Any]]:
     rows = []
     for name, scenario in _DISK_CASES.items():
-        report = torture_disk.run_scenario(scenario, workdir / scenario, sim.url)
+        report = disk.run_scenario(scenario, workdir / scenario, sim.url)
         rows.append(disk_row(name, scenario, report, successful(sim.ledger())))
         log(f"disk: {name}: {'ok' if rows[-1]['ok'] else 'FAILED'}")
     return rows
@@ -250,7 +249,7 @@ def _known(result: dict[str, Any], known: list[str], test: str, outcome: Outcome
 # -- bad input ------------------------------------------------------------------------------------------
 
 INPUT_ABOUT = (
-    "Hostile processor answers come from tests/torture/torture_hostile.py, an HTTP front for the simulator "
+    "Hostile processor answers come from offterm.testing.torture.hostile, an HTTP front for the simulator "
     "that answers the payment endpoints (create, card step, confirm) with the act named, either instead of "
     "the processor or after the processor ran the request (the charge happened, the answer is mangled). "
     "Stored payments are forwarded into the act and online confirms meet it; then the front turns honest, "
@@ -274,22 +273,20 @@ async def input_section(sim: SimHandle, workdir: Path, rng: random.Random, quick
     for act in ACTS:
         await case(
             act,
-            lambda act=act: torture_inputs.hostile_case(  # type: ignore[misc]
+            lambda act=act: inputs.hostile_case(  # type: ignore[misc]
                 act, sim, workdir / "hostile", rng, huge_bytes=huge, bomb_bytes=bomb
             ),
         )
     for act in ("garbage", "html_200", "truncated_json", "close_silently", "error_500_garbage"):
         await case(
             f"backend {act}",
-            lambda act=act: torture_inputs.hostile_backend_case(act, sim, workdir / "backend", rng),  # type: ignore[misc]
+            lambda act=act: inputs.hostile_backend_case(act, sim, workdir / "backend", rng),  # type: ignore[misc]
         )
     await case(
         "configuration",
-        lambda: asyncio.to_thread(torture_inputs.config_cases, sim.url, workdir / "config", rng, 60 if quick else None),
+        lambda: asyncio.to_thread(inputs.config_cases, sim.url, workdir / "config", rng, 60 if quick else None),
     )
-    await case(
-        "tampered databases", lambda: torture_inputs.tamper_cases(sim, workdir / "tamper", rng, 15 if quick else 200)
-    )
-    await case("storage keys", lambda: torture_inputs.key_cases(sim, workdir / "keys"))
-    await case("reader frames", lambda: asyncio.to_thread(torture_inputs.frame_cases, rng, 2000 if quick else 50_000))
+    await case("tampered databases", lambda: inputs.tamper_cases(sim, workdir / "tamper", rng, 15 if quick else 200))
+    await case("storage keys", lambda: inputs.key_cases(sim, workdir / "keys"))
+    await case("reader frames", lambda: asyncio.to_thread(inputs.frame_cases, rng, 2000 if quick else 50_000))
     return rows

@@ -16,14 +16,15 @@ import random
 import shutil
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from offterm.core import OfflineBehavior, Terminal
+from offterm.core.errors import OfftermError, ReaderProtocolError
 
-from torture_hostile import ACTS, HostileProcessor  # noqa: E402
-from torture_payments import (  # noqa: E402
+from .hostile import ACTS, HostileProcessor
+from .payments import (
     Outcome,
     check_ledger,
     connect,
@@ -36,9 +37,6 @@ from torture_payments import (  # noqa: E402
     running,
     successful,
 )
-
-from offterm.core import OfflineBehavior, Terminal  # noqa: E402
-from offterm.core.errors import OfftermError, ReaderProtocolError  # noqa: E402
 
 # -- hostile processor answers ---------------------------------------------------------------------
 
@@ -108,10 +106,11 @@ def _option_sites() -> list[tuple[str, str]]:
     """(section or "kind.component", key) for every option in play: core ones and the components' own."""
     from offterm.core.config import CORE_OPTIONS
     from offterm.core.manager import create_plugin_manager
+    from offterm.core.registrations import Registration
 
     sites = [(section, spec.key) for section, specs in CORE_OPTIONS.items() for spec in specs]
     pm = create_plugin_manager(autoload=False, env={})
-    chosen = {
+    chosen: dict[str, Sequence[Registration[Any]]] = {
         "reader": [pm.reader_transport("simulated")],
         "storage": [pm.storage_backend("sqlcipher")],
         "storage_key": [pm.storage_key_provider("file")],
@@ -269,7 +268,7 @@ def run_config_trials(
         job = workdir / "trials.json"
         job.write_text(json.dumps({"url": sim_url, "dir": str(workdir), "first": first, "trials": batch}))
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "config", str(job)],
+            [sys.executable, "-m", "offterm.testing.torture.inputs", "config", str(job)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -409,13 +408,18 @@ async def key_cases(sim: Any, workdir: Path) -> list[dict[str, Any]]:
     before = _digest(db)
     key_file = pristine / "storage.key"
     original = key_file.read_bytes()
-    mutations: list[tuple[str, Callable[[], None]]] = [
+
+    def replace_with_a_directory() -> None:
+        key_file.unlink()
+        key_file.mkdir()
+
+    mutations: list[tuple[str, Callable[[], object]]] = [
         ("another valid key", lambda: key_file.write_bytes(os.urandom(32).hex().encode() + b"\n")),
         ("garbage key file", lambda: key_file.write_bytes(b"\x00\xffnot a key\n")),
         ("short key", lambda: key_file.write_bytes(b"abcd\n")),
         ("key file readable by others", lambda: os.chmod(key_file, 0o644)),
         ("key file missing", lambda: key_file.unlink()),
-        ("key file is a directory", lambda: (key_file.unlink(), key_file.mkdir())),
+        ("key file is a directory", replace_with_a_directory),
     ]
     outcome = Outcome()
     typed = 0

@@ -1,8 +1,8 @@
 """A point-of-sale process for the crash torture: it takes payments and forwards them until it is killed.
 
-    python pos_worker.py '<plan json>'
+    python -m offterm.testing.torture.pos_worker '<plan json>'
 
-The harness (torture_crash.py) starts one of these per "life" and usually
+The harness (crash.py) starts one of these per "life" and usually
 SIGKILLs it.  Everything the harness later checks is written to the plan's
 side file, one JSON object per line, appended with a single ``write(2)``:
 
@@ -108,7 +108,9 @@ def install_migration_hooks(kill: KillPlan, side: SideFile) -> None:
     from offterm.plugins.storage.sqlcipher import _migrate as migrate
     from offterm.plugins.storage.sqlcipher import _store as store_module
 
-    real_ensure, real_upgrade = store_module.ensure_schema, migrate._upgrade
+    # The store calls ensure_schema through its module globals (imported there, not exported): patched there.
+    real_ensure: Callable[[Any, Any, Path, bytes], int] = vars(store_module)["ensure_schema"]
+    real_upgrade = migrate._upgrade
 
     def ensure_schema(driver: Any, conn: Any, path: Path, key: bytes) -> int:
         side.write({"e": "phase", "p": "migration_start"})
@@ -126,7 +128,7 @@ def install_migration_hooks(kill: KillPlan, side: SideFile) -> None:
             die()
         real_upgrade(conn, path, backup)
 
-    store_module.ensure_schema = ensure_schema  # type: ignore[assignment]
+    vars(store_module)["ensure_schema"] = ensure_schema
     migrate._upgrade = upgrade
 
 

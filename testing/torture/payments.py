@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from offterm.core import OfflineBehavior, Terminal
 from offterm.core.contracts import StoredPayment
@@ -131,7 +131,19 @@ async def record_history_codes(terminal: Terminal, outcome: Outcome) -> dict[str
     return payments
 
 
-def check_ledger(outcome: Outcome, payments: dict[str, StoredPayment], charged: dict[str, int]) -> None:
+class _State(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class LedgerEntry(Protocol):
+    """What ``check_ledger`` reads of a payment: a ``StoredPayment``, or a stand-in built from a child's report."""
+
+    @property
+    def state(self) -> _State: ...
+
+
+def check_ledger(outcome: Outcome, payments: Mapping[str, LedgerEntry], charged: dict[str, int]) -> None:
     """Reported stored -> forwarded once, declined, or needs_attention; reported online -> charged once."""
     for oid in outcome.stored:
         n = charged.get(oid, 0)

@@ -266,7 +266,8 @@ def summary_table(results: dict[str, Any]) -> str:
         out.append(f"-- {name}")
         for row in battery_rows(section):
             out.append(
-                f"  {row[0]:<{width if crash else 60}}  tried {row[1]}, typed {row[2]}, lost {row[3]}, dup {row[4]}: {row[5]}"
+                f"  {row[0]:<{width if crash else 60}}  "
+                f"tried {row[1]}, typed {row[2]}, lost {row[3]}, dup {row[4]}: {row[5]}"
             )
     known = known_bugs(results)
     out.append(f"-- known bugs: {len(known)}")
@@ -324,7 +325,7 @@ def reliability_page(results: dict[str, Any]) -> str:
         parts += [
             "## Crashes under mixed faults",
             "",
-            "A real POS process (`tests/torture/pos_worker.py`) takes payments through the public Terminal API",
+            "A real POS process (`offterm.testing.torture.pos_worker`) takes payments through the public Terminal API",
             "against the processor simulator (in its own process, so a kill never touches the ledger), through a",
             "TCP fault proxy, and is SIGKILLed again and again. Each station (a POS database) lives for a number",
             "of processes, is then drained on a calm network and checked: every payment the POS reported must be",
@@ -426,7 +427,8 @@ NOT_COVERED = [
     "",
     "## Reproducing it",
     "",
-    "- The command above, on any machine with this repository installed (`pip install -e '.[test]'`); add "
+    "- The command above, on any machine with this repository installed (`pip install -e '.[test]'`; the "
+    "harness is the package `offterm.testing.torture`, `bench/torture.py` its command line); add "
     "`--write-docs docs/reliability.md` to regenerate this page (or `--json FILE` now and `--from-json FILE "
     "--write-docs docs/reliability.md` later). `--quick` runs a small version in about two minutes. "
     "`--code <git revision>` runs against a commit (git archive), immune to edits made while a long run "

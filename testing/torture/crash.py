@@ -7,8 +7,9 @@ One run:
 * "stations": POS data directories.  A station lives for a number of
   "lives" (POS processes, pos_worker.py), then is drained on a clean
   network and checked against the simulator's ledger.  Every third station
-  starts from a schema-v1 database built by the storage team's legacy
-  builders, and its first life is killed inside the schema migration;
+  starts from a schema-v1 database built by a frozen copy of the storage
+  team's legacy builder (legacy_v1.py), and its first life is killed
+  inside the schema migration;
 * each life gets "weather" (simulator faults, proxy modes switching under
   it) and a kill plan: SIGKILL from outside at a random moment, or from
   inside at an exact point (mid-insert, right after a reported confirm,
@@ -37,10 +38,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-WORKER = HERE / "pos_worker.py"
-# The storage team's frozen legacy-schema builders (a code snapshot of a bench run brings its own).
-STORAGE_TESTS = Path(os.environ.get("OFFTERM_TORTURE_STORAGE_TESTS") or HERE.parent / "storage")
+#: The POS process of one life, started by module name (``python -m``): no file path, no sys.path edit.
+WORKER = [sys.executable, "-m", "offterm.testing.torture.pos_worker"]
 
 # The simulator's test account; payments seeded into old-schema databases must belong to it.
 SIM_ACCOUNT = "acct_1SimulatedOfftrm"
@@ -196,13 +195,11 @@ class Station:
 
     def seed_legacy(self, count: int) -> None:
         """A schema-v1 database holding ``count`` stored payments, as an old offterm left it."""
-        if str(STORAGE_TESTS) not in sys.path:
-            sys.path.insert(0, str(STORAGE_TESTS))
-        from legacy_schemas import LegacyPayment, build_v1  # the storage team's frozen v1 builder
-
         from offterm.core.contracts.storage import NewPayment
         from offterm.core.models import CaptureMethod, new_offline_id
         from offterm.sim.processor.testing import card_result
+
+        from .legacy_v1 import build_v1  # a frozen copy of the storage team's v1 builder
 
         self.data.mkdir(mode=0o700)
         key = os.urandom(32)
@@ -224,7 +221,7 @@ class Station:
                 stored_at=now - timedelta(minutes=count - i),
                 card=card_result("4000000000000002" if i % 7 == 3 else "4242424242424242"),
             )
-            legacy.append(LegacyPayment(payment))
+            legacy.append(payment)
             self.legacy_ids.append(payment.offline_id)
         build_v1(self.data / "payments.db", key, legacy, updated_at=int(now.timestamp() * 1_000_000))
 
@@ -372,9 +369,7 @@ def run_life(
     before = station.side.stat().st_size if station.side.exists() else 0
     err_path = station.dir / "last-stderr.txt"
     with open(err_path, "w+", encoding="utf-8") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(WORKER), json.dumps(plan)], stdout=subprocess.DEVNULL, stderr=err, cwd=station.dir
-        )
+        proc = subprocess.Popen([*WORKER, json.dumps(plan)], stdout=subprocess.DEVNULL, stderr=err, cwd=station.dir)
         killed_by = None
         try:
             proc.wait(timeout=outside_kill_after if outside_kill_after is not None else max_seconds)
@@ -510,8 +505,8 @@ def verify_station(station: Station, rig: Rig, stats: Stats, ledger: dict[str, l
         reported[oid] = "stored"
     tried = {rec["id"] for rec in records if rec.get("e") == "try"}
     known = tried | set(reported) | set(stored)
-    for resolution in recovered.values():
-        stats.recovered[resolution] += 1
+    for how in recovered.values():
+        stats.recovered[how] += 1
 
     for oid in sorted(known):
         n = charged.get(oid, 0)
@@ -523,7 +518,7 @@ def verify_station(station: Station, rig: Rig, stats: Stats, ledger: dict[str, l
             stats.failures.append(f"{where}: {oid} ({kind}) charged {n} times")
         # What the POS itself knows of this payment: the verdict on it comes from the POS's records.
         if payment is not None:
-            stats.final_states[state if kind == "stored" else f"unreported, {state}"] += 1
+            stats.final_states[payment.state.value if kind == "stored" else f"unreported, {state}"] += 1
             if state == "needs_attention":
                 stats.attention_reasons[str(payment.last_error_code)] += 1
             if state == "forwarded" and n != 1:

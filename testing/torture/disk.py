@@ -1,6 +1,6 @@
 """Disk faults under a running Terminal: the disk fills, the filesystem turns read-only, the file is deleted.
 
-    python torture_disk.py <scenario> '<json args>'     (the child; prints one ``report {...}`` line)
+    python -m offterm.testing.torture.disk <scenario> '<json args>'   (the child; prints one ``report {...}`` line)
 
 Real filesystems, not mocks: the child runs in a private mount namespace
 (``unshare --mount``, as root or with user namespaces) and mounts a small
@@ -25,15 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from offterm.core import OfflineBehavior, Terminal
+from offterm.core.errors import OfftermError
+from offterm.core.logs import configure_logging
 
-from torture_payments import Outcome, connect, forward, pay, pos_config  # noqa: E402
+from .payments import Outcome, connect, forward, pay, pos_config
 
-from offterm.core import OfflineBehavior, Terminal  # noqa: E402
-from offterm.core.errors import OfftermError  # noqa: E402
-from offterm.core.logs import configure_logging  # noqa: E402
-
+#: This module, as the children run it (``python -m``): no file path, no sys.path edit.
+CHILD = [sys.executable, "-m", "offterm.testing.torture.disk"]
 SCENARIOS = ("full", "full_rlimit", "readonly", "removed")  # run_scenario; the rest are phases of these
 BIG_METADATA = {f"k{i}": "m" * 480 for i in range(20)}  # ~10 KB a payment: the disk fills quickly
 FSIZE_LIMIT = 320 * 1024
@@ -72,7 +71,7 @@ def run_scenario(scenario: str, workdir: Path, sim_url: str, timeout: float = 24
     """Run one scenario in child processes; its report, ``{"skipped": why}`` or ``{"failed": why}``."""
     workdir.mkdir(parents=True, exist_ok=True)
     args = {"dir": str(workdir), "url": sim_url, "watchdog": timeout - 20}
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = CHILD
     if scenario == "full_rlimit":
         # The limit cannot be lifted from inside a process: fill in one, reopen in another.
         data = {**args, "data": str(workdir / "rlimit"), "watchdog": 100}
@@ -250,7 +249,7 @@ async def scenario_reopen(data: Path, url: str) -> dict[str, Any]:
 
 def _phase(phase: str, args: dict[str, Any], timeout: float = 90.0) -> dict[str, Any]:
     """Run one POS phase as its own process; a POS that hangs is killed, like a crashed one."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), phase, json.dumps(args)]
+    cmd = [*CHILD, phase, json.dumps(args)]
     try:
         return _run_child(cmd, timeout, None)
     except subprocess.TimeoutExpired:
