@@ -40,8 +40,7 @@ from offterm.core.errors import ConfigError, OfftermError, PluginError, StorageE
 from offterm.core.manager import PluginManager
 from offterm.core.registrations import ComponentContext, ReplicatorRegistration
 
-from .inspection import plugin_manager
-from .main import (
+from ._context import (
     _PLUGIN,
     _USAGE,
     EXIT_ATTENTION,
@@ -50,10 +49,10 @@ from .main import (
     EXIT_PLUGIN,
     Context,
     _emit_json,
-    cli,
     exit_codes_help,
     pass_ctx,
 )
+from .inspection import plugin_manager
 
 #: the hub could not be used: unreachable, login refused, not initialised, schema too new, wrong hub key
 EXIT_HUB = 6
@@ -108,7 +107,7 @@ def _setup(ctx: Context) -> tuple[Config, PluginManager, Replicator, bytes]:
     return cfg, pm, replicator, key
 
 
-@cli.group(epilog=exit_codes_help((EXIT_OK, "done (each subcommand's --help has its own list)"), *_COMMON))
+@click.group(epilog=exit_codes_help((EXIT_OK, "done (each subcommand's --help has its own list)"), *_COMMON))
 def hub() -> None:
     """The store hub: every lane's payments on one PostgreSQL server (docs/fleet.md)."""
 

@@ -11,8 +11,9 @@ under the key generation and the steps either side last knew.
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -20,7 +21,6 @@ from offterm.core.contracts.replication import HubClaim, HubLeaseLost, HubQueue
 from offterm.core.contracts.storage import StoredPayment
 
 from . import sealing
-from .replicator import PostgresReplicator
 
 _TAKE = sa.text(
     "SELECT p.offline_id FROM hub_payments p JOIN hub_lanes l ON l.lane = p.lane "
@@ -54,9 +54,21 @@ def merge(lane_view: StoredPayment, generation: int | None, steps: Any, intent_i
     return replace(lane_view, steps_sent=merged, intent_id=intent_id or lane_view.intent_id)
 
 
+class _HubConnection(Protocol):
+    """What the queue needs of the replicator's connection (a Protocol: the replicator imports this module)."""
+
+    def open(self, hub_key: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def _require_key(self) -> bytes: ...
+
+    def _tx(self) -> AbstractContextManager[sa.Connection]: ...
+
+
 class PostgresHubQueue(HubQueue):
-    def __init__(self, options: dict[str, Any]) -> None:
-        self._conn = PostgresReplicator(options)
+    def __init__(self, connection: _HubConnection) -> None:
+        self._conn = connection
 
     def __repr__(self) -> str:
         return "PostgresHubQueue(<hub>)"

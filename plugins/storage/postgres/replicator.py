@@ -310,7 +310,7 @@ class PostgresReplicator(Replicator):
     def hub_queue(self) -> HubQueue:
         from .hub_queue import PostgresHubQueue
 
-        return PostgresHubQueue(self._options)
+        return PostgresHubQueue(PostgresReplicator(self._options))  # a connection of its own
 
     def _require_key(self) -> bytes:
         if self._key is None:
