@@ -32,6 +32,8 @@ class Outbox:
         self._db = db
         self.livemode = livemode
         self._changed: asyncio.Event | None = None
+        #: set as the server shuts down: event streams end, so connections close without waiting out the grace
+        self.closing = False
 
     def _event(self) -> asyncio.Event:
         if self._changed is None:
@@ -67,6 +69,11 @@ class Outbox:
         changed = self._event()
         changed.set()
         self._changed = asyncio.Event()
+
+    def close_streams(self) -> None:
+        """End every event stream (they check ``closing`` when woken)."""
+        self.closing = True
+        self.notify()
 
     def after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
         rows = self._db.execute(

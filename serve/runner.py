@@ -36,16 +36,22 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, ready: dict[str, Any], out: TextIO) -> None:
+    def __init__(self, config: uvicorn.Config, ready: dict[str, Any], out: TextIO, state: ServeState) -> None:
         super().__init__(config)
         self._ready = ready
         self._out = out
+        self._state = state
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
             self._out.write(json.dumps(self._ready) + "\n")
             self._out.flush()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # end the event streams first: uvicorn waits for open responses, and a stream never ends by itself
+        self._state.outbox.close_streams()
+        await super().shutdown(sockets)
 
 
 def run(config: Config, overrides: Mapping[str, Any] | None = None, *, out: TextIO = sys.stdout) -> None:
@@ -73,7 +79,7 @@ def run(config: Config, overrides: Mapping[str, Any] | None = None, *, out: Text
         timeout_graceful_shutdown=5,
         server_header=False,
     )
-    server = _Server(uv_config, ready, out)
+    server = _Server(uv_config, ready, out, state)
     try:
         asyncio.run(server.serve(sockets=[sock]))
     finally:

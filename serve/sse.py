@@ -12,6 +12,10 @@ browser POS shows "offline, 2 payments waiting" live.  Those frames have no ``id
 outbox events: no webhook gets them, and ``Last-Event-ID`` still counts only events); a reconnecting
 client gets the current status first again.
 
+As the server shuts down every stream ends (``Outbox.close_streams``): uvicorn waits for open
+responses before the app's shutdown, and an endless stream would hold every stop for the whole grace
+period, then be cancelled with an error.  EventSource reconnects by itself once the service is back.
+
 Hand-written (thirty lines) rather than sse-starlette: the format is four fields, and the resume
 logic is the outbox's.
 """
@@ -41,7 +45,7 @@ async def stream(
     seq = outbox.last_seq() if after is None else after
     yield b"retry: 1000\n\n"
     shown: dict[str, Any] | None = None
-    while True:
+    while not outbox.closing:
         changed = outbox.waiter()
         if status is not None and (current := status()) != shown:
             shown = current

@@ -65,3 +65,23 @@ def test_the_stream_shows_the_offline_status_change_live(served: Served, receive
         served.proxy.set_mode("pass")
     wait_until(lambda: receiver.types().count("payment_intent.succeeded") == 2, what="the forwarded webhook")
     assert "offterm.offline_status" not in receiver.types(), "status frames are the stream's, not webhooks"
+
+
+def test_stopping_the_service_ends_open_streams_instead_of_waiting_them_out(served: Served) -> None:
+    url = f"{served.service.url}/v1/offterm/events?access_token={served.service.key}"
+    ended = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", url, timeout=60) as response:
+            for _ in response.iter_lines():
+                pass
+        ended.set()  # the server ended the response
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    wait_until(lambda: "event_stream_opened" in served.service.log(), what="the stream")
+    served.service.stop()
+    listener.join(timeout=30)
+    assert ended.is_set(), "the stream was cut, not ended"
+    log = served.service.log()
+    assert "graceful shutdown exceeded" not in log and "Exception in ASGI application" not in log
