@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from pgcluster import HUB_KEY, Cluster, PostgresNotInstalled
+
+from offterm.testing.pgcluster import HUB_KEY, Cluster, PostgresNotInstalled
 
 _numbers = itertools.count(1)
 
