@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from hubtls import HubTls, make_hub_tls
+from pgcluster import enable_tls
 
 from offterm.testing.pgcluster import HUB_KEY, Cluster, PostgresNotInstalled
 
@@ -14,8 +16,14 @@ _numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[Cluster]:
-    """Started once; stopped (``pg_ctl stop -m fast``) and removed at the end of the session.
+def hub_tls(tmp_path_factory: pytest.TempPathFactory) -> HubTls:
+    """A throwaway CA and the server certificate it signed (127.0.0.1, localhost), and an unrelated CA."""
+    return make_hub_tls(tmp_path_factory.mktemp("hub-tls"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(hub_tls: HubTls) -> Iterator[Cluster]:
+    """Started once, with ``ssl = on``; stopped (``pg_ctl stop -m fast``) and removed at the end of the session.
 
     Missing binaries FAIL the tests with how to install them: .ci/run installs them, so a
     missing server is a broken environment, not a reason to skip.
@@ -24,6 +32,7 @@ def pg_cluster() -> Iterator[Cluster]:
         cluster = Cluster()
     except PostgresNotInstalled as exc:
         pytest.fail(str(exc), pytrace=False)
+    enable_tls(cluster, hub_tls.server_cert, hub_tls.server_key)
     cluster.start()
     try:
         yield cluster
