@@ -32,7 +32,7 @@ from offterm.core.errors import (
     StoreNotFound,
 )
 
-from .inspection import inspection_terminal
+from ._inspection import inspection_terminal
 
 if TYPE_CHECKING:
     from offterm.core._engine.terminal import CloseReport

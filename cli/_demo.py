@@ -27,7 +27,7 @@ from offterm.core.models import PaymentIntent
 from offterm.sim.netproxy import FaultProxy
 from offterm.sim.processor import SimHandle, start_simulator
 
-from .ids import short_id as _short
+from ._ids import short_id as _short
 
 
 @dataclass

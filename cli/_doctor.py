@@ -2,7 +2,7 @@
 
 Each check reports ok / warn / fail with a detail line; a failing check never
 stops the others, and nothing here changes the store: it never creates one, nor
-a key (``offterm.cli.inspection``).  A check that failed with a coded error
+a key (``offterm.cli._inspection``).  A check that failed with a coded error
 carries its ``code`` too.
 """
 
@@ -19,7 +19,7 @@ from offterm.core.errors import OfftermError
 from offterm.core.manager import COMPONENT_KINDS, PluginManager
 from offterm.core.registrations import ComponentContext
 
-from .inspection import CLI_PLUGIN, inspection_terminal, loaded_from, plugin_manager
+from ._inspection import CLI_PLUGIN, inspection_terminal, loaded_from, plugin_manager
 
 Check = dict[str, str]
 
@@ -95,7 +95,7 @@ def _hub_check(cfg: Config, pm: PluginManager) -> tuple[str, str]:
     what it last heard from this lane.  Reads only (no heartbeat, nothing replicated)."""
     from datetime import UTC, datetime
 
-    from .hub import hub_components
+    from ._hub import hub_components
 
     replicator, key = hub_components(cfg, pm)
     try:

@@ -52,7 +52,7 @@ from ._context import (
     exit_codes_help,
     pass_ctx,
 )
-from .inspection import plugin_manager
+from ._inspection import plugin_manager
 
 #: the hub could not be used: unreachable, login refused, not initialised, schema too new, wrong hub key
 EXIT_HUB = 6

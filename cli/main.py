@@ -10,7 +10,7 @@ Exit codes (also in ``offterm --help``, and each command's own in its ``--help``
 * 4 — a plugin failed to load, a component is unknown, or a plugin built the wrong type;
 * 5 — no payment store where the configuration points (``storage_not_found``; nothing was created).
 
-The commands that work on the store never create one (``offterm.cli.inspection``).
+The commands that work on the store never create one (``offterm.cli._inspection``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from offterm.core.errors import (
     StoreNotFound,
 )
 
-from .ids import match_payment, short_ids
+from ._ids import match_payment, short_ids
 
 if TYPE_CHECKING:
     pass
@@ -98,7 +98,7 @@ def _configure_logging(log_json: bool, level: str) -> None:
 @pass_ctx
 def demo(ctx: Context, as_json: bool) -> None:
     """Run the whole offline story on embedded defaults (no configuration needed)."""
-    from .demo import demo_main
+    from ._demo import demo_main
 
     if ctx.log_level == "warning" and not ctx.log_json:
         _configure_logging(False, "error")  # the story says it all; keep routine warnings out of it
@@ -560,7 +560,7 @@ def doctor(ctx: Context, as_json: bool) -> None:
 
     Changes nothing: it never creates a store or a key.
     """
-    from .doctor import run_checks
+    from ._doctor import run_checks
 
     checks = run_checks(ctx.config_path)
     if as_json:
@@ -574,7 +574,7 @@ def doctor(ctx: Context, as_json: bool) -> None:
     sys.exit(EXIT_ATTENTION if any(c["status"] == "fail" for c in checks) else EXIT_OK)
 
 
-from .hub import hub as _hub  # noqa: E402
+from ._hub import hub as _hub  # noqa: E402
 
 cli.add_command(_hub)
 

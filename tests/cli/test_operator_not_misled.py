@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import offterm.cli.inspection as inspection
+import offterm.cli._inspection as inspection
 import offterm.cli.main as cli_main
 from offterm.cli.main import PAYMENT_COLUMNS, cli
 from offterm.core import Terminal, hookimpl
@@ -223,7 +223,7 @@ def test_list_at_80_columns_shows_each_id_by_a_tail_that_show_accepts(world) -> 
 
 
 def test_short_ids_grow_their_tail_until_they_tell_ids_apart() -> None:
-    from offterm.cli.ids import short_id, short_ids
+    from offterm.cli._ids import short_id, short_ids
 
     a, b = "offpi_0000000000000000000000aa12345678", "offpi_0000000000000000000000bb12345678"
     assert short_id(a) == short_id(b) == "offpi_…12345678"
