@@ -19,11 +19,18 @@ from .script import HELP, ScriptError, parse_presentation
 ENV_CARD_KEY = "OFFTERM_EMULATOR_CARD_KEY"
 
 
+EXIT_CODES = """
+Exit codes:
+  0  stopped cleanly (stdin closed, SIGTERM or SIGINT)
+  2  usage error: a bad option, card key or presentation script
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="offterm reader-emulator",
         description="An emulated card reader in its own process, speaking the offterm reader protocol.",
-        epilog="Control lines on stdin:\n" + HELP,
+        epilog="Control lines on stdin:\n" + HELP + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     mode = parser.add_mutually_exclusive_group(required=True)

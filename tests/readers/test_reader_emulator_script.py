@@ -129,3 +129,10 @@ def test_a_transaction_key_seals_one_card_only() -> None:
     # encrypt() is a fresh key per call, as before.
     (blob1, ksn1), (blob2, ksn2) = card_encryption.encrypt(card, key), card_encryption.encrypt(card, key)
     assert ksn1 != ksn2 and blob1 != blob2
+
+
+def test_the_emulator_help_lists_its_exit_codes():
+    from offterm.sim.reader_emulator.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "Exit codes:" in text and "  0  stopped cleanly" in text and "  2  usage error" in text
