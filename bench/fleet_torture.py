@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,10 @@ def code_under_test() -> str:
     return f"working tree at {rev}" + (" with uncommitted changes to the library" if dirty.stdout.strip() else "")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1)
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         help="'worktree' (default), or a git revision to run against (git archive, immune to edits during the run)",
     )
     raw = list(argv if argv is not None else sys.argv[1:])
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped run still stops every process and the cluster
     args = parser.parse_args(raw)
     settings = fleet.FleetSettings(
         seed=args.seed,

@@ -508,6 +508,13 @@ class Fleet:
             crash.run_life(lane.station, rig, plan, outside_kill_after=None, max_seconds=60.0)
         time.sleep(self.settings.silent_after + 0.5)
         self.stats.final_passes += self.forwarders.settle()
+        self.check_passes(self.stats.final_passes, "final pass")
+
+    def check_passes(self, passes: list[dict[str, Any]], where: str) -> None:
+        """Every calm ``offterm hub forward --once`` must end its pass (0, or 1: a payment needs attention)."""
+        for report in passes:
+            if report["status"] not in (0, 1) or "taken" not in report:
+                self.failure(f"{where}: offterm hub forward --once failed: {report}")
 
     def verify(self, rig: crash.Rig, hub: Hub) -> None:
         ledger = rig.sim.ledger()
@@ -561,6 +568,7 @@ class Fleet:
             self.forwarders = HubForwarders(self.workdir, hub, rig.url, settings)
             settings.log("fleet: device loss")
             self.stats.device_loss = device_loss(self, rig, hub)
+            self.check_passes(self.stats.device_loss["hub_forward_passes"], "device loss")
             self.lanes = [Lane(self.workdir, n, hub, self.rng()) for n in range(1, settings.lanes + 1)]
             settings.log(
                 f"fleet: torture, {settings.lanes} lanes, targets {settings.kills} kills / {settings.payments} payments"
