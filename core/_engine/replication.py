@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import structlog
 
 from ..config import Config
+from ..contracts.policies import FleetExposure
 from ..contracts.replication import HubError, HubOutcome, ReplicationRecord, Replicator, StateTotals
 from ..contracts.storage import PaymentState, StorageKeyProvider, StoredPayment
 from ..errors import (
@@ -326,6 +327,20 @@ class Replication:
             return None
         at, totals = seen
         return totals if time.monotonic() - at <= max_age else None
+
+    def fleet_snapshot(self) -> FleetExposure | None:
+        """What the acceptance policies see of the rest of the store (``AcceptanceRequest.fleet``).
+
+        None with no hub; otherwise the hub's last answer (None before the first) with its age, so
+        each policy applies its own maximum age.  Synchronous and cheap (no I/O).
+        """
+        if not self.enabled:
+            return None
+        seen = self._exposure_seen
+        if seen is None:
+            return FleetExposure(None, None)
+        at, totals = seen
+        return FleetExposure(totals, max(0.0, time.monotonic() - at))
 
     # -- the background loop ---------------------------------------------------------------
 

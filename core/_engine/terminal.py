@@ -779,6 +779,7 @@ class Terminal:
             reader_last_online_at=last_at,
             reader_last_online_location=last_location,
             location_id=self._location_id or (reader.location_id if reader else None),
+            fleet=self.replication.fleet_snapshot(),  # the other lanes, for store-wide limits (docs/fleet.md)
         )
 
     def _evaluate(self, intent: PaymentIntent, request: AcceptanceRequest) -> None:

@@ -8,7 +8,21 @@ from datetime import datetime
 
 from ..errors import OfflineRefused
 from .readers import CardDetails, ReaderInfo
+from .replication import StateTotals
 from .storage import StoredPayment, StoreSummary
+
+
+@dataclass(frozen=True)
+class FleetExposure:
+    """The other lanes' waiting payments, as the store hub last said (store-wide limits, docs/fleet.md).
+
+    ``totals`` is None while the hub has not answered since this Terminal opened (unreachable, or not
+    asked yet); ``age_seconds`` is how long ago it answered (None with no answer).  A policy decides
+    itself how old an answer it still trusts.
+    """
+
+    totals: StateTotals | None
+    age_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -25,6 +39,8 @@ class AcceptanceRequest:
     reader_last_online_at: datetime | None
     reader_last_online_location: str | None
     location_id: str | None
+    #: the rest of the store (other lanes) as the hub last said; None when this lane has no hub
+    fleet: FleetExposure | None = None
 
 
 class OfflineAcceptancePolicy(abc.ABC):
