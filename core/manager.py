@@ -73,6 +73,7 @@ BUNDLED_PLUGINS: tuple[tuple[str, str], ...] = (
     ("stripe", "offterm.plugins.transport.stripe"),
     ("token-providers", "offterm.plugins.transport.tokens"),
     ("offline-limits", "offterm.plugins.policies.limits"),
+    ("hub-limits", "offterm.plugins.policies.hub_limits"),
     ("forwarding-policy", "offterm.plugins.policies.backoff"),
     ("postgres-hub", "offterm.plugins.storage.postgres"),
 )

@@ -1,3 +1,4 @@
-"""The bundled offline acceptance policy (``limits``, with its refusals) and forwarding policy (``backoff``)."""
+"""The bundled offline acceptance policies (``limits`` per lane, ``hub_limits`` store-wide, each with its
+refusals) and forwarding policy (``backoff``)."""
 
-__all__ = ["backoff", "limits"]
+__all__ = ["backoff", "hub_limits", "limits"]
