@@ -43,6 +43,7 @@ import structlog
 
 from ..contracts.forwarding import ForwardingTransport, IntentRequest, IntentSnapshot, ProcessorSession
 from ..contracts.readers import CardResult
+from ..contracts.storage import StoredPayment
 from ..errors import PaymentNotFound
 from .keys import CONFIRMING_STEPS, CREATING_STEPS, Step, step_key
 from .outcomes import Verdict, attention_code, judge
@@ -91,6 +92,28 @@ class PaymentView:
     generation: int = 0
     steps_sent: StepsSent = field(default_factory=dict)
     stored_at: datetime | None = None
+
+    @classmethod
+    def of(cls, payment: StoredPayment) -> PaymentView:
+        """The view of a stored payment (forwarded by a lane, or by the hub for a silent lane)."""
+        assert payment.card is not None
+        return cls(
+            offline_id=payment.offline_id,
+            key=payment.idempotency_key,
+            request=IntentRequest(
+                offline_id=payment.offline_id,
+                amount=payment.amount,
+                currency=payment.currency,
+                capture_method=payment.capture_method,
+                metadata=dict(payment.metadata),
+                description=payment.description,
+            ),
+            card=payment.card,
+            intent_id=payment.intent_id,
+            generation=payment.key_generation,
+            steps_sent=dict(payment.steps_sent),
+            stored_at=payment.stored_at,
+        )
 
     @property
     def first_request_at(self) -> datetime | None:

@@ -36,7 +36,6 @@ from ..contracts import (
     ProcessorSession,
     StoredPayment,
 )
-from ..contracts.forwarding import IntentRequest
 from ..errors import (
     AccountMismatch,
     AuthenticationFailed,
@@ -389,24 +388,7 @@ class Forwarder:
         if refusal is not None:
             await self._finish(state, payment, PaymentState.NEEDS_ATTENTION, refusal)
             return
-        assert payment.card is not None
-        view = PaymentView(
-            offline_id=payment.offline_id,
-            key=payment.idempotency_key,
-            request=IntentRequest(
-                offline_id=payment.offline_id,
-                amount=payment.amount,
-                currency=payment.currency,
-                capture_method=payment.capture_method,
-                metadata=dict(payment.metadata),
-                description=payment.description,
-            ),
-            card=payment.card,
-            intent_id=payment.intent_id,
-            generation=payment.key_generation,
-            steps_sent=dict(payment.steps_sent),
-            stored_at=payment.stored_at,
-        )
+        view = PaymentView.of(payment)
         ledger = _StoreLedger(self._store, self.owner, payment.offline_id)
         renewed = False
         while True:

@@ -30,7 +30,6 @@ import structlog
 
 from ..config import Config
 from ..contracts import ForwardingPolicy, ForwardingTransport, ProcessorSession, StoredPayment
-from ..contracts.forwarding import IntentRequest
 from ..contracts.replication import HubClaim, HubError, HubLeaseLost, HubQueue, Replicator
 from ..contracts.storage import StorageKeyProvider
 from ..errors import (
@@ -254,24 +253,7 @@ class HubForwarder:
         if refusal is not None:
             await self._decide(claim, "needs_attention", report.needs_attention, None, refusal.code)
             return session
-        assert payment.card is not None
-        view = PaymentView(
-            offline_id=payment.offline_id,
-            key=payment.idempotency_key,
-            request=IntentRequest(
-                offline_id=payment.offline_id,
-                amount=payment.amount,
-                currency=payment.currency,
-                capture_method=payment.capture_method,
-                metadata=dict(payment.metadata),
-                description=payment.description,
-            ),
-            card=payment.card,
-            intent_id=payment.intent_id,
-            generation=payment.key_generation,
-            steps_sent=dict(payment.steps_sent),
-            stored_at=payment.stored_at,
-        )
+        view = PaymentView.of(payment)
         ledger = _HubLedger(self, view)
         renewed = False
         while True:
