@@ -328,12 +328,13 @@ _UPSERT = sa.text(
     "WHERE hub_payments.updated_at < EXCLUDED.updated_at"
 )
 
-#: ``offterm hub status`` in one query, on the partial index ``hub_payments_lane_open``
+#: ``offterm hub status`` in one query, on the partial index ``hub_payments_lane_open``: it reads only
+#: columns the index holds (count(p.lane), not a column outside it), so the scan is index-only
 _STATUS = sa.text(
     "SELECT l.lane, l.last_heartbeat, "
     "CASE WHEN l.last_heartbeat IS NULL THEN NULL WHEN l.oldest_unreplicated IS NULL THEN 0 "
     "ELSE extract(epoch FROM now() - l.oldest_unreplicated) END, "
-    "p.state, p.currency, count(p.offline_id), coalesce(sum(p.amount), 0), min(p.stored_at) "
+    "p.state, p.currency, count(p.lane), coalesce(sum(p.amount), 0), min(p.stored_at) "
     "FROM hub_lanes l LEFT JOIN hub_payments p ON p.lane = l.lane "
     "AND p.state IN ('stored', 'forwarding', 'outcome_unknown', 'needs_attention') "
     "GROUP BY l.lane, l.last_heartbeat, l.oldest_unreplicated, p.state, p.currency ORDER BY l.lane"
