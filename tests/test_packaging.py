@@ -172,3 +172,9 @@ def test_type_checkers_resolve_offterm_after_the_readme_install(tmp_path):
     assert "offterm.testing.recorder.HookRecorder" in revealed[1], revealed
     assert "offterm.testing.config.SimulatorLike" in revealed[2], revealed
     assert all(r.strip('"') != "Any" for r in revealed), revealed
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test modules by basename (no __init__.py in tests/): two alike stop the whole run."""
+    names = [p.name for p in ROOT.joinpath("tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
