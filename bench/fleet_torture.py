@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payments", type=int, default=5000, help="payments acknowledged to the apps to reach")
     parser.add_argument("--lanes", type=int, default=3)
     parser.add_argument(
+        "--idempotency-window",
+        type=float,
+        default=None,
+        help="[forwarding] idempotency_window of lanes and hub forwarder (default: the crash torture's 1 s)",
+    )
+    parser.add_argument(
         "--max-minutes", type=float, default=None, help="stop the torture short of the targets (says so)"
     )
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         kills=args.kills,
         payments=args.payments,
         lanes=args.lanes,
+        **({} if args.idempotency_window is None else {"idempotency_window": args.idempotency_window}),
         max_seconds=None if args.max_minutes is None else args.max_minutes * 60.0,
         log=log,
     )

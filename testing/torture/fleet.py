@@ -79,6 +79,9 @@ class FleetSettings:
     lan_cut_for: tuple[float, float] = (0.3, 4.0)
     max_life_seconds: float = 120.0
     device_loss_payments: int = 20
+    #: ``[forwarding] idempotency_window`` of lanes and hub forwarder: the crash torture's tiny one by default,
+    #: so resends go through the lookup path as they would a day later
+    idempotency_window: float = crash.IDEMPOTENCY_WINDOW
     #: wall-time budget of the torture part: past it the run stops short of the targets (and says so)
     max_seconds: float | None = None
     log: Callable[[str], None] = lambda line: None
@@ -191,7 +194,7 @@ class Hub:
 
         from offterm.plugins.storage.postgres import PostgresReplicator
 
-        self.cluster = Cluster(workdir)
+        self.cluster = Cluster()  # in the system temp dir: `nobody` cannot enter a root-only workdir
         self.cluster.start()
         self.key = key
         with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
@@ -233,7 +236,7 @@ class Hub:
 class Lane:
     """One lane: a crash-torture station with its hub role and its LAN (a fault proxy in front of PostgreSQL)."""
 
-    def __init__(self, workdir: Path, number: int, hub: Hub, rng: random.Random) -> None:
+    def __init__(self, workdir: Path, number: int, hub: Hub, rng: random.Random, window: float) -> None:
         from offterm.sim.netproxy import FaultProxy
 
         self.number = number
@@ -242,9 +245,11 @@ class Lane:
         self.lan = FaultProxy(hub.cluster.port).start()
         self.url = hub.role(self.name).replace(f":{hub.cluster.port}/", f":{self.lan.port}/")
         self.rng = rng
+        self.window = window
 
     def config(self, rig_url: str, seed: int, mode: str, **hub: Any) -> dict[str, Any]:
         config = crash.worker_config(self.station, rig_url, seed)
+        config["forwarding"]["idempotency_window"] = self.window
         config.update(hub_sections(self.url, self.name, mode=mode, **hub))
         return config
 
@@ -261,6 +266,7 @@ class HubForwarders:
         url = hub.role("hub_forwarder", forwarder=True)
         config = crash.worker_config(crash.Station(workdir, 0), rig_url, settings.seed)
         config["terminal"]["data_dir"] = str(station_dir / "data")
+        config["forwarding"]["idempotency_window"] = settings.idempotency_window
         config.update(hub_sections(url, "", lane_silent_after=settings.silent_after, forward_interval=0.5))
         self.toml = station_dir / "offterm.toml"
         self.toml.write_text(toml(config), encoding="utf-8")
@@ -569,7 +575,10 @@ class Fleet:
             settings.log("fleet: device loss")
             self.stats.device_loss = device_loss(self, rig, hub)
             self.check_passes(self.stats.device_loss["hub_forward_passes"], "device loss")
-            self.lanes = [Lane(self.workdir, n, hub, self.rng()) for n in range(1, settings.lanes + 1)]
+            self.lanes = [
+                Lane(self.workdir, n, hub, self.rng(), settings.idempotency_window)
+                for n in range(1, settings.lanes + 1)
+            ]
             settings.log(
                 f"fleet: torture, {settings.lanes} lanes, targets {settings.kills} kills / {settings.payments} payments"
             )
@@ -604,12 +613,13 @@ def device_loss(fleet: Fleet, rig: crash.Rig, hub: Hub) -> dict[str, Any]:
     from offterm.sim.netproxy import FaultProxy
 
     assert fleet.forwarders is not None
-    lane = Lane(fleet.workdir, 99, hub, fleet.rng())
+    lane = Lane(fleet.workdir, 99, hub, fleet.rng(), fleet.settings.idempotency_window)
     processor = FaultProxy(rig.sim.port).start()  # this lane's own internet (the fleet's stays up)
     try:
         calm = {"point": "none"}
         first = fleet.plan(lane, rig, lane.rng, 2, calm, "sync")
         first["config"] = lane.config(processor.url, 1, "sync", sync_timeout=2.0)
+        first.update(behavior_weights=(100, 0, 0), cards=("visa",))  # online, while the internet is up
         crash.run_life(lane.station, rig, first, outside_kill_after=None, max_seconds=60.0)
         processor.set_mode("down")  # the internet is gone; the LAN (to the hub) is up
         n = fleet.settings.device_loss_payments
@@ -618,7 +628,7 @@ def device_loss(fleet: Fleet, rig: crash.Rig, hub: Hub) -> dict[str, Any]:
         plan["config"] = lane.config(processor.url, 2, "sync", sync_timeout=2.0)
         result = crash.run_life(lane.station, rig, plan, outside_kill_after=None, max_seconds=120.0)
         shutil.rmtree(lane.station.data)  # the device is gone, and its store with it
-        stored = [r["id"] for r in result.records if r.get("e") == "stored"]
+        stored = [r["id"] for r in lane.station.records() if r.get("e") == "stored"]
         online = [r["id"] for r in lane.station.records() if r.get("e") == "online"]
         time.sleep(fleet.settings.silent_after + 0.5)
         passes = fleet.forwarders.settle()
