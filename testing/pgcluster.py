@@ -58,13 +58,13 @@ def _free_port() -> int:
 
 
 class Cluster:
-    """One cluster: ``start``, ``stop(mode)``, ``url(user, password, database)``."""
+    """One cluster: ``start``, ``stop(mode)``, ``url(user, password, database)``, ``dsn``, ``destroy``."""
 
     superuser = "offterm_admin"
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self.bindir = find_bindir()
-        self.root = Path(tempfile.mkdtemp(prefix="offterm-pg-"))
+        self.root = Path(tempfile.mkdtemp(prefix="offterm-pg-", dir=root))
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"
         self.port = _free_port()
@@ -98,6 +98,8 @@ class Cluster:
                 "max_connections = 100\nshared_buffers = 32MB\n"
             )
         self.running = False
+        #: ``stop("immediate")`` calls so far (the fleet torture counts PostgreSQL's crashes)
+        self.immediate_stops = 0
 
     def _run(self, tool: str, *args: str) -> None:
         command = [*self._as_user, str(self.bindir / tool), *args]
@@ -114,16 +116,24 @@ class Cluster:
         """``fast`` (clean) or ``immediate`` (as if the server crashed: crash recovery at the next start)."""
         self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", mode, "-D", str(self.datadir))
         self.running = False
+        if mode == "immediate":
+            self.immediate_stops += 1
 
     def url(self, user: str | None = None, password: str | None = None, database: str = "postgres") -> str:
         user = user or self.superuser
         password = self.password if password is None else password
         return f"postgresql+psycopg://{user}:{password}@127.0.0.1:{self.port}/{database}"
 
+    def dsn(self, database: str = "postgres") -> str:
+        """The superuser's libpq URL (for psycopg directly)."""
+        return self.url(database=database).replace("+psycopg", "")
+
     def destroy(self) -> None:
-        if self.running:
-            self.stop("fast")
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            if self.running:
+                self.stop("fast")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 #: the hub key every test hub is initialised with

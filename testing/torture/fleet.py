@@ -4,7 +4,7 @@ One run (``python bench/fleet_torture.py --seed N --kills 300 --payments 5000``)
 
 * a processor simulator in its own process behind a fault proxy (the crash torture's ``Rig``),
   with the crash torture's weather: simulator faults and proxy modes switching all the time;
-* a real PostgreSQL cluster (``fleet_pg.Cluster``) holding the store hub, with one login role
+* a real PostgreSQL cluster (``offterm.testing.pgcluster.Cluster``) holding the store hub, with one login role
   per lane and one for the hub forwarder; now and then ``pg_ctl stop -m immediate`` (a crash of
   the server: crash recovery at the next start), then started again;
 * three lanes, each a POS data directory (the crash torture's ``Station``) whose "lives" are
@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..pgcluster import Cluster
 from . import crash
-from .fleet_pg import Cluster
 
 #: ``offterm`` by module name (the hub forwarder's processes).
 OFFTERM = [sys.executable, "-m", "offterm.cli.main"]
