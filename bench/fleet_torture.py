@@ -24,36 +24,16 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from torture import snapshot  # bench/torture.py: this folder is on sys.path for a script
+
 from offterm.testing.torture import fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_ENV = "OFFTERM_TORTURE_CODE"
-SNAPSHOT_PATHS = ("core", "plugins", "sim", "cli", "testing", "bench")
 
 
 def log(line: str) -> None:
     print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {line}", flush=True)
-
-
-def snapshot(rev: str, workdir: Path, argv: list[str]) -> None:
-    """Re-run this command against ``git archive <rev>`` (as bench/torture.py --code does), so edits and
-    re-installs made in the working tree during a long run cannot change the code under test."""
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--verify", rev + "^{commit}"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    code = workdir / "code"
-    (code / "offterm").mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", commit, *SNAPSHOT_PATHS], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
-    for name in ("core", "plugins", "sim", "cli", "testing"):
-        (code / name).rename(code / "offterm" / name)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(code) + os.pathsep + env.get("PYTHONPATH", "")
-    env[SNAPSHOT_ENV] = commit
-    log(f"running against commit {commit[:12]} (git archive into {code})")
-    os.execve(sys.executable, [sys.executable, str(code / "bench" / "fleet_torture.py"), *argv], env)
 
 
 def code_under_test() -> str:
@@ -116,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     workdir.mkdir(parents=True, exist_ok=True)
     if args.code != "worktree" and not os.environ.get(SNAPSHOT_ENV):
-        snapshot(args.code, workdir, [*raw, *([] if args.workdir else ["--workdir", str(workdir)])])
+        snapshot(args.code, workdir, [*raw, *([] if args.workdir else ["--workdir", str(workdir)])], "fleet_torture.py")
     log(f"fleet torture: seed={args.seed} kills={args.kills} payments={args.payments} workdir={workdir}")
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     stats = fleet.run(settings, workdir).to_json()

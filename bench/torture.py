@@ -73,7 +73,7 @@ def run_section(name: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     return battery.run(name, seed=args.seed, quick=args.quick, workdir=workdir / name, log=log)
 
 
-def snapshot(rev: str, workdir: Path, argv: list[str]) -> None:
+def snapshot(rev: str, workdir: Path, argv: list[str], script: str = "torture.py") -> None:
     """Re-run this command against ``git archive <rev>`` of the library, so edits made to the working tree
     during a long run cannot change the code under test half-way."""
     commit = subprocess.run(
@@ -92,7 +92,7 @@ def snapshot(rev: str, workdir: Path, argv: list[str]) -> None:
     env[SNAPSHOT_ENV] = commit
     log(f"running against commit {commit[:12]} (git archive into {code})")
     # The harness too (this script, the POS worker, the batteries) comes from the snapshot.
-    os.execve(sys.executable, [sys.executable, str(code / "bench" / "torture.py"), *argv], env)
+    os.execve(sys.executable, [sys.executable, str(code / "bench" / script), *argv], env)
 
 
 def _public(argv: list[str]) -> list[str]:
