@@ -39,7 +39,7 @@ import structlog
 # stderr at worst), never structlog's default of printing to stdout, even when an app builds a
 # manager before anything imports the Terminal.
 from . import hookspecs, logs  # noqa: F401
-from .config import CORE_OPTIONS, Config, closest
+from ._engine.config import CORE_OPTIONS, Config, closest
 from .errors import ComponentConflict, ComponentNotFound, ConfigError, PluginError
 from .registrations import (
     AcceptancePolicyRegistration,
