@@ -83,6 +83,17 @@ class ComponentContext:
     data_dir: Path
 
 
+def _check(what: str, name: object, function: object, called: str, options: tuple[OptionSpec, ...]) -> None:
+    """What every registration is checked for: a valid name, a callable, no option key twice."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PluginError(f"invalid {what} name {name!r}: use 1-40 of a-z, 0-9, '_' or '-', starting with a letter")
+    if not callable(function):
+        raise PluginError(f"{what} {name!r}: {called} is not callable")
+    keys = [o.key for o in options]
+    if len(keys) != len(set(keys)):
+        raise PluginError(f"{what} {name!r}: duplicate option keys")
+
+
 @dataclass(frozen=True)
 class Registration(Generic[T]):
     """A component a plugin offers: the name the configuration selects it by, and how to build it.
@@ -101,15 +112,7 @@ class Registration(Generic[T]):
     options: tuple[OptionSpec, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise PluginError(
-                f"invalid component name {self.name!r}: use 1-40 of a-z, 0-9, '_' or '-', starting with a letter"
-            )
-        if not callable(self.factory):
-            raise PluginError(f"component {self.name!r}: factory is not callable")
-        keys = [o.key for o in self.options]
-        if len(keys) != len(set(keys)):
-            raise PluginError(f"component {self.name!r}: duplicate option keys")
+        _check("component", self.name, self.factory, "factory", self.options)
 
 
 class ReaderTransportRegistration(Registration[ReaderTransport]):
@@ -158,14 +161,9 @@ class ForwardingPolicyRegistration(Registration[ForwardingPolicy]):
 class ListenerSettingsRegistration:
     """The settings an event-listener plugin reads from its ``[plugins.<name>]`` table.
 
-    Yielded from ``offterm_listener_settings``.  When a Terminal opens, the
-    table is validated against ``options`` (the same checks as a component's
-    options: a bad value is a ConfigError naming ``plugins.<name>.<key>``;
-    a ``secret`` option may come from ``OFFTERM_PLUGINS_<NAME>_<KEY>``) and
-    ``apply`` is called once with every declared key, defaults included, even
-    when the file has no such table.  By convention ``name`` is the plugin's
-    own name (its entry-point name), so ``[plugins] disable`` and
-    ``[plugins.<name>]`` say the same thing.
+    Yielded from ``offterm_listener_settings``, which says when the table is checked against
+    ``options`` and ``apply`` is called.  By convention ``name`` is the plugin's own (entry-point)
+    name, so ``[plugins] disable`` and ``[plugins.<name>]`` say the same thing.
     """
 
     kind: ClassVar[str] = "listener settings"
@@ -176,15 +174,7 @@ class ListenerSettingsRegistration:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise PluginError(
-                f"invalid settings name {self.name!r}: use 1-40 of a-z, 0-9, '_' or '-', starting with a letter"
-            )
-        if not callable(self.apply):
-            raise PluginError(f"settings {self.name!r}: apply is not callable")
-        keys = [o.key for o in self.options]
-        if len(keys) != len(set(keys)):
-            raise PluginError(f"settings {self.name!r}: duplicate option keys")
+        _check("settings", self.name, self.apply, "apply", self.options)
 
 
 class ReplicatorRegistration(Registration[Replicator]):
