@@ -39,7 +39,6 @@ from .storage import (
 from .tokens import ConnectionToken, ConnectionTokenProvider, TokenRequest
 
 __all__ = [
-    "# replication to a store hub (issue #15)",
     "AcceptanceRequest",
     "CardDetails",
     "CardResult",
