@@ -1,10 +1,9 @@
 """Forwarding transports: the processor side of the wire.
 
-A transport makes single requests; the core decides which ones, in what
-order, and with which idempotency keys (docs/forwarding.md, "One key per payment").  That split
-is what keeps a payment charged once by the processor's own rules: the
-core records each step durably before it is sent, remembers the intent id
-as soon as one comes back, and looks a payment up before resending a step
+A transport makes single requests; the core decides which ones, in what order, and with which
+idempotency keys (docs/forwarding.md, "One key per payment").  That split is what keeps a payment
+charged once by the processor's own rules: the core records each step durably before it is sent,
+remembers the intent id as soon as one comes back, and looks a payment up before resending a step
 the processor may have forgotten (Stripe prunes idempotency keys after 24 h).
 """
 
@@ -53,9 +52,8 @@ class PaymentError:
 class IntentSnapshot:
     """A PaymentIntent as the processor reports it.
 
-    ``status`` is the processor's word, kept as a string: the core judges it
-    (docs/forwarding.md, "The status table"), and a status it does not know is never
-    taken for "paid".
+    ``status`` is the processor's word, kept as a string: the core judges it (docs/forwarding.md,
+    "The status table"), and a status it does not know is never taken for "paid".
     """
 
     id: str
@@ -70,16 +68,14 @@ class IntentSnapshot:
 class ForwardingTransport(abc.ABC):
     """Talks to the processor.  Every method makes at most one request.
 
-    Raise the typed errors of ``offterm.core.errors``: TransientProcessorError
-    (nothing ran, or a 5xx / 429), OutcomeUnknown (sent, no answer),
-    PermanentProcessorError (refused; retrying will not help),
-    AuthenticationFailed (the session was refused), CardDeclined only when a
-    decline carries no PaymentIntent.  Idempotency keys are used exactly as
-    given.
+    Raise the typed errors of ``offterm.core.errors``: TransientProcessorError (nothing ran, or a
+    5xx / 429), OutcomeUnknown (sent, no answer), PermanentProcessorError (refused; retrying will not
+    help), AuthenticationFailed (the session was refused), CardDeclined only when a decline carries
+    no PaymentIntent.  Idempotency keys are used exactly as given.
     """
 
-    #: Seconds after an intent's creation before the processor's search is
-    #: sure to find it (Stripe: "generally within a minute").
+    #: Seconds after an intent's creation before the processor's search is sure to find it (Stripe:
+    #: "generally within a minute").
     search_delay: float = 60.0
 
     async def open(self) -> None:
@@ -107,10 +103,9 @@ class ForwardingTransport(abc.ABC):
     ) -> IntentSnapshot:
         """Create a card_present PaymentIntent.
 
-        With ``payment_method`` it is created and confirmed in one request
-        (Stripe's ``confirm=true``), and the snapshot says how the
-        confirmation went, a decline included (``requires_payment_method``
-        with ``last_payment_error``).  The offline id travels in the
+        With ``payment_method`` it is created and confirmed in one request (Stripe's
+        ``confirm=true``), and the snapshot says how the confirmation went, a decline included
+        (``requires_payment_method`` with ``last_payment_error``).  The offline id travels in the
         intent's metadata, so :meth:`find_intent` can find it later.
         """
 
@@ -131,9 +126,8 @@ class ForwardingTransport(abc.ABC):
     ) -> IntentSnapshot:
         """Confirm an existing intent with ``payment_method``.
 
-        Returns the intent as the processor left it: confirmed, declined,
-        or, when the processor refused because the intent was not
-        confirmable (already paid, canceled), the intent as it is.
+        Returns the intent as the processor left it: confirmed, declined, or, when the processor
+        refused because the intent was not confirmable (already paid, canceled), the intent as it is.
         """
 
     @abc.abstractmethod
@@ -144,8 +138,8 @@ class ForwardingTransport(abc.ABC):
     async def find_intent(self, session: ProcessorSession, offline_id: str) -> IntentSnapshot | None:
         """The intent whose metadata carries ``offline_id``, or None.
 
-        Processors index for search with a delay (:attr:`search_delay`):
-        None is only trusted for intents created longer ago than that.
+        Processors index for search with a delay (:attr:`search_delay`): None is only trusted for
+        intents created longer ago than that.
         """
 
     @abc.abstractmethod
