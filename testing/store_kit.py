@@ -407,6 +407,12 @@ class StoreConformance:
         assert (got.key_generation, got.steps_sent, got.intent_id, got.attempts) == (1, {}, None, 1)
         got = store.start_key_generation(pid, "w", _at(4), "pi_found")
         assert (got.key_generation, got.intent_id) == (2, "pi_found")
+        got = store.start_key_generation(pid, "w", _at(4), None, generation=7)  # a period of the exchange
+        assert (got.key_generation, got.steps_sent) == (7, {})
+        got = store.start_key_generation(pid, "w", _at(4), "pi_found", generation=3)  # never backwards
+        assert (got.key_generation, got.intent_id) == (8, "pi_found")
+        with pytest.raises(InvalidRequest):
+            store.start_key_generation(pid, "w", _at(4), None, generation=-1)
         store.release("w", _at(5))
         with pytest.raises(InvalidTransition):
             store.record_intent(pid, "w", "pi_late", _at(6))
@@ -414,7 +420,7 @@ class StoreConformance:
             store.start_key_generation(pid, "w", _at(6), None)
         with pytest.raises(PaymentNotFound):
             store.record_intent("offpi_nope", "w", "pi_x", _at(6))
-        assert store.get(pid).key_generation == 2 and store.get(pid).intent_id == "pi_found"
+        assert store.get(pid).key_generation == 8 and store.get(pid).intent_id == "pi_found"
 
     @pytest.mark.parametrize("target", sorted(ALLOWED_TRANSITIONS[S.FORWARDING]))
     def test_every_allowed_completion_works(self, store: PaymentStore, target: S) -> None:

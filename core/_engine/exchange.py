@@ -8,16 +8,24 @@ attempt used and can never leave a second intent behind.
 
 The rules, in the order they apply:
 
-1. **A resend the processor may have forgotten is looked up first.**  Stripe
-   prunes idempotency keys once they are 24 hours old, and a request with a
-   pruned key is a new request.  When the payment's first request of its
-   key generation is older than the idempotency window (23 h by default),
-   the payment is looked up: by intent id when known, else by its offline
-   id in the intent's metadata (search; trusted only once its indexing
-   delay has passed since the last request that could have created it).
-   Paid -> forwarded, never sent again; declined -> declined; found unpaid ->
-   confirm that intent; not found -> create anew.  Either way the payment
-   moves to a new key generation, durably, before anything is sent.
+1. **Every actor uses the same keys at the same time; a new key is used
+   only after a lookup.**  Stripe prunes idempotency keys once they are 24
+   hours old, and a request with a pruned key is a new request.  A stored
+   payment's life is cut into periods from the moment it was stored: each
+   is the idempotency window (23 h by default) in which requests are sent,
+   then a quiet gap of search's indexing delay (1 h) in which none is.
+   Period ``g`` sends under key generation ``g``.  Every actor that
+   forwards the payment (its lane, any Terminal on the same store, the hub
+   forwarder for a silent lane) computes the same generation from the
+   payment's stored time, so two of them racing send the same keys, and no
+   key is used longer than the window after its first use.  Before its
+   first request in a period past the first, an actor looks the payment up:
+   by intent id when known, else by its offline id in the intent's metadata
+   (search: every request of an earlier period was sent before the gap, so
+   search shows what it made).  Paid -> forwarded, never sent again;
+   declined -> declined; found unpaid -> confirm that intent; not found ->
+   create anew, under the period's keys.  The actor's own ledger cannot
+   decide this alone: another actor may have sent requests it never heard of.
 2. **A confirm that went out is checked before it is resent.**  When the
    intent id is known and a confirm was sent, the intent is retrieved and
    judged (``offterm.core.outcomes``); only an unpaid intent is confirmed again.
@@ -45,7 +53,7 @@ from ..contracts.forwarding import ForwardingTransport, IntentRequest, IntentSna
 from ..contracts.readers import CardResult
 from ..contracts.storage import StoredPayment
 from ..errors import PaymentNotFound
-from .keys import CONFIRMING_STEPS, CREATING_STEPS, Step, step_key
+from .keys import CONFIRMING_STEPS, Step, step_key
 from .outcomes import Verdict, attention_code, judge
 
 log = structlog.get_logger("offterm.exchange")
@@ -58,8 +66,9 @@ StepsSent = dict[str, tuple[datetime, datetime]]
 class ExchangeSettings:
     """How the exchange follows the processor's rules (``[forwarding]`` options)."""
 
-    #: Seconds after a step's first request within which a resend is trusted to replay.  Below the
-    #: processor's own window (Stripe: keys pruned once 24 h old), so clocks and delays never cross it.
+    #: Seconds of each key generation's period in which requests are sent (then a quiet gap of the
+    #: transport's ``search_delay``).  Below the processor's own window (Stripe: keys pruned once 24 h
+    #: old), so clocks and delays never cross it.
     idempotency_window: float = 23 * 3600.0
     #: Retrievals of an intent the processor reports as ``processing`` before giving up for now.
     processing_checks: int = 5
@@ -76,8 +85,8 @@ class Ledger(Protocol):
     async def intent_known(self, intent_id: str, now: datetime) -> None:
         """The processor's intent id for this payment."""
 
-    async def new_generation(self, intent_id: str | None, now: datetime) -> None:
-        """A lookup found the payment unpaid (``intent_id``) or absent (None): keys start afresh."""
+    async def new_generation(self, intent_id: str | None, now: datetime, generation: int) -> None:
+        """A lookup found the payment unpaid (``intent_id``) or absent (None): keys of ``generation`` from now on."""
 
 
 @dataclass
@@ -171,11 +180,46 @@ class Exchange:
         if self._before_request is not None:
             await self._before_request()
 
+    def generation_at(self, view: PaymentView, now: datetime) -> tuple[int, float | None]:
+        """The key generation in force for ``view`` at ``now``, and the seconds left of the quiet gap.
+
+        Periods start at the payment's stored time: ``idempotency_window`` seconds of requests, then
+        the transport's ``search_delay`` seconds of none (the gap: the second value is not None).  A
+        payment not stored yet (an online confirm) has one period, from its first request, and no gap.
+        """
+        if view.stored_at is None:
+            return view.generation, None
+        window = self._settings.idempotency_window
+        period = window + self._transport.search_delay
+        elapsed = max(0.0, (now - view.stored_at).total_seconds())
+        generation = int(elapsed // period)
+        into = elapsed - generation * period
+        if generation < view.generation:  # another actor's clock is ahead and it looked up already
+            return view.generation, None
+        return generation, (period - into if into >= window else None)
+
     async def run(self, session: ProcessorSession, view: PaymentView, ledger: Ledger) -> Result:
         now = self._clock()
+        generation, gap_left = self.generation_at(view, now)
         first = view.first_request_at
-        if first is not None and now - first >= timedelta(seconds=self._settings.idempotency_window):
-            settled = await self._look_up(session, view, ledger)
+        if gap_left is not None:
+            return Result(
+                Outcome.PENDING,
+                code="awaiting_key_generation",
+                message="between two key generations: nothing is sent until search shows every earlier request",
+                retry_in=gap_left,
+            )
+        if generation > view.generation:
+            settled = await self._look_up(session, view, ledger, generation)
+            if settled is not None:
+                return settled
+        elif (
+            view.stored_at is None
+            and first is not None
+            and now - first >= timedelta(seconds=self._settings.idempotency_window)
+        ):
+            # An online confirm whose intent was created longer ago than the window: never resent blind.
+            settled = await self._look_up(session, view, ledger, view.generation + 1)
             if settled is not None:
                 return settled
         elif view.intent_id is not None and not CONFIRMING_STEPS.isdisjoint(view.steps_sent):
@@ -288,11 +332,17 @@ class Exchange:
                 break
         return intent
 
-    async def _look_up(self, session: ProcessorSession, view: PaymentView, ledger: Ledger) -> Result | None:
-        """Rule 1: find out what the processor has before resending anything it may have forgotten."""
+    async def _look_up(
+        self, session: ProcessorSession, view: PaymentView, ledger: Ledger, generation: int
+    ) -> Result | None:
+        """Rule 1: find out what the processor has before the first request of a new key generation.
+
+        Every request of an earlier generation went out before the quiet gap, at least
+        ``search_delay`` ago, so search shows any intent one of them made, whoever sent it.
+        """
         found: IntentSnapshot | None = None
+        await self._request()
         if view.intent_id is not None:
-            await self._request()
             try:
                 found = await self._transport.retrieve_intent(session, view.intent_id)
             except PaymentNotFound:
@@ -301,21 +351,8 @@ class Exchange:
                     code="intent_missing",
                     message=f"the processor has no intent {view.intent_id}, which this payment recorded",
                 )
-        elif view.last_sent(CREATING_STEPS) is not None:
-            last = view.last_sent(CREATING_STEPS)
-            assert last is not None
-            waited = (self._clock() - last).total_seconds()
-            delay = self._transport.search_delay
-            if waited < delay:  # search may not show an intent made this recently: come back when it would
-                return Result(
-                    Outcome.PENDING,
-                    code="awaiting_search_index",
-                    message="waiting out search's indexing delay",
-                    retry_in=delay - waited,
-                )
-            await self._request()
+        else:
             found = await self._transport.find_intent(session, view.offline_id)
-        # (no creating step was ever sent: the processor cannot have an intent for it)
         if found is not None:
             settled = await self._settle(session, found, confirmable_means_go_on=True, view=view, ledger=ledger)
             if settled is not None:
@@ -328,10 +365,10 @@ class Exchange:
             offline_id=view.offline_id,
             found=found is not None,
             intent_id=intent_id,
-            generation=view.generation + 1,
+            generation=generation,
         )
-        await ledger.new_generation(intent_id, self._clock())
-        view.generation += 1
+        await ledger.new_generation(intent_id, self._clock(), generation)
+        view.generation = generation
         view.steps_sent = {}
         view.intent_id = intent_id
         return None

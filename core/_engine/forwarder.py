@@ -119,8 +119,8 @@ class _StoreLedger:
     async def intent_known(self, intent_id: str, now: datetime) -> None:
         await self._store.record_intent(self._offline_id, self._owner, intent_id, now)
 
-    async def new_generation(self, intent_id: str | None, now: datetime) -> None:
-        await self._store.start_key_generation(self._offline_id, self._owner, now, intent_id)
+    async def new_generation(self, intent_id: str | None, now: datetime, generation: int) -> None:
+        await self._store.start_key_generation(self._offline_id, self._owner, now, intent_id, generation=generation)
 
 
 class Forwarder:

@@ -130,8 +130,8 @@ class _HubLedger:
         view = self._view
         await self._save(now, generation=view.generation, steps=dict(view.steps_sent), intent=intent_id, attempt=False)
 
-    async def new_generation(self, intent_id: str | None, now: datetime) -> None:
-        await self._save(now, generation=self._view.generation + 1, steps={}, intent=intent_id, attempt=False)
+    async def new_generation(self, intent_id: str | None, now: datetime, generation: int) -> None:
+        await self._save(now, generation=generation, steps={}, intent=intent_id, attempt=False)
 
 
 class HubForwarder:

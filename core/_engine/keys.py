@@ -7,9 +7,10 @@ second effect.  The online path and the forwarder use the same steps with
 the same parameters, so a payment that fell back offline is finished under
 the keys its online attempt already used.
 
-After a lookup at the processor (its keys may have been pruned), the
-payment moves to a new key generation: steps sent from then on are new
-requests to the processor, made only after the lookup showed they are safe.
+A stored payment's key generation is the period of its life since it was
+stored (``offterm.core._engine.exchange``): every actor forwarding it computes
+the same one, so they send the same keys, and a new generation's keys are
+used only after a lookup at the processor showed they are safe.
 """
 
 from __future__ import annotations

@@ -73,9 +73,15 @@ class AsyncStore:
         return await self._run(self.backend.record_intent, offline_id, owner, intent_id, now)
 
     async def start_key_generation(
-        self, offline_id: str, owner: str, now: datetime, intent_id: str | None
+        self, offline_id: str, owner: str, now: datetime, intent_id: str | None, *, generation: int | None = None
     ) -> StoredPayment:
-        return await self._run(self.backend.start_key_generation, offline_id, owner, now, intent_id)
+        return await self._run(
+            functools.partial(self.backend.start_key_generation, generation=generation),
+            offline_id,
+            owner,
+            now,
+            intent_id,
+        )
 
     async def complete(
         self, offline_id: str, owner: str, to_state: PaymentState, now: datetime, **kw: Any

@@ -197,7 +197,7 @@ class _JournalLedger:
         self._intent.id = intent_id
         await self._write(self._pending.steps_sent)
 
-    async def new_generation(self, intent_id: str | None, now: datetime) -> None:
+    async def new_generation(self, intent_id: str | None, now: datetime, generation: int) -> None:
         # An online confirm never spans the idempotency window: only the forwarder looks payments up.
         raise UnexpectedIntentState("an online confirm cannot start a new key generation")
 

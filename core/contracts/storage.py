@@ -125,8 +125,9 @@ class StoredPayment:
     decline_code: str | None = None
     next_attempt_at: datetime | None = None
     updated_at: datetime | None = None
-    #: How many times the forwarder started over with a fresh idempotency key after a lookup at the
-    #: processor (``PaymentStore.start_key_generation``); 0 for the key the payment was stored with.
+    #: The key generation its requests are sent under: 0 for the key the payment was stored with, then
+    #: the period (idempotency window + search delay) since it was stored in which a lookup at the
+    #: processor started it over (``PaymentStore.start_key_generation``).
     key_generation: int = 0
     #: Step name (e.g. "payment_method", "create_and_confirm", "confirm", "create") -> (first sent,
     #: last sent), within the current key generation.  The processor forgets idempotency keys (Stripe
@@ -456,14 +457,19 @@ class ClaimQueue(abc.ABC):
         """
 
     @abc.abstractmethod
-    def start_key_generation(self, offline_id: str, owner: str, now: datetime, intent_id: str | None) -> StoredPayment:
+    def start_key_generation(
+        self, offline_id: str, owner: str, now: datetime, intent_id: str | None, *, generation: int | None = None
+    ) -> StoredPayment:
         """Start over under a new key generation, after a lookup at the processor.
 
-        ``key_generation`` + 1, ``steps_sent`` cleared, ``intent_id`` set to what the lookup found,
-        all in one durable commit.  State, attempts and the claim are unchanged.
+        ``key_generation`` set to ``generation``, ``steps_sent`` cleared, ``intent_id`` set to what
+        the lookup found, all in one durable commit.  State, attempts and the claim are unchanged.
 
         :param intent_id: the intent the processor has for this payment, or None for "the
             processor has none" (the stored intent id is cleared).
+        :param generation: the new generation (the exchange's period since the payment was stored,
+            the same for every actor); None, or one not above the current: the current one + 1.
+        :raises InvalidRequest: ``generation`` is not a non-negative integer.
         :return: the payment as stored after the update.
         :raises InvalidTransition: ``owner`` does not hold the claim.
         :raises PaymentNotFound: no such payment.

@@ -280,13 +280,17 @@ class MemoryStore(PaymentStore):
         with self._lock:
             return self._update(self._held(offline_id, owner, now), now, intent_id=intent_id)
 
-    def start_key_generation(self, offline_id: str, owner: str, now: datetime, intent_id: str | None) -> StoredPayment:
+    def start_key_generation(
+        self, offline_id: str, owner: str, now: datetime, intent_id: str | None, *, generation: int | None = None
+    ) -> StoredPayment:
         now = _aware(now, "now")
         if intent_id is not None:
             _text(intent_id, "intent_id")
+        if generation is not None and (type(generation) is not int or generation < 0):
+            raise InvalidRequest("generation must be a non-negative integer or None")
         with self._lock:
             rec = self._held(offline_id, owner, now)
-            generation = rec.payment.key_generation + 1
+            generation = max(rec.payment.key_generation + 1, generation or 0)
             return self._update(rec, now, key_generation=generation, steps_sent={}, intent_id=intent_id)
 
     def complete(

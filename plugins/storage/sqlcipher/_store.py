@@ -576,11 +576,16 @@ class SqlCipherStore(PaymentStore):
         return self._update_held("intent_id = :intent_id, updated_at = :now", held)
 
     @_drains_when_full
-    def start_key_generation(self, offline_id: str, owner: str, now: datetime, intent_id: str | None) -> StoredPayment:
+    def start_key_generation(
+        self, offline_id: str, owner: str, now: datetime, intent_id: str | None, *, generation: int | None = None
+    ) -> StoredPayment:
         held = _held_by(offline_id, owner, now)
         held["intent_id"] = _check_intent(intent_id, optional=True)
+        held["generation"] = _check_generation(generation)
         updated = self._update_held(
-            "key_generation = key_generation + 1, steps_sent = '{}', intent_id = :intent_id, updated_at = :now", held
+            "key_generation = max(key_generation + 1, coalesce(:generation, 0)), steps_sent = '{}', "
+            "intent_id = :intent_id, updated_at = :now",
+            held,
         )
         log.info(
             "payment_key_generation_started",
@@ -921,6 +926,12 @@ def _check_intent(intent_id: str | None, *, optional: bool) -> str | None:
     if not isinstance(intent_id, str) or not intent_id or len(intent_id) > 255:
         raise InvalidRequest("an intent id is a non-empty string of at most 255 characters")
     return intent_id
+
+
+def _check_generation(generation: int | None) -> int | None:
+    if generation is not None and (type(generation) is not int or generation < 0):
+        raise InvalidRequest("generation must be a non-negative integer or None")
+    return generation
 
 
 def _check_text(value: object, what: str) -> str:
