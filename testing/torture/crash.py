@@ -60,6 +60,8 @@ WEATHER_WEIGHTS = (14, 22, 22, 9, 22, 11)
 #: The POS's [forwarding] idempotency_window: tiny, so a resend after a kill (or after the simulator's
 #: clock jumped a day) goes through the lookup path, as it would a day later with the real window.
 IDEMPOTENCY_WINDOW = 1.0
+#: The POS's Stripe ``search_delay``: the quiet gap between two of a payment's key generations.
+SEARCH_DELAY = 0.3
 #: How far the simulator's clock jumps when keys are made to expire (Stripe prunes them at 24 h).
 KEY_EXPIRY_JUMP = 25 * 3600.0
 
@@ -257,7 +259,7 @@ def worker_config(station: Station, url: str, seed: int) -> dict[str, Any]:
                 "timeout": 1.0,
                 "connect_timeout": 0.5,
                 "probe_timeout": 0.5,
-                "search_delay": 0.3,  # the simulator's index has no lag (SimConfig.search_delay 0)
+                "search_delay": SEARCH_DELAY,  # the simulator's index has no lag (SimConfig.search_delay 0)
             },
         },
         "forwarding_policy": {"default": {"base_delay": 0.05, "max_delay": 0.5, "max_attempts": 0, "seed": seed}},
@@ -674,13 +676,14 @@ def life(
 def jump_clock(rig: Rig, stats: Stats) -> None:
     """A day passes at the processor between two lives: every idempotency key it holds expires.
 
-    The POS's own clock does not move; its idempotency window is tiny instead.  Waiting that window
-    out here makes sure every step sent before the jump is past it when the next life resends it (the
-    processor has forgotten the key, so only the lookup path stands between a resend and a second charge).
+    The POS's own clock does not move; its idempotency window is tiny instead.  Waiting one key
+    generation's period (window + search delay) out here makes sure every step sent before the jump is
+    of an earlier generation than the next life's requests (the processor has forgotten the key, so
+    only the lookup path stands between a resend and a second charge).
     """
     rig.sim.advance_clock(KEY_EXPIRY_JUMP)
     stats.clock_jumps += 1
-    time.sleep(IDEMPOTENCY_WINDOW)
+    time.sleep(IDEMPOTENCY_WINDOW + SEARCH_DELAY)
 
 
 def account(result: LifeResult, point: str, station: Station, stats: Stats) -> None:
