@@ -192,3 +192,24 @@ def test_status_counts_and_amounts_per_lane(hub) -> None:
     assert sb.states["stored"].amounts_by_currency == {"usd": 4200} and sb.last_heartbeat is None
     a.close()
     b.close()
+
+
+def test_one_payment_alone_creates_its_lanes_row_and_never_waits_for_that_row(hub) -> None:
+    """One record is one autocommit statement: the lane's row is made if missing, else left alone.
+
+    So a sync confirm's send never queues behind a transaction holding the lane's ``hub_lanes`` row
+    (a catch-up batch stamps it first thing); were it to wait, the held row below would make the
+    statement run into its ``statement_timeout`` and fail.
+    """
+    lane = f"lane_a_{hub.database}"
+    r = hub.replicator(hub.lane("lane_a"))
+    assert rows(hub, "SELECT count(*) FROM hub_lanes") == [(0,)]
+    assert r.replicate([record(lane, payment(1))]) == 1  # the lane's very first payment
+    assert rows(hub, "SELECT lane, last_replicated_at IS NOT NULL FROM hub_lanes") == [(lane, True)]
+    with psycopg.connect(hub.admin_url.replace("+psycopg", "")) as holder:
+        holder.execute("UPDATE hub_lanes SET last_heartbeat = now() WHERE lane = %s", (lane,))  # row locked
+        assert r.replicate([record(lane, payment(2))]) == 1
+        assert r.replicate([record(lane, payment(2))]) == 0  # still idempotent
+        holder.rollback()
+    assert rows(hub, "SELECT offline_id FROM hub_payments ORDER BY offline_id") == [("pay_0001",), ("pay_0002",)]
+    r.close()

@@ -210,23 +210,9 @@ class PostgresReplicator(Replicator):
             return 0
         key = self._require_key()
         now = datetime.now(UTC)
-        rows = [
-            {
-                "offline_id": r.payment.offline_id,
-                "lane": r.lane,
-                "amount": r.payment.amount,
-                "currency": r.payment.currency,
-                "state": str(r.payment.state),
-                "attempts": r.payment.attempts,
-                "stored_at": r.payment.stored_at,
-                "updated_at": r.changed_at,
-                "card_data": r.payment.card.encrypted_card_data if r.payment.card is not None else None,
-                "key_serial": r.payment.card.key_serial if r.payment.card is not None else None,
-                "scheme": r.payment.card.encryption_scheme if r.payment.card is not None else None,
-                "sealed": sealing.seal(key, r.lane, r.payment, r.history),
-            }
-            for r in records
-        ]
+        rows = [_row(key, r) for r in records]
+        if len(rows) == 1:
+            return self._replicate_one(rows[0], now)
         changed = 0
         with self._tx() as conn:
             for lane in sorted({r.lane for r in records}):
@@ -241,6 +227,26 @@ class PostgresReplicator(Replicator):
                 result = conn.execute(_UPSERT, row)
                 changed += max(result.rowcount, 0)
         return changed
+
+    def _replicate_one(self, row: dict[str, Any], now: datetime) -> int:
+        """One payment in one statement, committed by the server as it ends (autocommit): one round trip.
+
+        The confirm of a sync-mode lane waits for this, so no BEGIN and COMMIT of their own, and the
+        lane's ``hub_lanes`` row is only created when missing (the payment's foreign key needs it),
+        never updated: that would be a second write per payment, and one that waits behind the
+        catch-up's transaction holding the same row; the heartbeat says the lane is alive.
+        """
+        engine = self._engine
+        if engine is None:
+            raise HubError("the hub connection is not open")
+        try:
+            with engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                return max(conn.execute(_UPSERT_ONE, {**row, "now": now}).rowcount, 0)
+        except sa.exc.DBAPIError as exc:
+            raise _typed(exc) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise HubUnavailable(f"the hub failed: {type(exc).__name__}") from None
 
     def heartbeat(self, lane: str, now: datetime, oldest_unreplicated: datetime | None) -> None:
         with self._tx() as conn:
@@ -318,7 +324,7 @@ class PostgresReplicator(Replicator):
         return self._key
 
 
-_UPSERT = sa.text(
+_UPSERT_SQL = (
     "INSERT INTO hub_payments (offline_id, lane, amount, currency, state, attempts, stored_at, updated_at, "
     "card_data, key_serial, encryption_scheme, sealed) VALUES (:offline_id, :lane, :amount, :currency, :state, "
     ":attempts, :stored_at, :updated_at, :card_data, :key_serial, :scheme, :sealed) "
@@ -327,6 +333,34 @@ _UPSERT = sa.text(
     "key_serial = EXCLUDED.key_serial, encryption_scheme = EXCLUDED.encryption_scheme, sealed = EXCLUDED.sealed "
     "WHERE hub_payments.updated_at < EXCLUDED.updated_at"
 )
+_UPSERT = sa.text(_UPSERT_SQL)
+#: one payment on its own: the same upsert, creating the lane's row first only if it is missing.  The
+#: existence test is a plain read, so the usual case (the row is there) never waits for a transaction
+#: updating that row; the foreign key's check sees the row the CTE inserts (checked at the statement's end)
+_UPSERT_ONE = sa.text(
+    "WITH lane_row AS (INSERT INTO hub_lanes (lane, last_replicated_at) SELECT :lane, :now "  # noqa: S608 - constants
+    "WHERE NOT EXISTS (SELECT FROM hub_lanes WHERE lane = :lane) ON CONFLICT (lane) DO NOTHING) " + _UPSERT_SQL
+)
+
+
+def _row(key: bytes, r: ReplicationRecord) -> dict[str, Any]:
+    """One record as the upsert's parameters: amounts, state and times in clear, the rest sealed."""
+    card = r.payment.card
+    return {
+        "offline_id": r.payment.offline_id,
+        "lane": r.lane,
+        "amount": r.payment.amount,
+        "currency": r.payment.currency,
+        "state": str(r.payment.state),
+        "attempts": r.payment.attempts,
+        "stored_at": r.payment.stored_at,
+        "updated_at": r.changed_at,
+        "card_data": card.encrypted_card_data if card is not None else None,
+        "key_serial": card.key_serial if card is not None else None,
+        "scheme": card.encryption_scheme if card is not None else None,
+        "sealed": sealing.seal(key, r.lane, r.payment, r.history),
+    }
+
 
 #: ``offterm hub status`` in one query, on the partial index ``hub_payments_lane_open``: it reads only
 #: columns the index holds (count(p.lane), not a column outside it), so the scan is index-only
