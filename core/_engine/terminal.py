@@ -443,6 +443,14 @@ class Terminal:
         """Whether the processor is reachable: ``UNKNOWN`` until the first answer or failed probe."""
         return self.network.status
 
+    @property
+    def last_seen_account(self) -> tuple[str, bool] | None:
+        """``(account_id, livemode)`` of the processor account last authenticated with; ``None`` before that.
+
+        Kept in the store, so it is known offline after a restart: payments stored offline are taken for it.
+        """
+        return self._account
+
     async def _refresh_status(self, emit: bool = True) -> OfflineStatus:
         summary = await self.store.summary()
         if emit:

@@ -29,6 +29,7 @@ from offterm.plugins.policies.limits import (
     CardSwipeNotAvailableOffline,
     ReaderNotAvailableOffline,
 )
+from offterm.sim.processor.config import SimConfig
 
 
 def _terminal(config, *plugins):
@@ -121,6 +122,18 @@ async def test_never_online_terminal_cannot_store(terminal_config, network):
         with pytest.raises(NoLastSeenAccount):
             await terminal.confirm_payment_intent(intent)
         assert terminal.offline_status.sdk.offline_payments_count == 0
+
+
+async def test_the_account_seen_online_is_known_offline_after_a_restart(terminal_config, network):
+    """``last_seen_account``: what offline payments are stored for (offterm serve renders its livemode)."""
+    async with _terminal(terminal_config) as terminal:
+        assert terminal.last_seen_account is None
+        await _connected(terminal)
+        await _collect(terminal)  # created online: the Terminal authenticated
+        assert terminal.last_seen_account == (SimConfig().account_id, False)
+    network.set_mode("down")
+    async with _terminal(terminal_config) as terminal:
+        assert terminal.last_seen_account == (SimConfig().account_id, False)
 
 
 async def test_swipe_refused_at_collect_when_offline_and_intent_stays_collectable(terminal_config, network):
