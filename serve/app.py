@@ -2,9 +2,13 @@
 
 Every request passes, in order: the rate limit (429), the API key (401), the body size (413), the form
 decoder (400), the Idempotency-Key (POST: replay / 400 / 409), the endpoint's own parameter checks
-(400), then the endpoint.  Nothing here ever receives card data: cards are read and encrypted on the
-reader, inside the Terminal.  Logs carry method, path, status and time; never a body, a query string
-or a header (the SSE path may carry the key as ``access_token``).
+(400), then the endpoint.  A handler does its waiting (the Terminal's calls) and hands back the
+synchronous rest (``Finish``), which the endpoint runs in one transaction with the Idempotency-Key's
+answer: a request's writes cost one commit, made before the answer leaves.
+
+Nothing here ever receives card data: cards are read and encrypted on the reader, inside the Terminal.
+Logs carry method, path, status and time; never a body, a query string or a header (the SSE path may
+carry the key as ``access_token``).
 """
 
 from __future__ import annotations
@@ -32,20 +36,20 @@ from offterm.core.paths import make_private_dir
 
 from . import params as p
 from .config import ServeSettings
-from .db import open_db
+from .db import open_db, transaction
 from .errors import ApiError
 from .forms import FormError, decode
 from .idempotency import IdempotencyTable, Saved, fingerprint
 from .keys import KeyChecker, ensure_key
 from .outbox import Outbox
 from .ratelimit import RateLimiter
-from .service import PaymentService, behavior_for
+from .service import Finish, PaymentService, behavior_for
 from .sse import stream
 from .webhooks import WebhookSender
 
 log = structlog.get_logger("offterm.serve.http")
 
-Handler = Callable[[Request, dict[str, Any]], Awaitable[Any]]
+Handler = Callable[[Request, dict[str, Any]], Awaitable[Finish]]
 
 ALLOWED_HEADERS = [
     "Authorization",
@@ -171,17 +175,18 @@ def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[R
                         headers={"Request-Id": request_id, "Idempotent-Replayed": "true"},
                     )
             try:
-                result = await handler(request, params)
+                finish = await handler(request, params)
+                with transaction(state.db):  # the request's writes and its answer: one commit
+                    raw = json.dumps(finish(), separators=(",", ":")).encode()
+                    if key is not None:
+                        state.idempotency.finish(key, Saved(200, raw))
+                        key = None
             except ApiError as exc:
-                if key is not None:
+                if key is not None and exc.saved:
                     raw = json.dumps(exc.payload(), separators=(",", ":")).encode()
-                    state.idempotency.finish(key, Saved(exc.status, raw) if exc.saved else None)
+                    state.idempotency.finish(key, Saved(exc.status, raw))
                     key = None
                 raise
-            raw = json.dumps(result, separators=(",", ":")).encode()
-            if key is not None:
-                state.idempotency.finish(key, Saved(200, raw))
-                key = None
             status = 200
             return Response(raw, media_type="application/json", headers={"Request-Id": request_id})
         except ApiError as exc:
@@ -191,8 +196,8 @@ def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[R
             log.exception("request_failed", method=request.method, path=request.url.path)
             return _json(500, {"error": {"type": "api_error", "message": "An internal error occurred."}}, request_id)
         finally:
-            if key is not None:  # an unexpected failure: the key is forgotten, a retry runs again
-                state.idempotency.finish(key, None)
+            if key is not None:  # refused, or an unexpected failure: the key is forgotten, a retry runs again
+                state.idempotency.forget(key)
             log.info(
                 "request",
                 method=request.method,
@@ -208,7 +213,12 @@ def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[R
 # -- handlers ---------------------------------------------------------------------------------------
 
 
-async def create_payment_intent(request: Request, params: dict[str, Any]) -> Any:
+def _done(result: dict[str, Any]) -> Finish:
+    """A handler with nothing to write: its answer as is."""
+    return lambda: result
+
+
+async def create_payment_intent(request: Request, params: dict[str, Any]) -> Finish:
     service = _state(request).service
     fields = p.payment_intent_create(params)
     behavior = behavior_for(
@@ -217,12 +227,12 @@ async def create_payment_intent(request: Request, params: dict[str, Any]) -> Any
     return await service.create_intent(fields, behavior)
 
 
-async def retrieve_payment_intent(request: Request, params: dict[str, Any]) -> Any:
+async def retrieve_payment_intent(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"expand", "client_secret"})
-    return _state(request).service.record(request.path_params["id"]).render()
+    return _done(_state(request).service.record(request.path_params["id"]).render())
 
 
-async def cancel_payment_intent(request: Request, params: dict[str, Any]) -> Any:
+async def cancel_payment_intent(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"cancellation_reason", "expand"})
     reason = p.choice(
         params,
@@ -233,7 +243,7 @@ async def cancel_payment_intent(request: Request, params: dict[str, Any]) -> Any
     return await _state(request).service.cancel_intent(request.path_params["id"], reason)
 
 
-async def list_readers(request: Request, params: dict[str, Any]) -> Any:
+async def list_readers(request: Request, params: dict[str, Any]) -> Finish:
     p.only(
         params,
         {"limit", "status", "device_type", "location", "serial_number", "starting_after", "ending_before", "expand"},
@@ -243,29 +253,30 @@ async def list_readers(request: Request, params: dict[str, Any]) -> Any:
     for name in ("status", "device_type", "serial_number"):
         if params.get(name):
             data = [r for r in data if r[name] == params[name]]
-    return {"object": "list", "data": data[:limit], "has_more": len(data) > limit, "url": "/v1/terminal/readers"}
+    return _done({"object": "list", "data": data[:limit], "has_more": len(data) > limit, "url": "/v1/terminal/readers"})
 
 
-async def retrieve_reader(request: Request, params: dict[str, Any]) -> Any:
+async def retrieve_reader(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"expand"})
     service = _state(request).service
-    return service.render_reader(service.reader(request.path_params["id"]))
+    return _done(service.render_reader(service.reader(request.path_params["id"])))
 
 
-async def process_payment_intent(request: Request, params: dict[str, Any]) -> Any:
+async def process_payment_intent(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"payment_intent", "process_config", "expand"})
     intent = p.required(params, "payment_intent")
     if not isinstance(intent, str):
         raise ApiError(400, "payment_intent must be an id.", code="parameter_invalid_string", param="payment_intent")
-    return await _state(request).service.process(request.path_params["id"], intent)
+    service, reader = _state(request).service, request.path_params["id"]
+    return lambda: service.process(reader, intent)  # all of it synchronous: checks, records, the action's start
 
 
-async def cancel_action(request: Request, params: dict[str, Any]) -> Any:
+async def cancel_action(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"expand"})
-    return await _state(request).service.cancel_action(request.path_params["id"])
+    return _done(await _state(request).service.cancel_action(request.path_params["id"]))
 
 
-async def present_payment_method(request: Request, params: dict[str, Any]) -> Any:
+async def present_payment_method(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"card_present", "type", "amount_tip", "interac_present", "expand"})
     p.choice(params, "type", ("card_present",), "card_present")
     card = params.get("card_present", {})
@@ -277,15 +288,15 @@ async def present_payment_method(request: Request, params: dict[str, Any]) -> An
             code="parameter_invalid_string",
             param="card_present[number]",
         )
-    return await _state(request).service.present(request.path_params["id"], number)
+    return _done(_state(request).service.present(request.path_params["id"], number))
 
 
-async def offline_status(request: Request, params: dict[str, Any]) -> Any:
+async def offline_status(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, set())
-    return _state(request).service.offline_status()
+    return _done(_state(request).service.offline_status())
 
 
-async def stored_payments(request: Request, params: dict[str, Any]) -> Any:
+async def stored_payments(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"state", "limit"})
     limit = p.integer(params, "limit", 1, 1000) if "limit" in params else 100
     raw = params.get("state")
@@ -300,13 +311,13 @@ async def stored_payments(request: Request, params: dict[str, Any]) -> Any:
                 400, f"state must be one of {choices}.", code="parameter_invalid_string", param="state"
             ) from None
     data = await _state(request).service.stored_payments(states, limit)
-    return {"object": "list", "data": data, "has_more": len(data) >= limit, "url": "/v1/offterm/stored_payments"}
+    return _done({"object": "list", "data": data, "has_more": len(data) >= limit, "url": "/v1/offterm/stored_payments"})
 
 
-async def forward(request: Request, params: dict[str, Any]) -> Any:
+async def forward(request: Request, params: dict[str, Any]) -> Finish:
     p.only(params, {"timeout"})
     timeout = p.integer(params, "timeout", 1, 600) if "timeout" in params else 30
-    return await _state(request).service.forward(float(timeout))
+    return _done(await _state(request).service.forward(float(timeout)))
 
 
 async def events(request: Request) -> Response:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -32,11 +33,16 @@ from offterm.core.models import IntentStatus, OfflineBehavior, OfflineStatus, Pa
 
 from . import objects
 from .config import OFFLINE_BEHAVIOR_KEY, ServeSettings
+from .db import transaction
 from .errors import ApiError, from_offterm, missing, unexpected_state
 from .objects import CONFIRMING, CREATED, DONE, IN_ACTION, IntentRecord
 from .outbox import Outbox
 
 log = structlog.get_logger("offterm.serve")
+
+#: What a request's waiting part hands back: the synchronous rest, run by the endpoint inside the transaction
+#: that also keeps the request's Idempotency-Key answer (one commit per request; nothing awaits inside it).
+Finish = Callable[[], dict[str, Any]]
 
 
 class _Listener:
@@ -188,11 +194,15 @@ class PaymentService:
 
     # -- PaymentIntents -----------------------------------------------------------------------
 
-    async def create_intent(self, params: dict[str, Any], behavior: OfflineBehavior) -> dict[str, Any]:
+    async def create_intent(self, params: dict[str, Any], behavior: OfflineBehavior) -> Finish:
+        """The Terminal's PaymentIntent; then (``Finish``) its record, saved and rendered."""
         try:
             intent = await self.terminal.create_payment_intent(params, offline_behavior=behavior)
         except OfftermError as exc:
             raise from_offterm(exc) from exc
+        return lambda: self._created(intent, behavior)
+
+    def _created(self, intent: PaymentIntent, behavior: OfflineBehavior) -> dict[str, Any]:
         record = IntentRecord(
             id=intent.id or intent.offline_id,
             offline_id=intent.offline_id,
@@ -211,7 +221,8 @@ class PaymentService:
         self._save(record)
         return record.render()
 
-    async def cancel_intent(self, intent_id: str, reason: str | None) -> dict[str, Any]:
+    async def cancel_intent(self, intent_id: str, reason: str | None) -> Finish:
+        """Checked and canceled at the Terminal; then (``Finish``) the record and its event, saved."""
         record = self.record(intent_id)
         if record.phase in (IN_ACTION, CONFIRMING):
             raise unexpected_state("This PaymentIntent is being processed by a reader; cancel the reader action first.")
@@ -222,12 +233,17 @@ class PaymentService:
                 "requires_confirmation."
             )
         await self._cancel_core(record)
-        record.status, record.phase = "canceled", DONE
-        record.cancellation_reason, record.canceled_at = reason or "requested_by_customer", objects.now()
-        self._save(record)
-        out = record.render()
-        self.outbox.append("payment_intent.canceled", out, record.offline_id)
-        return out
+
+        def canceled() -> dict[str, Any]:
+            record.status, record.phase = "canceled", DONE
+            record.cancellation_reason, record.canceled_at = reason or "requested_by_customer", objects.now()
+            out = record.render()
+            with transaction(self._db):
+                self._save(record)
+                self.outbox.append("payment_intent.canceled", out, record.offline_id)
+            return out
+
+        return canceled
 
     async def _cancel_core(self, record: IntentRecord) -> None:
         core = record.core or PaymentIntent(
@@ -240,7 +256,7 @@ class PaymentService:
 
     # -- reader actions -------------------------------------------------------------------------
 
-    async def process(self, reader_id: str, intent_id: str) -> dict[str, Any]:
+    def process(self, reader_id: str, intent_id: str) -> dict[str, Any]:
         state = self.reader(reader_id)
         record = self.record(intent_id)
         if state.task is not None and not state.task.done():
@@ -253,12 +269,14 @@ class PaymentService:
             )
         record.phase = IN_ACTION
         record.last_payment_error = None
-        self._save(record)
         state.action = objects.process_action(record.id)
         state.intent_id = record.id
         state.presented = asyncio.Event()
         state.confirming = False
-        self._save_action(state)
+        with transaction(self._db):
+            self._save(record)
+            self._save_action(state)
+        # runs once this task yields, so after the commit (of the endpoint's transaction, when inside one)
         state.task = asyncio.get_running_loop().create_task(self._run_action(state, record))
         return self.render_reader(state)
 
@@ -266,7 +284,7 @@ class PaymentService:
         conn = self.terminal.connected_reader
         return conn if conn is not None and hasattr(conn, "present_card") else None
 
-    async def present(self, reader_id: str, card_number: str | None) -> dict[str, Any]:
+    def present(self, reader_id: str, card_number: str | None) -> dict[str, Any]:
         state = self.reader(reader_id)
         conn = self._simulated()
         if conn is None:
@@ -311,8 +329,9 @@ class PaymentService:
                         await state.presented.wait()
                 core = await self.terminal.collect_payment_method(core, timeout=self.settings.collect_timeout)
             state.confirming = True
+            # Not saved: after a restart CONFIRMING and IN_ACTION (on disk) are settled alike, from what the
+            # Terminal knows, so a commit here would only delay the outcome.
             record.phase = CONFIRMING
-            self._save(record)
             core = await self.terminal.confirm_payment_intent(core)
         except asyncio.CancelledError:
             with contextlib.suppress(OfftermError):
@@ -330,8 +349,9 @@ class PaymentService:
                 "message": exc.message,
             }
             record.processor_intent_id = core.id or record.processor_intent_id
-            self._action_failed(state, record, exc.code, exc.message)
-            self.outbox.append("payment_intent.payment_failed", record.render(), record.offline_id)
+            with transaction(self._db):
+                self._action_failed(state, record, exc.code, exc.message)
+                self.outbox.append("payment_intent.payment_failed", record.render(), record.offline_id)
             return
         except OutcomeUnknown as exc:
             # The confirm may have reached the processor: the Terminal resends under the same keys when the
@@ -359,13 +379,14 @@ class PaymentService:
         record.processor_intent_id = core.id
         record.offline_details = objects.offline_details(core)
         record.forwarding = "stored" if core.requires_upload else None
-        self._save(record)
         assert state.action is not None
         state.action = {**state.action, "status": "succeeded"}
-        self._save_action(state)
-        self.outbox.append("terminal.reader.action_succeeded", self.render_reader(state), record.offline_id)
-        if not core.requires_upload:
-            self._announce_paid(record)
+        with transaction(self._db):  # one commit: the outcome is on disk, then the event streams hear of it
+            self._save(record)
+            self._save_action(state)
+            self.outbox.append("terminal.reader.action_succeeded", self.render_reader(state), record.offline_id)
+            if not core.requires_upload:
+                self._announce_paid(record)
 
     def _announce_paid(self, record: IntentRecord) -> None:
         kind = (
@@ -376,11 +397,12 @@ class PaymentService:
     def _action_failed(self, state: _ReaderState, record: IntentRecord, code: str, message: str) -> None:
         if record.phase != DONE:
             record.phase = CREATED if record.core is not None else DONE
-        self._save(record)
         action = state.action or objects.process_action(record.id)
         state.action = {**action, "status": "failed", "failure_code": code, "failure_message": message}
-        self._save_action(state)
-        self.outbox.append("terminal.reader.action_failed", self.render_reader(state), record.offline_id)
+        with transaction(self._db):
+            self._save(record)
+            self._save_action(state)
+            self.outbox.append("terminal.reader.action_failed", self.render_reader(state), record.offline_id)
 
     # -- after forwarding, after a crash --------------------------------------------------------
 
@@ -397,8 +419,9 @@ class PaymentService:
             record.status = (
                 intent.status.value if intent.status is not IntentStatus.REQUIRES_PAYMENT_METHOD else "succeeded"
             )
-            self._save(record)
-            self._announce_paid(record)
+            with transaction(self._db):
+                self._save(record)
+                self._announce_paid(record)
         elif isinstance(error, CardDeclined):
             record.forwarding = "declined"
             record.status = "requires_payment_method"
@@ -408,24 +431,30 @@ class PaymentService:
                 "decline_code": error.decline_code,
                 "message": error.message,
             }
-            self._save(record)
-            self.outbox.append("payment_intent.payment_failed", record.render(), record.offline_id)
+            with transaction(self._db):
+                self._save(record)
+                self.outbox.append("payment_intent.payment_failed", record.render(), record.offline_id)
         else:
             record.forwarding = "needs_attention"
             code = getattr(error, "code", type(error).__name__)
             record.last_payment_error = {"type": "api_error", "code": code, "message": str(error)[:500]}
-            self._save(record)
-            self.outbox.append("offterm.payment.needs_attention", record.render(), record.offline_id)
+            with transaction(self._db):
+                self._save(record)
+                self.outbox.append("offterm.payment.needs_attention", record.render(), record.offline_id)
 
     def recovered(self, payment: OnlineAttempt) -> None:
         rid = self._by_offline.get(payment.offline_id)
         record = self._records.get(rid) if rid else None
         if record is None or record.phase == DONE:
             return
-        self._settle(record, payment.resolution, payment.intent_id)
+        with transaction(self._db):
+            self._settle(record, payment.resolution, payment.intent_id)
 
     def _settle(self, record: IntentRecord, resolution: str | None, intent_id: str | None) -> None:
-        """A payment the service died during, now known: the record and its reader's action say so."""
+        """A payment the service died during, now known: the record and its reader's action say so.
+
+        Called inside a transaction: the record, the action and the events are committed together.
+        """
         record.processor_intent_id = intent_id or record.processor_intent_id
         state = next((s for s in self._readers.values() if s.intent_id == record.id), None)
         record.phase = DONE
@@ -455,30 +484,33 @@ class PaymentService:
         stored = {p.offline_id: p for p in await self.terminal.list_stored_payments()}
         recovered = {a.offline_id: a for a in await self.terminal.recovered_payments()}
         unresolved = {a.offline_id for a in await self.terminal.store.online_attempts(resolved=False)}
-        for record in busy:
-            payment = stored.get(record.offline_id)
-            if payment is not None:
-                record.offline_details = {
-                    "stored_at": int(payment.stored_at.timestamp()),
-                    "requires_upload": True,
-                    "card_present_details": None,
-                }
-                record.status = "requires_capture" if record.capture_method == "manual" else "succeeded"
-                record.forwarding = "stored"
-                if payment.state is PaymentState.FORWARDED:
-                    record.offline_details["requires_upload"] = False
-                    record.forwarding = "forwarded"
-                record.phase = DONE
-                self._save(record)
-                continue
-            if record.offline_id in recovered:
-                attempt = recovered[record.offline_id]
-                self._settle(record, attempt.resolution, attempt.intent_id)
-            elif record.offline_id in unresolved:
-                record.status = "processing"  # the journal's recovery will say (offterm_on_online_payment_recovered)
-                self._save(record)
-            else:
-                self._settle(record, "not_charged", None)
+        with transaction(self._db):  # every busy record settled in one commit
+            for record in busy:
+                payment = stored.get(record.offline_id)
+                if payment is not None:
+                    record.offline_details = {
+                        "stored_at": int(payment.stored_at.timestamp()),
+                        "requires_upload": True,
+                        "card_present_details": None,
+                    }
+                    record.status = "requires_capture" if record.capture_method == "manual" else "succeeded"
+                    record.forwarding = "stored"
+                    if payment.state is PaymentState.FORWARDED:
+                        record.offline_details["requires_upload"] = False
+                        record.forwarding = "forwarded"
+                    record.phase = DONE
+                    self._save(record)
+                    continue
+                if record.offline_id in recovered:
+                    attempt = recovered[record.offline_id]
+                    self._settle(record, attempt.resolution, attempt.intent_id)
+                elif record.offline_id in unresolved:
+                    record.status = (
+                        "processing"  # the journal's recovery will say (offterm_on_online_payment_recovered)
+                    )
+                    self._save(record)
+                else:
+                    self._settle(record, "not_charged", None)
         for record in idle:
             await self._cancel_core(record)
             record.status, record.phase = "canceled", DONE

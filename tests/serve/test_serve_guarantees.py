@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -49,6 +50,30 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_one_payment(served: Serv
         f"{served.service.url}/v1/payment_intents", data=body, headers={**_auth(served), "Idempotency-Key": "order-17"}
     )
     assert replay.headers.get("Idempotent-Replayed") == "true" and replay.json()["id"] == intent_id
+
+
+def test_a_key_whose_request_still_runs_gets_409_then_the_first_answer(served: Served) -> None:
+    # the claim lives in memory while the request runs (it never outlived the process); the answer is on disk
+    url, headers = served.service.url, {**_auth(served), "Idempotency-Key": "order-slow"}
+    body = {"amount": "2500", "currency": "usd", "payment_method_types[]": "card_present"}
+    served.sim.set_faults(latency=2.0, paths=("/v1/payment_intents",))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, f"{url}/v1/payment_intents", data=body, headers=headers, timeout=30)
+        wait_until(
+            lambda: any(r["path"] == "/v1/payment_intents" and r["method"] == "POST" for r in served.sim.requests()),
+            what="the create at the processor",
+        )
+        running = httpx.post(f"{url}/v1/payment_intents", data=body, headers=headers)
+        other = httpx.post(f"{url}/v1/payment_intents", data={**body, "amount": "2600"}, headers=headers)
+        answer = first.result()
+    served.sim.set_faults()
+    assert running.status_code == 409 and running.json()["error"]["code"] == "idempotency_key_in_use"
+    assert other.status_code == 400 and other.json()["error"]["type"] == "idempotency_error"
+    assert answer.status_code == 200 and "Idempotent-Replayed" not in answer.headers
+    replay = httpx.post(f"{url}/v1/payment_intents", data=body, headers=headers)
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json()["id"] == answer.json()["id"]
+    creates = [r for r in served.sim.requests() if r["path"] == "/v1/payment_intents" and r["method"] == "POST"]
+    assert len(creates) == 1, "neither the refused nor the replayed request reached the processor"
 
 
 def test_killed_mid_payment_and_restarted_the_retry_says_what_happened_never_a_second_charge(served: Served) -> None:
