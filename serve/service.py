@@ -120,7 +120,7 @@ class PaymentService:
         await self.terminal.close()
 
     def _livemode(self) -> bool:
-        account = self.terminal._account  # noqa: SLF001 - the account the store last saw; no public accessor
+        account = self.terminal.last_seen_account
         live = bool(account and account[1])
         self.outbox.livemode = live
         return live
