@@ -357,6 +357,22 @@ class LifeResult:
     records: list[dict[str, Any]]
     killed_by: str | None
     stderr: str
+    #: a hung life's whole stderr, with the stacks it dumped before it was killed (``dump_stacks``)
+    dump: Path | None = None
+
+
+def dump_stacks(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a hung POS process for its asyncio tasks (SIGUSR2) and its threads' stacks (SIGUSR1)."""
+    for signum in (signal.SIGUSR2, signal.SIGUSR1):
+        try:
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=1.0)
+            return
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def run_life(
@@ -373,14 +389,21 @@ def run_life(
     with open(err_path, "w+", encoding="utf-8") as err:
         proc = subprocess.Popen([*WORKER, json.dumps(plan)], stdout=subprocess.DEVNULL, stderr=err, cwd=station.dir)
         killed_by = None
+        dump = None
         try:
             proc.wait(timeout=outside_kill_after if outside_kill_after is not None else max_seconds)
         except subprocess.TimeoutExpired:
             killed_by = "outside" if outside_kill_after is not None else "hung"
+            if killed_by == "hung":  # what it waits for: its tasks' awaits and its threads' stacks, to stderr
+                dump_stacks(proc)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         err.seek(0)
-        stderr = err.read()[-4000:]
+        full = err.read()
+        stderr = full[-4000:]
+        if killed_by == "hung":
+            dump = station.dir / f"hung-life-{plan.get('life', 'x')}.txt"
+            dump.write_text(full, encoding="utf-8")
     records: list[dict[str, Any]] = []
     if station.side.exists():
         with open(station.side, encoding="utf-8") as handle:
@@ -390,7 +413,7 @@ def run_life(
                     records.append(json.loads(line))
                 except ValueError:
                     continue
-    return LifeResult(proc.returncode, records, killed_by, stderr)
+    return LifeResult(proc.returncode, records, killed_by, stderr, dump)
 
 
 def kill_point_of(plan_point: str, result: LifeResult) -> str:
@@ -718,7 +741,9 @@ def account(result: LifeResult, point: str, station: Station, stats: Stats) -> N
     if result.returncode == -signal.SIGKILL:
         if result.killed_by == "hung":
             stats.hung_lives += 1
-            stats.failures.append(f"station {station.number}: a life hung for its whole time limit and was killed")
+            stats.failures.append(
+                f"station {station.number}: a life hung for its whole time limit and was killed (stacks: {result.dump})"
+            )
             return
         stats.kills += 1
         where = kill_point_of(point, result)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import faulthandler
 import json
 import os
 import random
@@ -276,7 +277,42 @@ async def take_payment(
     return outcome
 
 
+def dump_tasks() -> None:
+    """Every asyncio task with its whole chain of awaits, innermost last (``Task.print_stack`` shows only
+    the outermost coroutine's frame), to stderr: what a hung life is waiting for."""
+    import linecache
+
+    out = [f"--- asyncio tasks of pid {os.getpid()} ---"]
+    for task in asyncio.all_tasks():
+        out.append(f"task {task.get_name()}: {task!r}"[:400])
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is None:
+                frame = getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                line = linecache.getline(code.co_filename, frame.f_lineno).strip()
+                out.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}: {line}")
+            nxt = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            if nxt is None and getattr(awaited, "ag_await", None) is not None:
+                nxt = awaited.ag_await
+            if nxt is None and frame is None:
+                out.append(f"  awaiting {awaited!r}"[:400])
+            awaited = nxt
+    sys.stderr.write("\n".join(out) + "\n")
+    sys.stderr.flush()
+
+
+def install_stack_dumps() -> None:
+    """SIGUSR1: every thread's Python stack (works even when the event loop is blocked);
+    SIGUSR2: every asyncio task's awaits (needs a running loop). The harness sends both to a hung life."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump_tasks)
+
+
 async def run(plan: dict[str, Any]) -> int:
+    install_stack_dumps()
     side = SideFile(Path(plan["side_file"]))
     kill = KillPlan(plan.get("kill", {}))
     rng = random.Random(plan["seed"])
