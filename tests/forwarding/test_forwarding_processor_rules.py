@@ -34,7 +34,6 @@ from forwarding_kit import (
 
 from offterm.core import OfflineBehavior, Terminal, hookimpl
 from offterm.core.contracts import OnlineAttempt, PaymentState
-from offterm.sim.processor import start_simulator
 from offterm.testing import make_plugin_manager, open_store
 
 DAY = 86_400.0
