@@ -141,10 +141,11 @@ CORE_OPTIONS: dict[str, tuple[OptionSpec, ...]] = {
             "idempotency_window",
             (int, float),
             23 * 3600.0,
-            "Seconds after a payment's first request within which a resend is trusted to replay; past it the "
-            "payment is looked up at the processor first (Stripe prunes keys once 24 h old).",
-            minimum=0,
-            maximum=30 * 86400,
+            "Seconds of each key generation in which a payment's requests are sent, then a quiet gap of the "
+            "transport's search_delay; a new generation starts with a lookup (Stripe prunes keys once 24 h old). "
+            "Every actor forwarding the same payments (lanes, hub forwarders) must use the same value.",
+            minimum=0.001,
+            maximum=86400,
         ),
         OptionSpec(
             "processing_checks",

@@ -184,8 +184,12 @@ class Exchange:
         """The key generation in force for ``view`` at ``now``, and the seconds left of the quiet gap.
 
         Periods start at the payment's stored time: ``idempotency_window`` seconds of requests, then
-        the transport's ``search_delay`` seconds of none (the gap: the second value is not None).  A
-        payment not stored yet (an online confirm) has one period, from its first request, and no gap.
+        the transport's ``search_delay`` seconds of none (the gap: the second value is not None).
+        Generation 0's requests end a window after its first request even when an online attempt
+        sent it before the payment was stored (those steps are in every actor's view until the
+        first lookup).  A generation recorded ahead of the period (an actor whose clock runs ahead)
+        is kept while its first request is younger than the window.  A payment not stored yet (an
+        online confirm) has one period, from its first request, and no gap.
         """
         if view.stored_at is None:
             return view.generation, None
@@ -194,8 +198,14 @@ class Exchange:
         elapsed = max(0.0, (now - view.stored_at).total_seconds())
         generation = int(elapsed // period)
         into = elapsed - generation * period
-        if generation < view.generation:  # another actor's clock is ahead and it looked up already
-            return view.generation, None
+        if generation < view.generation:
+            first = view.first_request_at
+            if first is None or (now - first).total_seconds() < window:
+                return view.generation, None
+            return view.generation + 1, None  # its keys may be pruned: look up, then the next one
+        if generation == 0 == view.generation and view.first_request_at is not None:
+            early = max(0.0, (view.stored_at - view.first_request_at).total_seconds())
+            window -= early  # sent before storing: generation 0's keys are that much older
         return generation, (period - into if into >= window else None)
 
     async def run(self, session: ProcessorSession, view: PaymentView, ledger: Ledger) -> Result:
@@ -250,6 +260,15 @@ class Exchange:
             stored_at=view.stored_at,
         )
         await self._request()
+        if self.generation_at(view, self._clock()) != (view.generation, None):
+            # The window closed while the card step went out: no request that may make or confirm
+            # an intent is sent in the gap, where the next generation's lookup may not see it.
+            return Result(
+                Outcome.PENDING,
+                code="awaiting_key_generation",
+                message="the key generation's window closed before the confirmation was sent",
+                retry_in=0.0,
+            )
         key = step_key(view.key, final, view.generation)
         if view.intent_id is not None:
             answer = await self._transport.confirm_intent(

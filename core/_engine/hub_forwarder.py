@@ -7,10 +7,11 @@ several hub forwarders split the work), and sent through the very ``Exchange`` a
 a ledger on the hub's lease rows instead of the lane's store.
 
 Why it cannot charge twice, even against a lane still reaching the processor: the payment is
-sent under the idempotency key the lane stored, at the key generation and with the steps either
-side last recorded (the hub merges its own ledger with the lane's replicated view), so the
-processor replays the lane's requests instead of making a second intent; past the idempotency
-window the exchange looks the payment up first.  Every step is durable on the hub before it is
+sent under the idempotency key the lane stored, with the steps either side last recorded (the hub
+merges its own ledger with the lane's replicated view), at the key generation both compute from the
+payment's stored time (``offterm.core._engine.exchange``), so the processor replays the lane's
+requests instead of making a second intent, and each looks the payment up before its first request
+in a new generation.  Every step is durable on the hub before it is
 sent.  The outcome is written on the hub row (``hub_state``), where the lane reads it back
 (``Replicator.outcomes``) and records it in its own store.
 """

@@ -212,3 +212,56 @@ def test_every_actor_computes_the_same_generation_from_the_stored_time() -> None
     assert exchange.generation_at(view, STORED_AT + timedelta(seconds=31)) == (4, None)
     online = PaymentView("offpi_y", "k", view.request, view.card)  # not stored: one period, no gap
     assert exchange.generation_at(online, STORED_AT + timedelta(days=3)) == (0, None)
+
+
+def test_generation_zero_ends_a_window_after_requests_sent_before_storing() -> None:
+    exchange = Exchange(
+        StripeTransport("http://127.0.0.1:9", search_delay=SEARCH_DELAY), ExchangeSettings(WINDOW), Clock()
+    )
+    view = PaymentView(
+        offline_id="offpi_z",
+        key="k",
+        request=IntentRequest("offpi_z", 1, "usd", CaptureMethod.AUTOMATIC, {}, None),
+        card=card_result("4242424242424242"),
+        stored_at=STORED_AT,
+        steps_sent={"create": (STORED_AT - timedelta(seconds=4), STORED_AT - timedelta(seconds=4))},
+    )
+    # created online 4 s before it was stored: generation 0's window ends 6 s after storing
+    assert exchange.generation_at(view, STORED_AT + timedelta(seconds=5.9)) == (0, None)
+    assert exchange.generation_at(view, STORED_AT + timedelta(seconds=6))[1] == pytest.approx(9.0)
+    assert exchange.generation_at(view, STORED_AT + timedelta(seconds=15)) == (1, None)
+
+
+def test_a_generation_ahead_of_the_period_is_kept_only_while_its_keys_are_young() -> None:
+    exchange = Exchange(
+        StripeTransport("http://127.0.0.1:9", search_delay=SEARCH_DELAY), ExchangeSettings(WINDOW), Clock()
+    )
+    first = STORED_AT + timedelta(seconds=2)
+    view = PaymentView(
+        offline_id="offpi_w",
+        key="k",
+        request=IntentRequest("offpi_w", 1, "usd", CaptureMethod.AUTOMATIC, {}, None),
+        card=card_result("4242424242424242"),
+        stored_at=STORED_AT,
+        generation=3,  # recorded by an actor whose clock ran ahead, or before generations were periods
+        steps_sent={"confirm": (first, first)},
+    )
+    assert exchange.generation_at(view, first + timedelta(seconds=9)) == (3, None)
+    assert exchange.generation_at(view, first + timedelta(seconds=10)) == (4, None), "looked up, then the next"
+
+
+async def test_the_window_is_checked_again_before_the_confirmation(sim, pair) -> None:  # type: ignore[no-untyped-def]
+    """The card step took the payment across the window's end: the create-and-confirm waits for the next generation."""
+    lane, _ = pair
+
+    async def slow_card_step() -> None:
+        lane.clock.at(lane.clock.now.timestamp() - STORED_AT.timestamp() + 1.0)  # each request takes a second
+
+    lane.exchange._before_request = slow_card_step
+    result = await lane.run_at(8.5)  # the card step goes at 9.5 s, the confirmation would go at 10.5 s
+    assert (result.outcome, result.code) == (Outcome.PENDING, "awaiting_key_generation")
+    assert not [r for r in sim.requests() if r["path"] == "/v1/payment_intents"], "no intent made in the gap"
+    assert _charges(sim, lane) == 0
+    result = await lane.run_at(15)  # generation 1: looked up (nothing), then made once
+    assert result.outcome is Outcome.FORWARDED and lane.ledger.generations == [1]
+    assert _charges(sim, lane) == 1

@@ -97,7 +97,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
         DEFAULT_SEARCH_DELAY,
         "Seconds after a PaymentIntent's creation before Stripe's search is trusted to find it "
         "(Stripe: under a minute normally, up to an hour behind during outages). Until then, finding "
-        "nothing does not mean there is nothing: a shorter wait risks a second charge.",
+        "nothing does not mean there is nothing: a shorter wait risks a second charge. It is the quiet "
+        "gap before each new key generation, so every actor forwarding the same payments must use the same.",
         minimum=0,
         maximum=86_400,
     ),
