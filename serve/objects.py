@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from offterm.core.contracts import ReaderInfo
@@ -49,9 +49,9 @@ class IntentRecord:
     core: PaymentIntent | None = field(default=None, repr=False, compare=False)
 
     def persisted(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("core")
-        return data
+        # Not dataclasses.asdict: it deep-copies every field, the Terminal's live PaymentIntent included,
+        # only to drop it (~40 us a save, three saves a payment); the caller serialises at once.
+        return {name: getattr(self, name) for name in _PERSISTED}
 
     @classmethod
     def restore(cls, data: dict[str, Any]) -> IntentRecord:
@@ -92,6 +92,9 @@ class IntentRecord:
     @property
     def offline_details_pending(self) -> bool:
         return bool(self.offline_details and self.offline_details.get("requires_upload"))
+
+
+_PERSISTED = tuple(f.name for f in fields(IntentRecord) if f.name != "core")
 
 
 def offline_details(intent: PaymentIntent) -> dict[str, Any] | None:
