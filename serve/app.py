@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -141,13 +142,15 @@ def _guard(request: Request, state: ServeState, query_key: bool = False) -> None
         )
 
 
+async def _log_request(**fields: Any) -> None:
+    # async on purpose: Starlette runs a plain function's background task in a worker thread
+    log.info("request", **fields)
+
+
 def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[Response]]:
-    async def run(request: Request) -> Response:
-        request_id = "req_" + secrets.token_hex(12)
-        started = time.perf_counter()
+    async def answer(request: Request, request_id: str) -> Response:
         state = _state(request)
         key: str | None = None
-        status = 500
         try:
             _guard(request, state)
             if post:
@@ -167,7 +170,6 @@ def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[R
                 if saved is None:
                     key = claimed  # ours now: its answer is kept (or the key forgotten) below
                 else:
-                    status = saved.status
                     return Response(
                         saved.body,
                         status_code=saved.status,
@@ -187,10 +189,8 @@ def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[R
                     state.idempotency.finish(key, Saved(exc.status, raw))
                     key = None
                 raise
-            status = 200
             return Response(raw, media_type="application/json", headers={"Request-Id": request_id})
         except ApiError as exc:
-            status = exc.status
             return _json(exc.status, exc.payload(), request_id, exc.headers)
         except Exception:
             log.exception("request_failed", method=request.method, path=request.url.path)
@@ -198,14 +198,21 @@ def endpoint(handler: Handler, *, post: bool) -> Callable[[Request], Awaitable[R
         finally:
             if key is not None:  # refused, or an unexpected failure: the key is forgotten, a retry runs again
                 state.idempotency.forget(key)
-            log.info(
-                "request",
-                method=request.method,
-                path=request.url.path,
-                status=status,
-                ms=round((time.perf_counter() - started) * 1000, 2),
-                request_id=request_id,
-            )
+
+    async def run(request: Request) -> Response:
+        request_id = "req_" + secrets.token_hex(12)
+        started = time.perf_counter()
+        fields = {"method": request.method, "path": request.url.path, "request_id": request_id}
+        try:
+            response = await answer(request, request_id)
+        except BaseException:
+            log.info("request", status=500, ms=round((time.perf_counter() - started) * 1000, 2), **fields)
+            raise
+        # Logged once the answer is sent (Starlette runs a response's background task after its last byte):
+        # formatting and redacting a line takes ~0.1 ms, which the client has no reason to wait for.
+        ms = round((time.perf_counter() - started) * 1000, 2)
+        response.background = BackgroundTask(_log_request, status=response.status_code, ms=ms, **fields)
+        return response
 
     return run
 

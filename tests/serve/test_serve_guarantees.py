@@ -129,6 +129,23 @@ def test_requests_without_the_key_are_refused(served: Served) -> None:
     assert key_file.stat().st_mode & 0o777 == 0o600
 
 
+def test_each_request_is_logged_with_its_status_never_its_query_or_key(served: Served) -> None:
+    url = f"{served.service.url}/v1/terminal/readers"
+    assert httpx.get(f"{url}?limit=7", headers=_auth(served)).status_code == 200
+    assert httpx.get(url, headers={"Authorization": "Bearer sk_offterm_nope"}).status_code == 401
+
+    def logged() -> list[str]:
+        return [
+            line for line in served.service.log().splitlines() if " request " in line and "/v1/terminal/readers" in line
+        ]
+
+    lines = wait_until(lambda: len(logged()) >= 2 and logged()[-2:], what="the request log lines")
+    assert "status=200" in lines[0] and "status=401" in lines[1]
+    for line in lines:
+        assert "method=GET" in line and " ms=" in line and "request_id=req_" in line
+        assert "limit" not in line and "nope" not in line and served.service.key not in line
+
+
 def test_inputs_are_checked_with_stripes_error_shapes(served: Served) -> None:
     with pytest.raises(stripe.InvalidRequestError) as bad:
         stripe.PaymentIntent.create(amount=-5, currency="usd")
