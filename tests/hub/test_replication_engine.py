@@ -128,3 +128,21 @@ async def test_sync_mode_waits_for_the_hub_and_falls_back_within_its_bound(hub, 
     assert sorted(_hub_ids(hub)) == sorted([first.offline_id, second.offline_id])
     await repl.stop()
     await store.close()
+
+
+async def test_a_lane_reconnects_after_a_hub_restart_without_falling_back(hub, tmp_path) -> None:
+    """A lane pings no connection before use: a stale one fails the statement, sent again on a new one."""
+    store, repl = await _lane(hub, tmp_path, mode="sync", sync_timeout=2.0)
+    first = await store.store(new_payment(1))
+    assert await repl.stored(first) is True
+    await repl.catch_up()
+    for n, mode in ((2, "fast"), (3, "immediate")):
+        hub.cluster.stop(mode)  # the pooled connections die with the server
+        hub.cluster.start()
+        later = await store.store(new_payment(n))
+        assert await repl.stored(later) is True, mode  # reached the hub: no fallback to local-only
+        await repl.catch_up()  # nor does the catch-up's round fail
+        assert repl.last_error is None
+    assert sorted(_hub_ids(hub)) == ["pay_0001", "pay_0002", "pay_0003"]
+    await repl.stop()
+    await store.close()

@@ -15,10 +15,10 @@ URL, password or key.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -43,6 +43,8 @@ from offterm.core.errors import ConfigError
 from . import schema, sealing
 
 log = structlog.get_logger("offterm.hub.postgres")
+
+T = TypeVar("T")
 
 _LANE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -72,8 +74,11 @@ def _url(raw: str, where: str) -> URL:
 class PostgresReplicator(Replicator):
     """One lane's (or an administrator's) connection to the hub.  See the module docstring."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], *, ping: bool = False) -> None:
         self._options = dict(options)
+        #: check each pooled connection before use (a round trip); off for a lane, whose calls are all
+        #: idempotent and sent once more on a fresh connection when the pooled one is stale (``_idempotent``)
+        self._ping = ping
         self._engine: Engine | None = None
         self._key: bytes | None = None
 
@@ -103,7 +108,7 @@ class PostgresReplicator(Replicator):
         for key in ("sslrootcert", "sslcert", "sslkey"):
             if opts[key]:
                 args[key] = opts[key]
-        return sa.create_engine(url, connect_args=args, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        return sa.create_engine(url, connect_args=args, pool_pre_ping=self._ping, pool_size=2, max_overflow=2)
 
     @contextmanager
     def _tx(self, engine: Engine | None = None) -> Iterator[Connection]:
@@ -120,6 +125,34 @@ class PostgresReplicator(Replicator):
         except sa.exc.SQLAlchemyError as exc:
             raise HubUnavailable(f"the hub failed: {type(exc).__name__}") from None
 
+    def _idempotent(self, work: Callable[[Connection], T], *, autocommit: bool = False) -> T:
+        """``work`` in one transaction (or, ``autocommit``, its one statement committed as it ends).
+
+        Only for work that may run twice: a lane's connections are not pinged before use (a round
+        trip on every confirm), so a pooled connection the hub dropped since (a restart, a LAN cut)
+        fails the first statement; the work then runs once more on a fresh connection.  A failure
+        at COMMIT may leave it unknown whether the hub committed: running it again is harmless.
+        """
+        engine = self._engine
+        if engine is None:
+            raise HubError("the hub connection is not open")
+        for attempt in (1, 2):
+            try:
+                with engine.connect() as conn:
+                    if autocommit:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return work(conn)
+                    with conn.begin():
+                        return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:  # a disconnect: the pool drops its connections
+                    log.debug("hub_connection_stale", error_type=type(exc.orig).__name__)
+                    continue
+                raise _typed(exc) from None
+            except sa.exc.SQLAlchemyError as exc:
+                raise HubUnavailable(f"the hub failed: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- the contract ------------------------------------------------------------------
 
     def open(self, hub_key: bytes) -> None:
@@ -127,11 +160,7 @@ class PostgresReplicator(Replicator):
         if self._engine is None:
             self._engine = self._make_engine(admin=False)
         try:
-            with self._tx() as conn:
-                _check_version(conn)
-                check = conn.execute(
-                    sa.text("SELECT value FROM hub_meta WHERE key = :k"), {"k": _KEY_CHECK}
-                ).scalar_one_or_none()
+            check = self._idempotent(_read_key_check)
         except HubError:
             self.close()
             raise
@@ -213,8 +242,8 @@ class PostgresReplicator(Replicator):
         rows = [_row(key, r) for r in records]
         if len(rows) == 1:
             return self._replicate_one(rows[0], now)
-        changed = 0
-        with self._tx() as conn:
+
+        def send(conn: Connection) -> int:
             for lane in sorted({r.lane for r in records}):
                 conn.execute(
                     sa.text(
@@ -223,10 +252,9 @@ class PostgresReplicator(Replicator):
                     ),
                     {"lane": lane, "now": now},
                 )
-            for row in rows:
-                result = conn.execute(_UPSERT, row)
-                changed += max(result.rowcount, 0)
-        return changed
+            return sum(max(conn.execute(_UPSERT, row).rowcount, 0) for row in rows)
+
+        return self._idempotent(send)
 
     def _replicate_one(self, row: dict[str, Any], now: datetime) -> int:
         """One payment in one statement, committed by the server as it ends (autocommit): one round trip.
@@ -236,39 +264,24 @@ class PostgresReplicator(Replicator):
         never updated: that would be a second write per payment, and one that waits behind the
         catch-up's transaction holding the same row; the heartbeat says the lane is alive.
         """
-        engine = self._engine
-        if engine is None:
-            raise HubError("the hub connection is not open")
-        try:
-            with engine.connect() as conn:
-                conn.execution_options(isolation_level="AUTOCOMMIT")
-                return max(conn.execute(_UPSERT_ONE, {**row, "now": now}).rowcount, 0)
-        except sa.exc.DBAPIError as exc:
-            raise _typed(exc) from None
-        except sa.exc.SQLAlchemyError as exc:
-            raise HubUnavailable(f"the hub failed: {type(exc).__name__}") from None
+        params = {**row, "now": now}
+        return self._idempotent(lambda conn: max(conn.execute(_UPSERT_ONE, params).rowcount, 0), autocommit=True)
 
     def heartbeat(self, lane: str, now: datetime, oldest_unreplicated: datetime | None) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO hub_lanes (lane, last_heartbeat, oldest_unreplicated) VALUES (:lane, :now, :old) "
-                    "ON CONFLICT (lane) DO UPDATE SET last_heartbeat = EXCLUDED.last_heartbeat, "
-                    "oldest_unreplicated = EXCLUDED.oldest_unreplicated"
-                ),
-                {"lane": lane, "now": now, "old": oldest_unreplicated},
-            )
+        statement = sa.text(
+            "INSERT INTO hub_lanes (lane, last_heartbeat, oldest_unreplicated) VALUES (:lane, :now, :old) "
+            "ON CONFLICT (lane) DO UPDATE SET last_heartbeat = EXCLUDED.last_heartbeat, "
+            "oldest_unreplicated = EXCLUDED.oldest_unreplicated"
+        )
+        self._idempotent(lambda conn: conn.execute(statement, {"lane": lane, "now": now, "old": oldest_unreplicated}))
 
     def outcomes(self, lane: str, since: datetime | None) -> list[HubOutcome]:
-        with self._tx() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT offline_id, hub_state, hub_intent_id, hub_decided_at, hub_error_code FROM hub_payments "
-                    "WHERE lane = :lane AND hub_decided_at IS NOT NULL "
-                    "AND (CAST(:since AS timestamptz) IS NULL OR hub_decided_at > :since) ORDER BY hub_decided_at"
-                ),
-                {"lane": lane, "since": since},
-            ).all()
+        statement = sa.text(
+            "SELECT offline_id, hub_state, hub_intent_id, hub_decided_at, hub_error_code FROM hub_payments "
+            "WHERE lane = :lane AND hub_decided_at IS NOT NULL "
+            "AND (CAST(:since AS timestamptz) IS NULL OR hub_decided_at > :since) ORDER BY hub_decided_at"
+        )
+        rows = self._idempotent(lambda conn: conn.execute(statement, {"lane": lane, "since": since}).all())
         return [HubOutcome(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def status(self) -> list[LaneStatus]:
@@ -281,8 +294,7 @@ class PostgresReplicator(Replicator):
             finally:
                 engine.dispose()
         else:
-            with self._tx() as conn:
-                rows = conn.execute(_STATUS).all()
+            rows = self._idempotent(lambda conn: conn.execute(_STATUS).all())
         lanes: dict[str, dict[str, Any]] = {}
         for lane, heartbeat, lag, state, currency, count, total, oldest in rows:
             entry = lanes.setdefault(
@@ -309,14 +321,15 @@ class PostgresReplicator(Replicator):
 
     def exposure(self, exclude_lane: str | None = None) -> StateTotals:
         """Every lane's waiting payments (through ``hub_exposure``, which a lane role may call: totals only)."""
-        with self._tx() as conn:
-            rows = conn.execute(sa.text("SELECT * FROM hub_exposure(:lane)"), {"lane": exclude_lane}).all()
+        statement = sa.text("SELECT * FROM hub_exposure(:lane)")
+        rows = self._idempotent(lambda conn: conn.execute(statement, {"lane": exclude_lane}).all())
         return StateTotals(sum(int(r[1]) for r in rows), {r[0]: int(r[2]) for r in rows})
 
     def hub_queue(self) -> HubQueue:
         from .hub_queue import PostgresHubQueue
 
-        return PostgresHubQueue(PostgresReplicator(self._options))  # a connection of its own
+        # a connection of its own, pinged: leasing is not work to send twice
+        return PostgresHubQueue(PostgresReplicator(self._options, ping=True))
 
     def _require_key(self) -> bytes:
         if self._key is None:
@@ -373,6 +386,12 @@ _STATUS = sa.text(
     "AND p.state IN ('stored', 'forwarding', 'outcome_unknown', 'needs_attention') "
     "GROUP BY l.lane, l.last_heartbeat, l.oldest_unreplicated, p.state, p.currency ORDER BY l.lane"
 )
+
+
+def _read_key_check(conn: Connection) -> Any:
+    """The hub's key check, once its schema version is this code's."""
+    _check_version(conn)
+    return conn.execute(sa.text("SELECT value FROM hub_meta WHERE key = :k"), {"k": _KEY_CHECK}).scalar_one_or_none()
 
 
 def _check_version(conn: Connection) -> None:
