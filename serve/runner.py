@@ -81,6 +81,8 @@ def run(config: Config, overrides: Mapping[str, Any] | None = None, *, out: Text
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         timeout_graceful_shutdown=5,
         server_header=False,
+        # httptools (C, llhttp) rather than h11 (pure Python): ~0.06 ms less per request, three requests a payment
+        http="httptools",
     )
     server = _Server(uv_config, ready, out, state)
     try:
