@@ -14,8 +14,10 @@ The lane's own store stays the first durable copy; the hub (``[hub] replicator``
 
 The replicator is synchronous (like a store): every call goes to one worker thread of its own,
 so a hub that hangs never blocks the event loop nor the store's thread, and the replicator never
-sees two calls at once.  Hub failures are logged with their code (never a URL, password or key)
-and never fail a payment.
+sees two calls at once.  In sync mode a second replicator, built from the same component (a
+connection of its own), sends the confirms' payments on a thread of its own, so a confirm never
+queues behind the catch-up.  Hub failures are logged with their code (never a URL, password or
+key) and never fail a payment.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +105,7 @@ class Replication:
         interval: float = 2.0,
         batch_size: int = 200,
         emit: Callable[..., None] | None = None,
+        sender: Replicator | None = None,
     ) -> None:
         self.replicator = replicator
         self._emit = emit
@@ -120,6 +124,13 @@ class Replication:
         self._executor = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="offterm-hub") if replicator is not None else None
         )
+        #: sync mode: the confirms' sends, on a connection and a thread of their own (None: on the above)
+        self._sender = sender if replicator is not None and mode == "sync" and sender is not replicator else None
+        self._sender_open = False
+        self._sync_executor: ThreadPoolExecutor | None = None
+        if self._sender is not None:
+            self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offterm-hub-sync")
+        self._key_lock = threading.Lock()  # the two threads may both ask the key provider
         self._exposure_seen: tuple[float, StateTotals] | None = None
 
     @property
@@ -133,19 +144,25 @@ class Replication:
 
     # -- the worker thread ------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self._executor is not None
+    async def _run(self, fn: Callable[..., T], *args: Any, executor: ThreadPoolExecutor | None = None) -> T:
+        executor = executor or self._executor
+        assert executor is not None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        return await loop.run_in_executor(executor, functools.partial(fn, *args))
+
+    def _hub_key(self) -> bytes:
+        assert self._keys is not None
+        with self._key_lock:
+            key = self._keys.get_key(HUB_KEY_ID, create=False)
+        if key is None:
+            raise StorageKeyUnavailable("the hub key provider ([hub] key_provider) has no hub key")
+        return key
 
     def _ensure_open(self) -> Replicator:
         """On the worker thread: connect and check the hub (schema, key) if not yet done."""
-        assert self.replicator is not None and self._keys is not None
+        assert self.replicator is not None
         if not self._open:
-            key = self._keys.get_key(HUB_KEY_ID, create=False)
-            if key is None:
-                raise StorageKeyUnavailable("the hub key provider ([hub] key_provider) has no hub key")
-            self.replicator.open(key)
+            self.replicator.open(self._hub_key())
             self._open = True
         return self.replicator
 
@@ -155,6 +172,26 @@ class Replication:
         except HubError:
             self._close_quietly()  # reconnect next time: the hub may have restarted
             raise
+
+    def _send_sync(self, record: ReplicationRecord) -> int:
+        """On the sync thread: one confirm's payment, through the sender."""
+        assert self._sender is not None
+        try:
+            if not self._sender_open:
+                self._sender.open(self._hub_key())
+                self._sender_open = True
+            return self._sender.replicate([record])
+        except HubError:
+            self._close_sender_quietly()
+            raise
+
+    def _close_sender_quietly(self) -> None:
+        assert self._sender is not None
+        self._sender_open = False
+        try:
+            self._sender.close()
+        except Exception as exc:  # noqa: BLE001 - closing a broken connection must not raise
+            log.debug("hub_close_failed", error_type=type(exc).__name__)
 
     def _outcomes(self, since: datetime | None) -> list[HubOutcome]:
         return self._ensure_open().outcomes(self.lane, since)
@@ -188,6 +225,10 @@ class Replication:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._sync_executor is not None:
+            if self._sender_open:
+                await self._run(self._close_sender_quietly, executor=self._sync_executor)
+            self._sync_executor.shutdown(wait=True)
         if self._executor is not None:
             if self._open:
                 await self._run(self._close_quietly)
@@ -203,7 +244,11 @@ class Replication:
         try:
             async with asyncio.timeout(self.sync_timeout):
                 history = await self.store.history(payment.offline_id)
-                await self._run(self._send, [ReplicationRecord(self.lane, payment, history)])
+                record = ReplicationRecord(self.lane, payment, history)
+                if self._sync_executor is not None:
+                    await self._run(self._send_sync, record, executor=self._sync_executor)
+                else:
+                    await self._run(self._send, [record])
         except TimeoutError:
             log.warning("hub_sync_timed_out", offline_id=payment.offline_id, timeout=self.sync_timeout)
             self._wake.set()
@@ -396,6 +441,8 @@ def build_replication(
     if not isinstance(replicator, Replicator):
         raise ConfigError("hub.replicator", f"component {name!r} built a {type(replicator).__name__}, not a Replicator")
     keys = build("storage_key", plugins.storage_key_provider(key_name))
+    # a second instance of the component, so a second connection: sync sends never wait for the catch-up's
+    sender = build("replicator", registration) if mode == "sync" else None
     return Replication(
         replicator,
         store,
@@ -406,4 +453,5 @@ def build_replication(
         interval=float(hub["interval"]),
         batch_size=int(hub["batch_size"]),
         emit=plugins.emit,
+        sender=sender if isinstance(sender, Replicator) else None,
     )

@@ -5,8 +5,8 @@ A lane (one POS) keeps its own store as the first durable copy: it works with no
 all the lanes of a store share, so a payment survives the loss of the device that took it and
 the store has one view of every lane (docs/fleet.md).
 
-Like stores, replicators are synchronous: the core calls one from a worker thread of its own
-(``offterm.core._engine.replication``), never from the event loop, and never two calls at once.
+Like stores, replicators are synchronous: the core calls each (sync mode builds a second, for the
+confirms' sends) from a worker thread of its own, never from the event loop, never twice at once.
 
 Guarantees every replicator gives:
 

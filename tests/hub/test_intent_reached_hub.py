@@ -30,6 +30,8 @@ async def test_sync_mode_says_true_with_the_hub_up_and_false_once_it_is_stopped(
         assert first.requires_upload and first.offline_details is not None
         assert first.offline_details.replicated_to_hub is True
         assert first.offline_id in _hub_ids(hub)  # and it is there, committed
+        # sent by a second replicator (a connection and thread of its own), not the catch-up's
+        assert t.replication._sender is not None and t.replication._sender is not t.replication.replicator
 
         hub.cluster.stop("immediate")
         second = await pay(t, 1300, forced=True)

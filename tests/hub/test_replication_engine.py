@@ -5,10 +5,13 @@ A real SQLCipher store on the lane, a real PostgreSQL hub stopped with ``pg_ctl 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 from pgcluster import HUB_KEY
 
 from offterm.core._engine.replication import CURSOR_META, Replication
@@ -18,6 +21,7 @@ from offterm.core.contracts import CardDetails, CardResult, NewPayment
 from offterm.core.models import CaptureMethod
 from offterm.core.registrations import ComponentContext
 from offterm.plugins.storage.keys import StaticKeyProvider
+from offterm.plugins.storage.postgres import PostgresReplicator
 from offterm.plugins.storage.sqlcipher import OPTIONS, build_store
 
 T0 = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -49,11 +53,12 @@ def new_payment(i: int) -> NewPayment:
     )
 
 
-async def _lane(hub, tmp_path, *, mode="async", batch_size=200, sync_timeout=0.3):
+async def _lane(hub, tmp_path, *, mode="async", batch_size=200, sync_timeout=0.3, sender=False):
     store = AsyncStore(make_store(tmp_path))
     await store.open(StaticKeyProvider(bytes(range(1, 33))))
     lane = f"lane_a_{hub.database}"
-    replicator = hub.replicator(hub.lane("lane_a"))
+    url = hub.lane("lane_a")
+    replicator = hub.replicator(url)
     replicator.close()  # Replication opens it itself, on its own thread
     repl = Replication(
         replicator,
@@ -63,6 +68,8 @@ async def _lane(hub, tmp_path, *, mode="async", batch_size=200, sync_timeout=0.3
         keys=StaticKeyProvider(HUB_KEY),
         sync_timeout=sync_timeout,
         batch_size=batch_size,
+        # as build_replication does in sync mode: a second instance, for the confirms' sends
+        sender=PostgresReplicator(hub.options(url, admin_url="")) if sender else None,
     )
     return store, repl
 
@@ -130,9 +137,10 @@ async def test_sync_mode_waits_for_the_hub_and_falls_back_within_its_bound(hub, 
     await store.close()
 
 
-async def test_a_lane_reconnects_after_a_hub_restart_without_falling_back(hub, tmp_path) -> None:
+@pytest.mark.parametrize("sender", [False, True], ids=["shared", "own_sender"])
+async def test_a_lane_reconnects_after_a_hub_restart_without_falling_back(hub, tmp_path, sender) -> None:
     """A lane pings no connection before use: a stale one fails the statement, sent again on a new one."""
-    store, repl = await _lane(hub, tmp_path, mode="sync", sync_timeout=2.0)
+    store, repl = await _lane(hub, tmp_path, mode="sync", sync_timeout=2.0, sender=sender)
     first = await store.store(new_payment(1))
     assert await repl.stored(first) is True
     await repl.catch_up()
@@ -144,5 +152,28 @@ async def test_a_lane_reconnects_after_a_hub_restart_without_falling_back(hub, t
         await repl.catch_up()  # nor does the catch-up's round fail
         assert repl.last_error is None
     assert sorted(_hub_ids(hub)) == ["pay_0001", "pay_0002", "pay_0003"]
+    await repl.stop()
+    await store.close()
+
+
+async def test_a_sync_send_never_queues_behind_the_catch_up_thread(hub, tmp_path) -> None:
+    """Confirms go through a connection and a thread of their own, so a busy catch-up cannot hold them."""
+    store, repl = await _lane(hub, tmp_path, mode="sync", sync_timeout=2.0, sender=True)
+    busy, release = threading.Event(), threading.Event()
+
+    def long_catch_up_call() -> None:  # stands for a catch-up batch the hub is slow to commit
+        busy.set()
+        release.wait(30)
+
+    loop = asyncio.get_running_loop()
+    held = loop.run_in_executor(repl._executor, long_catch_up_call)
+    await asyncio.to_thread(busy.wait, 30)
+    try:
+        payment = await store.store(new_payment(1))
+        assert await repl.stored(payment) is True  # behind the held thread it would time out: False
+        assert _hub_ids(hub) == ["pay_0001"]
+    finally:
+        release.set()
+        await held
     await repl.stop()
     await store.close()
