@@ -73,6 +73,8 @@ MODES = ("sync", "async")
 #: changes this close behind the cursor are sent again (no-ops on the hub): a change whose time was
 #: taken just before another's but committed just after it is never skipped
 OVERLAP = timedelta(seconds=2)
+#: at most this many payments remembered as put on the hub by sync confirms (forgetting only costs a resend)
+ON_HUB_MAX = 10_000
 
 
 def _outcome_error(payment: StoredPayment) -> OfftermError | None:
@@ -118,6 +120,8 @@ class Replication:
         self._keys = keys
         self._open = False
         self._reached: set[str] = set()
+        #: offline id -> the change (``_key``'s time) a sync confirm saw the hub commit: catch-up skips it
+        self._on_hub: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
@@ -258,6 +262,9 @@ class Replication:
             self._wake.set()
             return False
         self._reached.add(payment.offline_id)
+        if len(self._on_hub) >= ON_HUB_MAX:
+            self._on_hub.clear()
+        self._on_hub[payment.offline_id] = _key(payment)[0]
         return True
 
     def reached_hub(self, offline_id: str) -> bool:
@@ -266,6 +273,10 @@ class Replication:
 
     async def catch_up(self) -> int:
         """Send every change the hub may not have, oldest first, moving the cursor after each batch.
+
+        A change a sync confirm saw the hub commit is not sent again (nor its history read): in sync
+        mode, with the hub up, a round sends nothing, so a confirm finds the hub's connection and the
+        store's thread free.
 
         :return: how many changes were sent.
         :raises HubError: the hub failed (the cursor stays after the last batch it committed).
@@ -280,30 +291,48 @@ class Replication:
         payments = await self.store.list_payments()
         floor = (cursor[0] - OVERLAP, "") if cursor else None
         todo = sorted((p for p in payments if floor is None or _key(p) > floor), key=_key)
-        sent = 0
+        # batches of the changes the hub may not have; batch i covers todo[: ends[i]] (what it skips is on the hub)
+        batches: list[list[StoredPayment]] = [[]]
+        ends: list[int] = []
+        for i, p in enumerate(todo):
+            if self._known_on_hub(p):
+                continue
+            if len(batches[-1]) == self.batch_size:
+                ends.append(i)
+                batches.append([])
+            batches[-1].append(p)
+        ends.append(len(todo))
+        sent = done = 0
         try:
-            for start in range(0, len(todo), self.batch_size):
-                batch = todo[start : start + self.batch_size]
-                records = [ReplicationRecord(self.lane, p, await self.store.history(p.offline_id)) for p in batch]
-                await self._run(self._send, records)
-                sent += len(batch)
-                last = _key(batch[-1])
-                if cursor is None or last > cursor:
+            for batch, end in zip(batches, ends, strict=True):
+                if batch:
+                    records = [ReplicationRecord(self.lane, p, await self.store.history(p.offline_id)) for p in batch]
+                    await self._run(self._send, records)
+                    sent += len(batch)
+                done = end
+                last = _key(todo[done - 1]) if done else None
+                if last is not None and (cursor is None or last > cursor):
                     cursor = last
                     value = json.dumps({"changed_at": last[0].isoformat(), "offline_id": last[1]})
                     await self.store.set_meta(CURSOR_META, value)
         finally:
-            unsent = [p for p in todo[sent:] if cursor is None or _key(p) > cursor]
+            unsent = [p for p in todo[done:] if (cursor is None or _key(p) > cursor) and not self._known_on_hub(p)]
             oldest = _key(unsent[0])[0] if unsent else None
             if sent or not unsent:
                 try:
                     await self._run(self._beat, utcnow(), oldest)
                 except HubError as exc:
                     log.debug("hub_heartbeat_failed", code=exc.code)
+        if cursor is not None:  # what the cursor left behind is never looked at again
+            floor_at = cursor[0] - OVERLAP
+            self._on_hub = {k: at for k, at in self._on_hub.items() if at >= floor_at}
         await self.apply_outcomes()
         await self.refresh_exposure()
         self._last_error = None
         return sent
+
+    def _known_on_hub(self, payment: StoredPayment) -> bool:
+        return self._on_hub.get(payment.offline_id) == _key(payment)[0]
 
     async def apply_outcomes(self) -> int:
         """Record in the lane's store what the hub forwarder decided for its payments; how many changed.

@@ -6,6 +6,8 @@ A real SQLCipher store on the lane, a real PostgreSQL hub stopped with ``pg_ctl 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ from pgcluster import HUB_KEY
 from offterm.core._engine.replication import CURSOR_META, Replication
 from offterm.core._engine.store_runner import AsyncStore
 from offterm.core.config import validate_options
-from offterm.core.contracts import CardDetails, CardResult, NewPayment
+from offterm.core.contracts import CardDetails, CardResult, NewPayment, PaymentState
 from offterm.core.models import CaptureMethod
 from offterm.core.registrations import ComponentContext
 from offterm.plugins.storage.keys import StaticKeyProvider
@@ -175,5 +177,30 @@ async def test_a_sync_send_never_queues_behind_the_catch_up_thread(hub, tmp_path
     finally:
         release.set()
         await held
+    await repl.stop()
+    await store.close()
+
+
+async def test_catch_up_skips_what_sync_confirms_put_on_the_hub_and_sends_every_later_change(hub, tmp_path) -> None:
+    store, repl = await _lane(hub, tmp_path, mode="sync", sync_timeout=2.0, sender=True)
+    confirmed = [await store.store(new_payment(i)) for i in range(5)]
+    for p in confirmed:
+        assert await repl.stored(p) is True
+    assert await repl.catch_up() == 0  # all five already on the hub, at this very version
+    cursor = json.loads(await store.get_meta(CURSOR_META) or "{}")
+    assert cursor["offline_id"] == "pay_0004"  # and the cursor moved past them
+
+    local_only = await store.store(new_payment(5))  # stored, never sent by a confirm
+    changed = await store.call(
+        functools.partial(
+            store.backend.record_outcome, "pay_0001", PaymentState.FORWARDED, datetime.now(UTC), intent_id="pi_1"
+        )
+    )
+    assert changed is not None
+    assert await repl.catch_up() == 2  # the new payment, and the new version of pay_0001
+    with psycopg.connect(hub.admin_url.replace("+psycopg", "")) as conn:
+        states = dict(conn.execute("SELECT offline_id, state FROM hub_payments").fetchall())
+    assert states[local_only.offline_id] == "stored" and states["pay_0001"] == "forwarded"
+    assert len(states) == 6
     await repl.stop()
     await store.close()
