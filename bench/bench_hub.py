@@ -4,10 +4,13 @@ measured in the same run.
     python bench/bench_hub.py                    # all three, full size
     python bench/bench_hub.py --catch-up         # only 1; likewise --sync, --status
     python bench/bench_hub.py --quick --json     # a smoke run, figures as JSON
+    python bench/bench_hub.py --sync --burn 4    # the same with 4 busy loops competing for the CPUs
 
 The cluster is ``offterm.testing.pgcluster.Cluster``, the one the hub tests start: Debian's server,
 as ``nobody`` when run as root, on 127.0.0.1, ``fsync = on``, ``synchronous_commit = on``, 32 MB of
-shared buffers.  Every cluster and process started here is stopped before the script ends.
+shared buffers.  Every cluster and process started here is stopped before the script ends.  The
+load average before and after is part of the figures: latency tails follow it.  ``--burn N`` runs
+N busy loops (processes) beside the benchmarks, so a loaded machine can be measured on purpose.
 
 1. **Catch-up after a hub outage.**  20 lanes each hold 1,000 payments the hub has never seen
    (SQLCipher stores built with the store's weak-durability option, not timed).  The hub is
@@ -320,6 +323,20 @@ class Lanes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextmanager
+def cpu_burners(n: int) -> Iterator[None]:
+    """``n`` processes spinning on the CPU (``--burn``) for the span of the block, then stopped."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        if procs:
+            time.sleep(10)  # let the load average show them
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _readline(stream: Any, timeout: float) -> str:
@@ -675,6 +692,11 @@ def status_scaling(small: int, large: int, lanes: int, open_rows: int, runs: int
 
 
 def summary(results: dict[str, Any]) -> None:
+    load = results["load_average"]
+    print(
+        f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}; "
+        f"{results['cpus']} CPUs; {results['burners']} busy loops beside (--burn)"
+    )
     if "catch_up" in results:
         r = results["catch_up"]
         print(
@@ -730,18 +752,22 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=20)
     parser.add_argument("--per-lane", type=int, default=1000)
     parser.add_argument("--confirms", type=int, default=1000)
+    parser.add_argument("--burn", type=int, default=0, help="run N busy loops beside the benchmarks")
     args = parser.parse_args()
     configure_logging(json=True, level="error", stream=open(os.devnull, "w"))  # noqa: SIM115
     every = not (args.catch_up or args.sync or args.status)
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "quick": args.quick}
-    if every or args.catch_up:
-        lanes, per_lane = (4, 200) if args.quick else (args.lanes, args.per_lane)
-        results["catch_up"] = catch_up(lanes, per_lane)
-    if every or args.sync:
-        results["sync"] = sync_latency(100 if args.quick else args.confirms)
-    if every or args.status:
-        sizes = (1_000, 100_000, 3) if args.quick else (10_000, 1_000_000, 5)
-        results["status"] = status_scaling(sizes[0], sizes[1], 200, 2_000 if not args.quick else 200, 30, sizes[2])
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "quick": args.quick, "burners": args.burn}
+    with cpu_burners(args.burn):
+        before = [round(x, 2) for x in os.getloadavg()]
+        if every or args.catch_up:
+            lanes, per_lane = (4, 200) if args.quick else (args.lanes, args.per_lane)
+            results["catch_up"] = catch_up(lanes, per_lane)
+        if every or args.sync:
+            results["sync"] = sync_latency(100 if args.quick else args.confirms)
+        if every or args.status:
+            sizes = (1_000, 100_000, 3) if args.quick else (10_000, 1_000_000, 5)
+            results["status"] = status_scaling(sizes[0], sizes[1], 200, 2_000 if not args.quick else 200, 30, sizes[2])
+        results["load_average"] = {"before": before, "after": [round(x, 2) for x in os.getloadavg()]}
     if args.json:
         print(json.dumps(results, default=str))
     else:
