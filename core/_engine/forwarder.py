@@ -224,6 +224,11 @@ class Forwarder:
                     await self._wake.wait()
             self._wake.clear()
             if self._network.status is NetworkStatus.OFFLINE:
+                # Retries that fell due wait for the network: its return triggers a round, which claims
+                # them from the store.  Kept, a past-due entry would wake this loop at once, forever.
+                now = loop.time()
+                while self._due and self._due[0] <= now:
+                    heapq.heappop(self._due)
                 continue
             try:
                 await self.run_round()
