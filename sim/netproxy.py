@@ -11,6 +11,10 @@ Modes (switch any time with :meth:`FaultProxy.set_mode`):
 * ``delay``: every chunk waits ``delay`` seconds before it is passed on;
 * ``drip``: server-to-client bytes trickle out, ``drip_bytes`` every ``drip_interval`` seconds.
 
+As on a real network, an end (FIN) or a reset (RST) from either side reaches the other: a server
+that dies with a request unread resets its client, a client killed with an answer unread resets
+its server.
+
 It runs its own event loop in a thread, so synchronous tests can use it::
 
     with FaultProxy(upstream_port=sim.port) as proxy:
@@ -243,8 +247,8 @@ class FaultProxy:
                 return
             link.upstream = up_writer
             link.tasks = [
-                asyncio.create_task(self._pump(reader, up_writer, toward_client=False)),
-                asyncio.create_task(self._pump(up_reader, writer, toward_client=True)),
+                asyncio.create_task(self._pump(reader, up_writer, link, toward_client=False)),
+                asyncio.create_task(self._pump(up_reader, writer, link, toward_client=True)),
             ]
             await asyncio.gather(*link.tasks, return_exceptions=True)
         finally:
@@ -253,7 +257,10 @@ class FaultProxy:
                 if w is not None and not w.transport.is_closing():
                     w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, toward_client: bool) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *, toward_client: bool
+    ) -> None:
+        """Copy one direction; an end (FIN) goes on as an end, a reset resets the whole connection."""
         assert self._flowing is not None
         try:
             while True:
@@ -275,4 +282,8 @@ class FaultProxy:
                     writer.write(data)
                     await writer.drain()
         except (ConnectionError, OSError):
-            return
+            # One side reset or vanished (a server killed with a request unread, a client SIGKILLed with
+            # an answer unread): the other side is reset too, as a real network delivers an RST.  Left
+            # open, it waited for ever: a client for an answer that cannot come, a server holding a dead
+            # client's transaction and its locks.
+            link.cut(reset=True)

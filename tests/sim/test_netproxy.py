@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -89,3 +91,60 @@ def test_drip_slower_than_the_timeout_times_out(proxy: FaultProxy) -> None:
 def test_unknown_mode_is_refused(proxy: FaultProxy) -> None:
     with pytest.raises(ValueError, match="unknown proxy mode"):
         proxy.set_mode("flaky")
+
+
+def _rst_close(conn: socket.socket) -> None:
+    """Close as a killed process does with bytes unread: the kernel sends RST, not FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def test_a_server_reset_reaches_the_client() -> None:
+    """A server killed with a request unread resets the connection; the client must hear of it, not wait
+    for ever (the fleet torture's lanes hung on PostgreSQL crashes: their query never got an answer)."""
+    with socket.create_server(("127.0.0.1", 0)) as server, FaultProxy(server.getsockname()[1]) as proxy:
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            threading.Event().wait(0.3)  # the request arrives and stays unread
+            _rst_close(conn)
+
+        threading.Thread(target=serve, daemon=True).start()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as client:
+            client.sendall(b"SELECT 1")
+            try:
+                answer = client.recv(100)
+            except TimeoutError:
+                pytest.fail("the client was never told the server reset the connection")
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""
+
+
+def test_a_client_reset_reaches_the_server() -> None:
+    """A client SIGKILLed with an answer unread resets the connection; the server must hear of it (else it
+    keeps the dead client's transaction open, with its locks)."""
+    with socket.create_server(("127.0.0.1", 0)) as server, FaultProxy(server.getsockname()[1]) as proxy:
+        heard: list[bytes | str] = []
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(100)
+                conn.sendall(b"an answer the client never reads")
+                conn.settimeout(5)
+                try:
+                    heard.append(conn.recv(100))
+                except TimeoutError:
+                    heard.append("still waiting")
+                except ConnectionResetError:
+                    heard.append(b"")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        client.sendall(b"BEGIN; UPDATE hub_lanes ...")
+        threading.Event().wait(0.3)  # the answer is in the client's buffer, unread
+        _rst_close(client)
+        thread.join(10)
+        assert heard == [b""]
