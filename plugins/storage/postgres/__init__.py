@@ -70,7 +70,8 @@ def offterm_replicators() -> Iterator[ReplicatorRegistration]:
                 "statement_timeout",
                 (int, float),
                 5.0,
-                "Seconds a statement on the hub may take before it fails (the lane catches up later).",
+                "Seconds a statement on the hub may take before it fails (the lane catches up later); also how long "
+                "the hub keeps a transaction open while its client says nothing (a lane cut off mid-batch).",
                 minimum=0.1,
                 maximum=600,
             ),
