@@ -98,12 +98,15 @@ class PostgresReplicator(Replicator):
             url = url.set(password=opts["password"])
         if opts["sslmode"] not in _SSLMODES:
             raise ConfigError("replicator.postgres.sslmode", f"must be one of: {', '.join(_SSLMODES)}", opts["sslmode"])
+        timeout_ms = int(float(opts["statement_timeout"]) * 1000)
         args: dict[str, Any] = {
             "sslmode": opts["sslmode"],
             "connect_timeout": max(1, int(opts["connect_timeout"])),
             "application_name": "offterm-hub",
-            # a statement that hangs (a lock, a dying server) fails instead of holding the lane's worker
-            "options": f"-c statement_timeout={int(float(opts['statement_timeout']) * 1000)}",
+            # a statement that hangs (a lock, a dying server) fails instead of holding the lane's worker; a
+            # transaction whose client went silent (power cut, cable pulled: no FIN, no RST) is ended by the
+            # server as soon, else it holds the lane's hub_lanes row and blocks every later catch-up for hours
+            "options": f"-c statement_timeout={timeout_ms} -c idle_in_transaction_session_timeout={timeout_ms}",
         }
         for key in ("sslrootcert", "sslcert", "sslkey"):
             if opts[key]:
