@@ -18,17 +18,23 @@ sees two calls at once.  In sync mode a second replicator, built from the same c
 connection of its own), sends the confirms' payments on a thread of its own, so a confirm never
 queues behind the catch-up.  Hub failures are logged with their code (never a URL, password or
 key) and never fail a payment.
+
+A hub that stops answering mid-call (power lost, a cable cut, a connection reset that never
+arrived: no FIN, no RST) can keep a call waiting for hours.  Nothing the POS waits for waits on
+it: a sync confirm falls back after ``sync_timeout``, ``stop()`` (so ``Terminal.close()``) leaves
+such a call behind after ``STOP_WAIT`` seconds, and the threads are daemons (``WorkerThread``),
+so the process still exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -51,6 +57,7 @@ from ..registrations import Registration
 from .forwarder import utcnow
 from .intents import intent_from_stored
 from .store_runner import AsyncStore
+from .worker_thread import WorkerThread
 
 log = structlog.get_logger("offterm.hub")
 
@@ -73,6 +80,9 @@ MODES = ("sync", "async")
 #: changes this close behind the cursor are sent again (no-ops on the hub): a change whose time was
 #: taken just before another's but committed just after it is never skipped
 OVERLAP = timedelta(seconds=2)
+#: seconds ``stop()`` waits for the hub (a call in flight to end, the connections to close) before leaving
+#: a stuck call behind on its daemon thread: a hub that stopped answering never holds ``Terminal.close()``
+STOP_WAIT = 2.0
 #: at most this many payments remembered as put on the hub by sync confirms (forgetting only costs a resend)
 ON_HUB_MAX = 10_000
 
@@ -90,6 +100,12 @@ def _outcome_error(payment: StoredPayment) -> OfftermError | None:
 
 def _key(payment: StoredPayment) -> tuple[datetime, str]:
     return (payment.updated_at or payment.stored_at, payment.offline_id)
+
+
+def _cancelling() -> bool:
+    """The running task is being cancelled (``Replication.stop()``)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Replication:
@@ -125,15 +141,11 @@ class Replication:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_error: str | None = None
-        self._executor = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="offterm-hub") if replicator is not None else None
-        )
+        self._worker = WorkerThread("offterm-hub") if replicator is not None else None
         #: sync mode: the confirms' sends, on a connection and a thread of their own (None: on the above)
         self._sender = sender if replicator is not None and mode == "sync" and sender is not replicator else None
         self._sender_open = False
-        self._sync_executor: ThreadPoolExecutor | None = None
-        if self._sender is not None:
-            self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offterm-hub-sync")
+        self._sync_worker = WorkerThread("offterm-hub-sync") if self._sender is not None else None
         self._key_lock = threading.Lock()  # the two threads may both ask the key provider
         self._exposure_seen: tuple[float, StateTotals] | None = None
 
@@ -148,11 +160,10 @@ class Replication:
 
     # -- the worker thread ------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., T], *args: Any, executor: ThreadPoolExecutor | None = None) -> T:
-        executor = executor or self._executor
-        assert executor is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, functools.partial(fn, *args))
+    async def _run(self, fn: Callable[..., T], *args: Any, worker: WorkerThread | None = None) -> T:
+        worker = worker or self._worker
+        assert worker is not None
+        return await worker.run(functools.partial(fn, *args))
 
     def _hub_key(self) -> bytes:
         assert self._keys is not None
@@ -222,21 +233,31 @@ class Replication:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="offterm-hub-replication")
 
     async def stop(self) -> None:
+        """Stop the loop and close the hub's connections, in ``STOP_WAIT`` seconds at most.
+
+        A call still stuck then (a hub that stopped answering) is left behind on its daemon thread,
+        with its connection: it ends when the call does, or with the process.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        if self._sync_executor is not None:
-            if self._sender_open:
-                await self._run(self._close_sender_quietly, executor=self._sync_executor)
-            self._sync_executor.shutdown(wait=True)
-        if self._executor is not None:
-            if self._open:
-                await self._run(self._close_quietly)
-            self._executor.shutdown(wait=True)
+            task, self._task = self._task, None
+            task.cancel()
+            # asyncio.wait, not ``await task``: a cancel of this call (the app bounding close()) goes on up
+            # instead of being taken for the loop's own, and the loop may be stuck behind a hub call
+            await asyncio.wait({task}, timeout=STOP_WAIT)
+        for worker, is_open, close in (
+            (self._sync_worker, self._sender_open, self._close_sender_quietly),
+            (self._worker, self._open, self._close_quietly),
+        ):
+            if worker is None or worker.closed:
+                continue
+            if is_open:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(deadline):
+                        await worker.run(close)
+            if not await worker.close(max(0.0, deadline - loop.time())):
+                log.warning("hub_call_left_behind", thread=worker.name, waited=STOP_WAIT)
 
     async def stored(self, payment: StoredPayment) -> bool:
         """A payment was durably stored: in sync mode, wait (bounded) for the hub; True if it got there."""
@@ -249,8 +270,8 @@ class Replication:
             async with asyncio.timeout(self.sync_timeout):
                 history = await self.store.history(payment.offline_id)
                 record = ReplicationRecord(self.lane, payment, history)
-                if self._sync_executor is not None:
-                    await self._run(self._send_sync, record, executor=self._sync_executor)
+                if self._sync_worker is not None:
+                    await self._run(self._send_sync, record, worker=self._sync_worker)
                 else:
                     await self._run(self._send, [record])
         except TimeoutError:
@@ -318,7 +339,7 @@ class Replication:
         finally:
             unsent = [p for p in todo[done:] if (cursor is None or _key(p) > cursor) and not self._known_on_hub(p)]
             oldest = _key(unsent[0])[0] if unsent else None
-            if sent or not unsent:
+            if (sent or not unsent) and not _cancelling():  # stopping: no new hub call to wait for
                 try:
                     await self._run(self._beat, utcnow(), oldest)
                 except HubError as exc:

@@ -167,8 +167,8 @@ async def test_a_sync_send_never_queues_behind_the_catch_up_thread(hub, tmp_path
         busy.set()
         release.wait(30)
 
-    loop = asyncio.get_running_loop()
-    held = loop.run_in_executor(repl._executor, long_catch_up_call)
+    assert repl._worker is not None
+    held = asyncio.ensure_future(repl._worker.run(long_catch_up_call))
     await asyncio.to_thread(busy.wait, 30)
     try:
         payment = await store.store(new_payment(1))
