@@ -7,16 +7,9 @@ cluster of its own, the processor simulator's ledger as the ground truth.
 
 from __future__ import annotations
 
-import pytest
-
 from offterm.testing.torture import fleet
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN BUG (#15): under load a lane life sometimes hangs until its 120 s limit, and that lane's last "
-    "payments then miss the hub (2 of 5 CI runs); a known failure of unresolved work, named in the closing note",
-)
 def test_a_small_fleet_torture_loses_nothing_and_charges_nothing_twice(tmp_path) -> None:
     settings = fleet.FleetSettings(
         seed=20261205,
@@ -34,6 +27,9 @@ def test_a_small_fleet_torture_loses_nothing_and_charges_nothing_twice(tmp_path)
     stats = fleet.run(settings, tmp_path / "fleet")
     figures = stats.to_json()
     problems = stats.failures + stats.lanes.failures
+    # a lane life that hangs fails here, with its tasks' and threads' stacks on file (crash.run_life); the
+    # hang this test once showed in 2 runs of 5 was a hub call stuck on a connection reset the LAN proxy never
+    # passed on, which Terminal.close() and the process exit waited for (#15, docs/fleet.md "In CI")
     assert stats.passed(), problems[:20]
     assert stats.lanes.lost == 0 and stats.lanes.duplicated == 0 and stats.ledger_duplicates == 0
     assert stats.kills >= 15 and stats.payments >= 150, figures
