@@ -19,10 +19,9 @@ def test_a_small_fleet_torture_loses_nothing_and_charges_nothing_twice(tmp_path)
         lan_every=(0.5, 2.0),
         device_loss_payments=10,
         max_seconds=75.0,
-        # A window longer than any stall the torture makes: with the crash torture's 1 s window, a lane and
-        # the hub forwarder racing through the lookup path charged 16 of 469 hub-forwarded payments twice
-        # (docs/fleet.md, "Proof"; docs/data/fleet-2026-12-05.json): an open finding, not hidden here.
-        idempotency_window=60.0,
+        # The crash torture's 1 s window (the default here): a payment changes key generation every 1.3 s,
+        # so lanes and the hub forwarder race through the lookup path, where per-actor generations once
+        # charged 16 hub-forwarded payments twice (docs/dev/history.md, "key generations become periods").
     )
     stats = fleet.run(settings, tmp_path / "fleet")
     figures = stats.to_json()
