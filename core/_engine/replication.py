@@ -203,10 +203,7 @@ class Replication:
     def _close_sender_quietly(self) -> None:
         assert self._sender is not None
         self._sender_open = False
-        try:
-            self._sender.close()
-        except Exception as exc:  # noqa: BLE001 - closing a broken connection must not raise
-            log.debug("hub_close_failed", error_type=type(exc).__name__)
+        _close_quietly(self._sender)
 
     def _outcomes(self, since: datetime | None) -> list[HubOutcome]:
         return self._ensure_open().outcomes(self.lane, since)
@@ -220,10 +217,7 @@ class Replication:
     def _close_quietly(self) -> None:
         assert self.replicator is not None
         self._open = False
-        try:
-            self.replicator.close()
-        except Exception as exc:  # noqa: BLE001 - closing a broken connection must not raise
-            log.debug("hub_close_failed", error_type=type(exc).__name__)
+        _close_quietly(self.replicator)
 
     # -- what the Terminal calls --------------------------------------------------------
 
@@ -505,3 +499,11 @@ def build_replication(
         emit=plugins.emit,
         sender=sender if isinstance(sender, Replicator) else None,
     )
+
+
+def _close_quietly(replicator: Replicator) -> None:
+    """Close a hub connection that may be broken: closing must never raise."""
+    try:
+        replicator.close()
+    except Exception as exc:  # noqa: BLE001 - closing a broken connection must not raise
+        log.debug("hub_close_failed", error_type=type(exc).__name__)
